@@ -1,0 +1,515 @@
+//! Decode: a request body (PHP-style form or JSON) becomes an [`IncomingEvent`].
+//!
+//! Bitrix24 sends `application/x-www-form-urlencoded` bodies produced by PHP's
+//! `http_build_query`, with bracket keys such as `data%5BFIELDS%5D%5BID%5D=999`.
+//! `serde_urlencoded` cannot nest those, so the pairs are decoded here and
+//! nested by hand into the same JSON tree a JSON body parses into; one function
+//! then turns that tree into typed values. Secrets are taken out of the tree in
+//! that same step, so nothing downstream can store or log them by mistake.
+
+use serde_json::{Map, Value};
+
+use crate::types::{Domain, EntityId, EventName, Invalid, MemberId, Secret, Ts};
+
+/// Deepest nesting accepted (`a[b][c]…` or JSON objects/arrays). Real events
+/// nest three levels; the bound keeps hostile bodies from costing much.
+pub const MAX_DEPTH: usize = 32;
+/// Most key/value pairs accepted in one form body.
+pub const MAX_PAIRS: usize = 10_000;
+
+/// The two body encodings we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/x-www-form-urlencoded`, PHP bracket keys.
+    Form,
+    /// `application/json`, the same structure.
+    Json,
+}
+
+/// Why a body could not be decoded. Every variant names what was wrong; all
+/// of them are the sender's fault (400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The body is not well-formed in its declared encoding.
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// A required field is absent.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A field is present but unusable.
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid {
+        /// The field, in bracket notation.
+        field: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl DecodeError {
+    fn invalid(field: &str, reason: &'static str) -> Self {
+        DecodeError::Invalid {
+            field: field.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// The portal-constant part of `auth`: stored once per portal, not per event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PortalProfile {
+    /// `auth[domain]`, lower-case.
+    pub domain: String,
+    /// `auth[client_endpoint]`, if sent.
+    pub client_endpoint: Option<String>,
+    /// `auth[server_endpoint]`, if sent.
+    pub server_endpoint: Option<String>,
+}
+
+/// An event as received, typed, with every secret removed except the
+/// application token, which is kept apart (redacted in `Debug`) until it has
+/// been verified.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    /// Upper-case event name.
+    pub event: EventName,
+    /// The portal's queue time.
+    pub ts: Ts,
+    /// `auth[member_id]`.
+    pub member_id: MemberId,
+    /// Domain and endpoints.
+    pub profile: PortalProfile,
+    /// `auth[application_token]`, to verify and then drop.
+    pub application_token: Secret,
+    /// `event_handler_id`, if sent.
+    pub event_handler_id: Option<String>,
+    /// `data[FIELDS][ID]`, else `data[FIELDS_AFTER][ID]`.
+    pub entity_id: Option<EntityId>,
+    /// `data` as received (`None` when absent).
+    pub data: Option<Value>,
+    /// Non-secret `auth` fields other than member_id, domain and endpoints
+    /// (scope, status, user_id, expires, …).
+    pub auth_rest: Map<String, Value>,
+}
+
+/// Decodes a body of the given kind.
+pub fn decode(kind: BodyKind, body: &[u8]) -> Result<IncomingEvent, DecodeError> {
+    let tree = match kind {
+        BodyKind::Form => parse_form(body)?,
+        BodyKind::Json => parse_json(body)?,
+    };
+    from_tree(tree)
+}
+
+/// Parses a PHP-style form body into a JSON object tree.
+pub fn parse_form(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+    let mut root = Map::new();
+    let mut pairs = 0usize;
+    for segment in body.split(|&b| b == b'&') {
+        if segment.is_empty() {
+            continue;
+        }
+        pairs += 1;
+        if pairs > MAX_PAIRS {
+            return Err(DecodeError::Malformed(format!(
+                "more than {MAX_PAIRS} fields"
+            )));
+        }
+        let (raw_key, raw_value) = match segment.iter().position(|&b| b == b'=') {
+            Some(i) => (&segment[..i], &segment[i + 1..]),
+            None => (segment, &b""[..]),
+        };
+        let key = decode_component(raw_key)?;
+        let value = decode_component(raw_value)?;
+        let path = parse_key(&key)?;
+        insert(&mut root, &key, &path, value)?;
+    }
+    Ok(root)
+}
+
+/// Parses a JSON body; it must be an object no deeper than [`MAX_DEPTH`].
+pub fn parse_json(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| DecodeError::Malformed(format!("invalid JSON: {e}")))?;
+    if depth(&value) > MAX_DEPTH {
+        return Err(DecodeError::Malformed(format!(
+            "nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(DecodeError::Malformed("JSON body must be an object".into())),
+    }
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Percent-decodes one form component strictly: `+` is a space, every `%`
+/// must start a valid escape, the result must be UTF-8 without NUL bytes.
+fn decode_component(raw: &[u8]) -> Result<String, DecodeError> {
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        DecodeError::Malformed("invalid percent-escape in form body".into())
+                    })?;
+                bytes.push(hex);
+                i += 2;
+            }
+            b => bytes.push(b),
+        }
+        i += 1;
+    }
+    if bytes.contains(&0) {
+        return Err(DecodeError::Malformed("NUL byte in form body".into()));
+    }
+    String::from_utf8(bytes).map_err(|_| DecodeError::Malformed("form body is not UTF-8".into()))
+}
+
+/// One step of a bracket key.
+#[derive(Debug, PartialEq, Eq)]
+enum Step<'a> {
+    Key(&'a str),
+    /// `[]`: append to an array.
+    Append,
+}
+
+/// Splits `data[FIELDS][ID]` into `data`, `FIELDS`, `ID`.
+fn parse_key(key: &str) -> Result<Vec<Step<'_>>, DecodeError> {
+    let bad = || DecodeError::Malformed(format!("malformed key `{}`", truncate(key)));
+    let (name, mut rest) = match key.find('[') {
+        Some(i) => (&key[..i], &key[i..]),
+        None => (key, ""),
+    };
+    if name.is_empty() || name.contains(']') {
+        return Err(bad());
+    }
+    let mut path = vec![Step::Key(name)];
+    while !rest.is_empty() {
+        let inner_end = rest.find(']').ok_or_else(bad)?;
+        if !rest.starts_with('[') {
+            return Err(bad());
+        }
+        let inner = &rest[1..inner_end];
+        if inner.contains('[') {
+            return Err(bad());
+        }
+        path.push(if inner.is_empty() {
+            Step::Append
+        } else {
+            Step::Key(inner)
+        });
+        if path.len() > MAX_DEPTH {
+            return Err(DecodeError::Malformed(format!(
+                "key nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        rest = &rest[inner_end + 1..];
+    }
+    Ok(path)
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Places `value` at `path`, refusing duplicates and scalar/structure clashes
+/// (PHP would silently keep the last; an ambiguous event is better refused
+/// than stored wrong, and `http_build_query` never produces either).
+fn insert(
+    root: &mut Map<String, Value>,
+    key: &str,
+    path: &[Step<'_>],
+    value: String,
+) -> Result<(), DecodeError> {
+    let clash =
+        || DecodeError::Malformed(format!("conflicting or duplicate key `{}`", truncate(key)));
+    // The first step is always a key (parse_key guarantees it).
+    let Some((Step::Key(first), rest)) = path.split_first() else {
+        return Err(clash());
+    };
+    if rest.is_empty() {
+        if root.contains_key(*first) {
+            return Err(clash());
+        }
+        root.insert((*first).to_owned(), Value::String(value));
+        return Ok(());
+    }
+    let mut node = root
+        .entry((*first).to_owned())
+        .or_insert_with(|| container_for(&rest[0]));
+    for (i, step) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len();
+        match (step, node) {
+            (Step::Key(k), Value::Object(map)) => {
+                if last {
+                    if map.contains_key(*k) {
+                        return Err(clash());
+                    }
+                    map.insert((*k).to_owned(), Value::String(value));
+                    return Ok(());
+                }
+                node = map
+                    .entry((*k).to_owned())
+                    .or_insert_with(|| container_for(&rest[i + 1]));
+            }
+            (Step::Append, Value::Array(items)) => {
+                if last {
+                    items.push(Value::String(value));
+                    return Ok(());
+                }
+                items.push(container_for(&rest[i + 1]));
+                // Cannot fail: an element was pushed on the line above.
+                node = items.last_mut().expect("just pushed");
+            }
+            _ => return Err(clash()),
+        }
+    }
+    Err(clash())
+}
+
+fn container_for(step: &Step<'_>) -> Value {
+    match step {
+        Step::Key(_) => Value::Object(Map::new()),
+        Step::Append => Value::Array(Vec::new()),
+    }
+}
+
+/// Field names under `auth` that are credentials. Anything whose name ends in
+/// `token` is treated as one too, so a future token field is never stored.
+fn is_secret_auth_field(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with("token")
+}
+
+/// Turns a decoded tree into a typed event.
+pub fn from_tree(mut tree: Map<String, Value>) -> Result<IncomingEvent, DecodeError> {
+    let event = required_string(&tree, "event", "event")?;
+    let event = EventName::parse(&event).map_err(|Invalid(r)| DecodeError::invalid("event", r))?;
+
+    let ts = match tree.get("ts") {
+        None => return Err(DecodeError::Missing("ts")),
+        Some(Value::String(s)) => {
+            Ts::parse_unix(s).map_err(|Invalid(r)| DecodeError::invalid("ts", r))?
+        }
+        Some(Value::Number(n)) => {
+            let secs = n.as_u64().ok_or_else(|| {
+                DecodeError::invalid("ts", "must be Unix seconds as a non-negative integer")
+            })?;
+            Ts::from_secs(secs).map_err(|Invalid(r)| DecodeError::invalid("ts", r))?
+        }
+        Some(_) => {
+            return Err(DecodeError::invalid(
+                "ts",
+                "must be a string of Unix seconds",
+            ))
+        }
+    };
+
+    let event_handler_id = match tree.get("event_handler_id") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= 100 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(DecodeError::invalid(
+                "event_handler_id",
+                "must be a string of at most 100 characters",
+            ))
+        }
+    };
+
+    let mut auth = match tree.remove("auth") {
+        None => return Err(DecodeError::Missing("auth[member_id]")),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(DecodeError::invalid("auth", "must be a structure")),
+    };
+    let member_id = required_string(&auth, "member_id", "auth[member_id]")?;
+    let member_id = MemberId::parse(&member_id)
+        .map_err(|Invalid(r)| DecodeError::invalid("auth[member_id]", r))?;
+    let domain = required_string(&auth, "domain", "auth[domain]")?;
+    let domain =
+        Domain::parse(&domain).map_err(|Invalid(r)| DecodeError::invalid("auth[domain]", r))?;
+    let token = required_string(&auth, "application_token", "auth[application_token]")?;
+    if token.is_empty() {
+        return Err(DecodeError::invalid(
+            "auth[application_token]",
+            "must not be empty",
+        ));
+    }
+    let application_token = Secret::new(token);
+    let client_endpoint = optional_string(&auth, "client_endpoint", "auth[client_endpoint]")?;
+    let server_endpoint = optional_string(&auth, "server_endpoint", "auth[server_endpoint]")?;
+    auth.retain(|k, _| {
+        !is_secret_auth_field(k)
+            && !matches!(
+                k.as_str(),
+                "member_id" | "domain" | "client_endpoint" | "server_endpoint"
+            )
+    });
+
+    let data = tree.remove("data");
+    let entity_id = entity_id(data.as_ref())?;
+
+    Ok(IncomingEvent {
+        event,
+        ts,
+        member_id,
+        profile: PortalProfile {
+            domain: domain.as_str().to_owned(),
+            client_endpoint,
+            server_endpoint,
+        },
+        application_token,
+        event_handler_id,
+        entity_id,
+        data,
+        auth_rest: auth,
+    })
+}
+
+fn required_string(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<String, DecodeError> {
+    match map.get(key) {
+        None => Err(DecodeError::Missing(field)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(DecodeError::invalid(field, "must be a string")),
+    }
+}
+
+fn optional_string(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<String>, DecodeError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() <= 1000 => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(DecodeError::invalid(field, "must be at most 1000 bytes")),
+        Some(_) => Err(DecodeError::invalid(field, "must be a string")),
+    }
+}
+
+/// `data[FIELDS][ID]`, else `data[FIELDS_AFTER][ID]`; a string or a number.
+fn entity_id(data: Option<&Value>) -> Result<Option<EntityId>, DecodeError> {
+    for (section, field) in [
+        ("FIELDS", "data[FIELDS][ID]"),
+        ("FIELDS_AFTER", "data[FIELDS_AFTER][ID]"),
+    ] {
+        let raw = match data.and_then(|d| d.get(section)).and_then(|s| s.get("ID")) {
+            Some(Value::String(s)) if s.is_empty() => continue,
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Null) | None => continue,
+            Some(_) => return Err(DecodeError::invalid(field, "must be a string")),
+        };
+        return EntityId::parse(&raw)
+            .map(Some)
+            .map_err(|Invalid(r)| DecodeError::invalid(field, r));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const UPDATE: &str = "event=ONCRMACTIVITYUPDATE&data%5BFIELDS%5D%5BID%5D=999&ts=1466439714&auth%5Baccess_token%5D=s6p6&auth%5Bexpires_in%5D=3600&auth%5Bscope%5D=crm&auth%5Bdomain%5D=some-domain.bitrix24.com&auth%5Bserver_endpoint%5D=https%3A%2F%2Foauth.bitrix.info%2Frest%2F&auth%5Bstatus%5D=L&auth%5Bclient_endpoint%5D=https%3A%2F%2Fsome-domain.bitrix24.com%2Frest%2F&auth%5Bmember_id%5D=a223&auth%5Brefresh_token%5D=4s38&auth%5Bapplication_token%5D=5185";
+
+    #[test]
+    fn decodes_php_form() {
+        let e = decode(BodyKind::Form, UPDATE.as_bytes()).unwrap();
+        assert_eq!(e.event.as_str(), "ONCRMACTIVITYUPDATE");
+        assert_eq!(e.ts.secs(), 1466439714);
+        assert_eq!(e.member_id.as_str(), "a223");
+        assert_eq!(e.entity_id.unwrap().as_str(), "999");
+        assert_eq!(e.application_token.expose(), "5185");
+        assert_eq!(e.data, Some(json!({"FIELDS": {"ID": "999"}})));
+        assert_eq!(
+            e.profile.client_endpoint.as_deref(),
+            Some("https://some-domain.bitrix24.com/rest/")
+        );
+        let keys: Vec<_> = e.auth_rest.keys().cloned().collect();
+        assert_eq!(keys, ["expires_in", "scope", "status"]);
+    }
+
+    #[test]
+    fn raw_brackets_and_spaces() {
+        let t = parse_form(b"a[b][c]=x+y%20z&a[b][d]=1&l[]=1&l[]=2").unwrap();
+        assert_eq!(
+            Value::Object(t),
+            json!({"a": {"b": {"c": "x y z", "d": "1"}}, "l": ["1", "2"]})
+        );
+    }
+
+    #[test]
+    fn refuses_ambiguous_forms() {
+        assert!(parse_form(b"a=1&a=2").is_err());
+        assert!(parse_form(b"a=1&a[b]=2").is_err());
+        assert!(parse_form(b"a[b]=1&a=2").is_err());
+        assert!(parse_form(b"a[b=1").is_err());
+        assert!(parse_form(b"a]b=1").is_err());
+        assert!(parse_form(b"[a]=1").is_err());
+        assert!(parse_form(b"a[b]x=1").is_err());
+        assert!(parse_form(b"a=%zz").is_err());
+        assert!(parse_form(b"a=%ff").is_err());
+        assert!(parse_form(b"a=%00").is_err());
+        let deep = format!("a{}=1", "[x]".repeat(40));
+        assert!(parse_form(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn task_events_use_fields_after() {
+        let e = decode(
+            BodyKind::Form,
+            b"event=ONTASKUPDATE&ts=1&data[FIELDS_BEFORE]=undefined&data[FIELDS_AFTER][ID]=42&auth[member_id]=m&auth[domain]=d.example&auth[application_token]=t",
+        )
+        .unwrap();
+        assert_eq!(e.entity_id.unwrap().as_str(), "42");
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let err = decode(BodyKind::Form, b"event=X&auth[member_id]=m").unwrap_err();
+        assert_eq!(err.to_string(), "missing field `ts`");
+        let err = decode(
+            BodyKind::Form,
+            b"event=X&ts=1&auth[member_id][]=m&auth[domain]=d&auth[application_token]=t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth[member_id]"));
+        let err = decode(BodyKind::Json, br#"{"event":"X","ts":-1}"#).unwrap_err();
+        assert!(err.to_string().contains("`ts`"));
+    }
+
+    #[test]
+    fn json_bodies_and_secret_stripping() {
+        let e = decode(
+            BodyKind::Json,
+            br#"{"event":"onCrmActivityUpdate","ts":1466439714,"auth":{"member_id":"m","domain":"D.example","application_token":"t","access_token":"a","refresh_token":"r","some_new_token":"x","user_id":"1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event.as_str(), "ONCRMACTIVITYUPDATE");
+        assert_eq!(e.profile.domain, "d.example");
+        assert_eq!(Value::Object(e.auth_rest), json!({"user_id": "1"}));
+        assert!(e.data.is_none() && e.entity_id.is_none());
+    }
+}

@@ -1,0 +1,366 @@
+//! Journal: the durable, deduplicated, per-portal ordered store of events.
+//!
+//! - [`store`] is the storage engine boundary (the only code naming sled);
+//! - [`record`] defines what is stored and how it is encoded;
+//! - [`writer`] is the single writer thread doing group commit.
+//!
+//! The rest of the program talks to a [`JournalHandle`]: `append` (answers
+//! only once the event is on disk), `probe`, and read access for queries.
+
+pub mod record;
+pub mod store;
+mod writer;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::decode::{IncomingEvent, PortalProfile};
+use crate::types::{EntityId, EventName, MemberId, Ts};
+use record::{PortalIx, PortalRecord};
+use store::{Reader, Store, StoreError};
+
+pub use writer::MAX_BATCH;
+
+/// The on-disk format this binary writes and reads. See
+/// `migrations-notes/` for what each version means.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the file in the data directory that records the format.
+pub const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "b24-journal data format ";
+/// Sub-directory of the data directory that holds the sled database.
+const ENGINE_DIR: &str = "sled";
+
+/// An event ready to be journaled: typed, verified, and without secrets.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Upper-case event name.
+    pub event: EventName,
+    /// The portal's `ts`.
+    pub ts: Ts,
+    /// The portal.
+    pub member_id: MemberId,
+    /// Domain and endpoints at receipt.
+    pub profile: PortalProfile,
+    /// `event_handler_id`.
+    pub event_handler_id: Option<String>,
+    /// The entity id, if any.
+    pub entity_id: Option<EntityId>,
+    /// `data` as received.
+    pub data: Option<Value>,
+    /// Non-secret `auth` fields besides member id, domain and endpoints.
+    pub auth_rest: Map<String, Value>,
+}
+
+impl From<IncomingEvent> for NewEvent {
+    /// Drops the application token: past verification nothing needs it.
+    fn from(e: IncomingEvent) -> Self {
+        NewEvent {
+            event: e.event,
+            ts: e.ts,
+            member_id: e.member_id,
+            profile: e.profile,
+            event_handler_id: e.event_handler_id,
+            entity_id: e.entity_id,
+            data: e.data,
+            auth_rest: e.auth_rest,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as a new event, durably.
+    Stored {
+        /// The new event's id.
+        id: Uuid,
+        /// Its per-portal seq.
+        seq: u64,
+    },
+    /// Already stored; the original's duplicate counter was bumped.
+    Duplicate {
+        /// The original's id.
+        id: Uuid,
+        /// The original's seq.
+        seq: u64,
+    },
+}
+
+/// Why an append was not acknowledged. Both mean "not stored, try later" (503).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    /// The writer's queue is full.
+    #[error("journal queue is full")]
+    QueueFull,
+    /// The journal could not store or flush the event.
+    #[error("journal unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory was written by a newer binary.
+    #[error("data directory {dir} has format version {found}, newer than the {supported} this binary supports; run a newer b24-journal")]
+    TooNew {
+        /// The data directory.
+        dir: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// The directory holds something we do not recognise.
+    #[error("data directory {dir} has an unknown format ({why}); refusing to open it")]
+    Unknown {
+        /// The data directory.
+        dir: PathBuf,
+        /// What was found.
+        why: String,
+    },
+    /// File system trouble.
+    #[error("data directory {dir}: {source}")]
+    Io {
+        /// The data directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The engine failed to open.
+    #[error("opening the journal in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// The error.
+        source: StoreError,
+    },
+}
+
+/// Portals by number, member id and domain, as last committed.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    portals: Vec<PortalRecord>,
+    by_member: HashMap<String, PortalIx>,
+    by_domain: HashMap<String, PortalIx>,
+}
+
+impl Directory {
+    fn from_records(records: Vec<PortalRecord>) -> Result<Self, StoreError> {
+        let mut dir = Directory::default();
+        for rec in records {
+            if rec.ix as usize != dir.portals.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "portal numbers are not dense at {}",
+                    rec.ix
+                )));
+            }
+            dir.upsert(rec);
+        }
+        Ok(dir)
+    }
+
+    /// Inserts or replaces a portal record (new ones come in number order).
+    fn upsert(&mut self, rec: PortalRecord) {
+        self.by_member.insert(rec.member_id.clone(), rec.ix);
+        for p in &rec.profiles {
+            self.by_domain.insert(p.domain.clone(), rec.ix);
+        }
+        let ix = rec.ix as usize;
+        if ix < self.portals.len() {
+            self.portals[ix] = rec;
+        } else {
+            self.portals.push(rec);
+        }
+    }
+
+    /// A portal by member id, or else by domain (case-insensitive).
+    pub fn resolve(&self, key: &str) -> Option<&PortalRecord> {
+        let ix = self
+            .by_member
+            .get(key)
+            .or_else(|| self.by_domain.get(&key.to_ascii_lowercase()))?;
+        self.portals.get(*ix as usize)
+    }
+
+    /// A portal by member id.
+    pub fn by_member(&self, member: &str) -> Option<&PortalRecord> {
+        self.portals.get(*self.by_member.get(member)? as usize)
+    }
+
+    /// All portals, in number order.
+    pub fn portals(&self) -> &[PortalRecord] {
+        &self.portals
+    }
+}
+
+/// The open journal: owns the writer thread.
+pub struct Journal {
+    handle: JournalHandle,
+    writer: std::thread::JoinHandle<()>,
+}
+
+/// A cheap, cloneable handle for request handlers.
+#[derive(Clone)]
+pub struct JournalHandle {
+    tx: mpsc::Sender<writer::Job>,
+    reader: Reader,
+    directory: Arc<RwLock<Directory>>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `data_dir`, with a sled
+    /// page cache of `cache_bytes` and room for `queue` waiting appends.
+    pub fn open(data_dir: &Path, cache_bytes: u64, queue: usize) -> Result<Journal, OpenError> {
+        check_format(data_dir)?;
+        let store_err = |source| OpenError::Store {
+            dir: data_dir.to_owned(),
+            source,
+        };
+        let store = Store::open(&data_dir.join(ENGINE_DIR), cache_bytes).map_err(store_err)?;
+        let records = store.reader().portals().map_err(store_err)?;
+        let directory = Directory::from_records(records).map_err(store_err)?;
+        let published = Arc::new(RwLock::new(directory.clone()));
+        let reader = store.reader().clone();
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let writer = writer::Writer::new(store, directory, published.clone());
+        let writer = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| OpenError::Io {
+                dir: data_dir.to_owned(),
+                source,
+            })?;
+        Ok(Journal {
+            handle: JournalHandle {
+                tx,
+                reader,
+                directory: published,
+            },
+            writer,
+        })
+    }
+
+    /// A handle for request handlers.
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// Commits everything queued, flushes, and stops the writer. Appends
+    /// after this are refused with [`AppendError::Unavailable`].
+    pub fn shutdown(self) {
+        // `send` waits for room: everything already queued is committed
+        // before the writer sees this.
+        let tx = self.handle.tx.clone();
+        drop(self.handle);
+        if tx.blocking_send(writer::Job::Shutdown).is_err() {
+            tracing::warn!("journal writer was already gone at shutdown");
+        }
+        if self.writer.join().is_err() {
+            tracing::error!("journal writer thread panicked");
+        }
+    }
+}
+
+impl JournalHandle {
+    /// Journals `event`; resolves once it is durable (or known duplicate).
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(writer::Job::Append {
+                event: Box::new(event),
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AppendError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => {
+                    AppendError::Unavailable("journal writer stopped".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+    }
+
+    /// Writes and flushes a probe record: `Ok` means the journal is writable.
+    pub async fn probe(&self) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Job::Probe { reply })
+            .await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
+        rx.await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+    }
+
+    /// Runs `f` with the durable portal directory.
+    pub fn with_directory<T>(&self, f: impl FnOnce(&Directory) -> T) -> T {
+        // See Writer::publish on poisoning.
+        let dir = self.directory.read().unwrap_or_else(|p| p.into_inner());
+        f(&dir)
+    }
+
+    /// The store's read side.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+}
+
+/// Checks (or, for a new directory, writes) the format file.
+fn check_format(dir: &Path) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    let unknown = |why: String| OpenError::Unknown {
+        dir: dir.to_owned(),
+        why,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let line = text.lines().next().unwrap_or("").trim();
+            let version = line
+                .strip_prefix(FORMAT_PREFIX)
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| unknown(format!("{FORMAT_FILE} says {line:?}")))?;
+            if version > FORMAT_VERSION {
+                return Err(OpenError::TooNew {
+                    dir: dir.to_owned(),
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            if version != FORMAT_VERSION {
+                return Err(unknown(format!(
+                    "format version {version} is not supported"
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = std::fs::read_dir(dir).map_err(io)?;
+            if entries.next().is_some() {
+                return Err(unknown(format!(
+                    "no {FORMAT_FILE} file, but the directory is not empty"
+                )));
+            }
+            // Write-then-rename so a crash never leaves a half-written file.
+            let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            writeln!(f, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}

@@ -1,0 +1,341 @@
+//! The storage engine boundary: the only file that names sled.
+//!
+//! Everything lives in one sled tree under one-byte key prefixes, because
+//! `apply_batch` is atomic within one tree only: an event, its index entries,
+//! its dedup key and its portal's counters then land in one atomic batch, with
+//! no crash window between them and without sled transactions (which take a
+//! process-global lock and may re-run).
+//!
+//! | prefix | key                                       | value                 |
+//! |--------|-------------------------------------------|-----------------------|
+//! | `E`    | portal u32 BE, seq u64 BE                 | event record          |
+//! | `X`    | portal u32 BE, len u8, entity id, seq u64 | empty                 |
+//! | `T`    | portal u32 BE, ts u64 BE, seq u64 BE      | empty                 |
+//! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE            |
+//! | `P`    | portal u32 BE                             | portal record         |
+//! | `H`    | (none)                                    | last health probe, ms |
+//!
+//! Big-endian integers make byte order equal numeric order, so a reverse range
+//! scan yields newest-first without sorting.
+//!
+//! sled's `flush()` uses `sync_file_range` on Linux, which is not a full fsync
+//! (../shared/SLED.md), and it writes large values to `blobs/` without syncing
+//! them; [`Store::commit`] therefore follows it with `sync_all` on the log file
+//! and on any new blob file.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::record::{DedupKey, PortalIx, PortalRecord};
+
+const EVENT: u8 = b'E';
+const ENTITY: u8 = b'X';
+const TS: u8 = b'T';
+const DEDUP: u8 = b'D';
+const PORTAL: u8 = b'P';
+const HEALTH: u8 = b'H';
+
+/// A storage failure. Never the client's fault: answered 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine reported an error.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A file operation failed.
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored bytes did not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => StoreError::Io(io),
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}
+
+/// How far a failed commit got.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Nothing of the batch was applied.
+    #[error("batch not applied: {0}")]
+    NotApplied(StoreError),
+    /// The batch is applied (readable, will reach disk with a later flush) but
+    /// is not known to be on disk: it must not be acknowledged.
+    #[error("batch applied but not durable: {0}")]
+    NotDurable(StoreError),
+}
+
+/// The journal's storage.
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    reader: Reader,
+    dir: PathBuf,
+    log: File,
+    synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+/// A set of writes applied atomically by [`Store::commit`].
+#[derive(Default)]
+pub struct WriteBatch {
+    inner: sled::Batch,
+    len: usize,
+}
+
+fn key(prefix: u8, portal: PortalIx, rest: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + rest.iter().map(|r| r.len()).sum::<usize>());
+    k.push(prefix);
+    k.extend_from_slice(&portal.to_be_bytes());
+    for r in rest {
+        k.extend_from_slice(r);
+    }
+    k
+}
+
+fn entity_prefix(portal: PortalIx, entity: &str) -> Vec<u8> {
+    // Entity ids are at most 200 bytes (types::EntityId), so the length fits a
+    // byte; the length prefix keeps "1" from matching "12".
+    let len = [u8::try_from(entity.len()).unwrap_or(u8::MAX)];
+    key(ENTITY, portal, &[&len, entity.as_bytes()])
+}
+
+fn seq_suffix(k: &[u8]) -> Result<u64, StoreError> {
+    let tail = k
+        .len()
+        .checked_sub(8)
+        .map(|at| &k[at..])
+        .ok_or_else(|| StoreError::Corrupt("index key too short".into()))?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(tail);
+    Ok(u64::from_be_bytes(b))
+}
+
+impl WriteBatch {
+    /// Stores an encoded event.
+    pub fn put_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
+        self.inner
+            .insert(key(EVENT, portal, &[&seq.to_be_bytes()]), value);
+        self.len += 1;
+    }
+
+    /// Indexes an event under its entity id.
+    pub fn put_entity(&mut self, portal: PortalIx, entity: &str, seq: u64) {
+        let mut k = entity_prefix(portal, entity);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.inner.insert(k, &[][..]);
+        self.len += 1;
+    }
+
+    /// Indexes an event under its `ts`.
+    pub fn put_ts(&mut self, portal: PortalIx, ts: u64, seq: u64) {
+        self.inner.insert(
+            key(TS, portal, &[&ts.to_be_bytes(), &seq.to_be_bytes()]),
+            &[][..],
+        );
+        self.len += 1;
+    }
+
+    /// Records a dedup key as taken by `seq`.
+    pub fn put_dedup(&mut self, portal: PortalIx, dedup: &DedupKey, seq: u64) {
+        self.inner
+            .insert(key(DEDUP, portal, &[dedup]), &seq.to_be_bytes()[..]);
+        self.len += 1;
+    }
+
+    /// Stores a portal record.
+    pub fn put_portal(&mut self, record: &PortalRecord) {
+        self.inner
+            .insert(key(PORTAL, record.ix, &[]), record.to_bytes());
+        self.len += 1;
+    }
+
+    /// Records a health probe (proves the journal takes writes).
+    pub fn put_health(&mut self, now_ms: u64) {
+        self.inner.insert(&[HEALTH][..], &now_ms.to_be_bytes()[..]);
+        self.len += 1;
+    }
+
+    /// Number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` with a page cache of
+    /// `cache_bytes`. sled's default cache is 1 GiB and its RSS can exceed
+    /// the setting, so it is always set explicitly.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Our writer is the only flusher: sled's periodic flush thread
+            // would add a second, concurrent flusher for no benefit.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("journal")?;
+        let log = File::open(dir.join("db"))?;
+        let store = Store {
+            db,
+            reader: Reader { tree: tree.clone() },
+            tree,
+            dir: dir.to_owned(),
+            log,
+            synced_blobs: HashSet::new(),
+        };
+        // Make the freshly created files and their directory entries durable
+        // before anything is acknowledged.
+        store.db.flush()?;
+        store.log.sync_all()?;
+        sync_dir(dir)?;
+        Ok(store)
+    }
+
+    /// Applies `batch` atomically, flushes it and fsyncs the files that hold
+    /// it. Only after `Ok` may its events be acknowledged.
+    pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+        self.tree
+            .apply_batch(batch.inner)
+            .map_err(|e| CommitError::NotApplied(e.into()))?;
+        self.sync().map_err(CommitError::NotDurable)
+    }
+
+    /// Flushes everything applied so far and fsyncs it.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log.sync_all()?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&mut self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("blobs");
+        let mut new = false;
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                // A blob may be garbage-collected between listing and opening:
+                // then there is nothing left to sync.
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.synced_blobs.insert(name);
+                new = true;
+            }
+        }
+        if new {
+            sync_dir(&blobs)?;
+        }
+        Ok(())
+    }
+
+    /// The read side of the store.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+}
+
+/// A read-only view of the store, cloneable into request handlers.
+#[derive(Clone)]
+pub struct Reader {
+    tree: sled::Tree,
+}
+
+impl Reader {
+    /// Every portal record, in portal-number order.
+    pub fn portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
+        self.tree
+            .scan_prefix([PORTAL])
+            .values()
+            .map(|v| {
+                let v = v?;
+                PortalRecord::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The seq that holds `dedup` in `portal`, if any.
+    pub fn dedup(&self, portal: PortalIx, dedup: &DedupKey) -> Result<Option<u64>, StoreError> {
+        match self.tree.get(key(DEDUP, portal, &[dedup]))? {
+            None => Ok(None),
+            Some(v) => seq_suffix(&v).map(Some),
+        }
+    }
+
+    /// The encoded event `seq` of `portal`.
+    pub fn event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .get(key(EVENT, portal, &[&seq.to_be_bytes()]))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Events of `portal` with seq in `1..=upper`, newest first.
+    pub fn events_desc(
+        &self,
+        portal: PortalIx,
+        upper: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let lo = key(EVENT, portal, &[&0u64.to_be_bytes()]);
+        let hi = key(EVENT, portal, &[&upper.to_be_bytes()]);
+        self.tree.range(lo..=hi).rev().map(|kv| {
+            let (k, v) = kv?;
+            Ok((seq_suffix(&k)?, v.to_vec()))
+        })
+    }
+
+    /// Seqs of `portal`'s events about `entity`, with seq `<= upper`,
+    /// newest first.
+    pub fn entity_desc(
+        &self,
+        portal: PortalIx,
+        entity: &str,
+        upper: u64,
+    ) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
+        let prefix = entity_prefix(portal, entity);
+        let mut lo = prefix.clone();
+        lo.extend_from_slice(&0u64.to_be_bytes());
+        let mut hi = prefix;
+        hi.extend_from_slice(&upper.to_be_bytes());
+        self.tree.range(lo..=hi).rev().map(|kv| seq_suffix(&kv?.0))
+    }
+
+    /// `(ts, seq)` of `portal`'s events with `from <= (ts, seq) <= to`,
+    /// highest first.
+    pub fn ts_desc(
+        &self,
+        portal: PortalIx,
+        from: (u64, u64),
+        to: (u64, u64),
+    ) -> impl Iterator<Item = Result<(u64, u64), StoreError>> + '_ {
+        let lo = key(TS, portal, &[&from.0.to_be_bytes(), &from.1.to_be_bytes()]);
+        let hi = key(TS, portal, &[&to.0.to_be_bytes(), &to.1.to_be_bytes()]);
+        self.tree.range(lo..=hi).rev().map(|kv| {
+            let (k, _) = kv?;
+            if k.len() != 21 {
+                return Err(StoreError::Corrupt("ts index key length".into()));
+            }
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&k[5..13]);
+            Ok((u64::from_be_bytes(ts), seq_suffix(&k)?))
+        })
+    }
+}
+
+/// fsyncs a directory, making the entries of files created in it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,398 @@
+//! The single writer: group commit with atomic dedup.
+//!
+//! One OS thread owns every append. Request handlers send it a [`Job`] with a
+//! reply channel; it takes whatever is queued (up to [`MAX_BATCH`]), checks each
+//! event's dedup key against the store and against the batch itself, assigns
+//! per-portal seqs, applies the whole batch atomically, flushes and fsyncs
+//! once, and only then answers every waiter. Because only this thread reads
+//! and writes dedup keys, "check and append" is one atomic step without
+//! locks, and concurrent requests share one fsync.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::record::{bump_duplicates, dedup_key, DedupKey, EventRecord, PortalIx, PortalRecord};
+use super::store::{CommitError, Store, StoreError, WriteBatch};
+use super::{AppendError, AppendOutcome, Directory, NewEvent};
+
+/// Most jobs committed together. Bounds the latency one batch adds and the
+/// memory it holds.
+pub const MAX_BATCH: usize = 1024;
+
+/// Where the writer answers one append.
+type AppendReply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+/// Work for the writer.
+pub(super) enum Job {
+    /// Journal one event.
+    Append {
+        event: Box<NewEvent>,
+        reply: AppendReply,
+    },
+    /// Prove the journal takes a write and a flush.
+    Probe {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Commit what came before, then stop.
+    Shutdown,
+}
+
+/// A new event waiting in the current batch.
+struct Pending {
+    portal: PortalIx,
+    seq: u64,
+    dedup: DedupKey,
+    record: EventRecord,
+    duplicates: u32,
+}
+
+/// Everything one batch changes, kept apart from the writer's committed
+/// state until the batch is applied.
+#[derive(Default)]
+struct Batch {
+    /// Working copies of the portals this batch changes.
+    portals: HashMap<PortalIx, PortalRecord>,
+    /// Portals created in this batch, by member id.
+    new_members: HashMap<String, PortalIx>,
+    new_events: Vec<Pending>,
+    /// Dedup keys taken in this batch → index in `new_events`.
+    taken: HashMap<(PortalIx, DedupKey), usize>,
+    /// Stored events whose duplicate counter this batch bumps.
+    rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
+    /// Each waiter with the answer it gets if the batch commits.
+    replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
+    probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    store: Store,
+    /// Portals as committed (applied) in the store.
+    directory: Directory,
+    /// What readers see: only portals whose state is known durable.
+    published: Arc<RwLock<Directory>>,
+    /// Portals applied but not yet durable (a flush failed after apply).
+    unpublished: Vec<PortalIx>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Store,
+        directory: Directory,
+        published: Arc<RwLock<Directory>>,
+    ) -> Self {
+        Writer {
+            store,
+            directory,
+            published,
+            unpublished: Vec::new(),
+        }
+    }
+
+    /// Runs until a [`Job::Shutdown`] or until every sender is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut stop = false;
+        while !stop {
+            match rx.blocking_recv() {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            stop = self.process(&mut jobs);
+        }
+        // Refuse whatever is still queued, so no handler waits forever.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            refuse(job);
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
+        tracing::info!("journal writer stopped");
+    }
+
+    /// Commits one batch of jobs; returns whether a shutdown was requested.
+    fn process(&mut self, jobs: &mut Vec<Job>) -> bool {
+        let mut batch = Batch::default();
+        let mut stop = false;
+        for job in jobs.drain(..) {
+            match job {
+                Job::Append { event, reply } => {
+                    let outcome = self.stage(&mut batch, *event);
+                    batch.replies.push((reply, outcome));
+                }
+                Job::Probe { reply } => batch.probes.push(reply),
+                Job::Shutdown => stop = true,
+            }
+        }
+        self.commit(batch);
+        stop
+    }
+
+    /// The portal record `member` has in this batch, creating it if new.
+    fn portal_for<'b>(&self, batch: &'b mut Batch, event: &NewEvent) -> &'b mut PortalRecord {
+        let member = event.member_id.as_str();
+        let ix = match self
+            .directory
+            .by_member
+            .get(member)
+            .or_else(|| batch.new_members.get(member))
+        {
+            Some(&ix) => ix,
+            None => {
+                // Cannot overflow in practice: four billion portals.
+                let ix = u32::try_from(self.directory.portals.len() + batch.new_members.len())
+                    .unwrap_or(u32::MAX);
+                batch.new_members.insert(member.to_owned(), ix);
+                batch
+                    .portals
+                    .insert(ix, PortalRecord::new(ix, &event.member_id));
+                ix
+            }
+        };
+        batch.portals.entry(ix).or_insert_with(|| {
+            // Present: `ix` came from the directory (new ones were inserted above).
+            self.directory.portals[ix as usize].clone()
+        })
+    }
+
+    /// Decides what one event is: new (staged) or a duplicate (counted).
+    fn stage(&self, batch: &mut Batch, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+        let dedup = dedup_key(
+            &event.event,
+            event.entity_id.as_ref(),
+            event.data.as_ref(),
+            event.ts,
+        );
+        let portal = self.portal_for(batch, &event).ix;
+
+        // A duplicate of an event earlier in this same batch.
+        if let Some(&i) = batch.taken.get(&(portal, dedup)) {
+            let pending = &mut batch.new_events[i];
+            pending.duplicates = pending.duplicates.saturating_add(1);
+            let outcome = AppendOutcome::Duplicate {
+                id: Uuid::from_u128(pending.record.id),
+                seq: pending.seq,
+            };
+            if let Some(rec) = batch.portals.get_mut(&portal) {
+                rec.duplicates += 1;
+            }
+            return Ok(outcome);
+        }
+
+        // A duplicate of a stored event. Only portals already in the store
+        // can have stored events.
+        if self
+            .directory
+            .by_member
+            .contains_key(event.member_id.as_str())
+        {
+            if let Some(seq) = self
+                .store
+                .reader()
+                .dedup(portal, &dedup)
+                .map_err(unavailable)?
+            {
+                match self.bump_stored(batch, portal, seq) {
+                    Ok(Some(id)) => {
+                        if let Some(rec) = batch.portals.get_mut(&portal) {
+                            rec.duplicates += 1;
+                        }
+                        return Ok(AppendOutcome::Duplicate { id, seq });
+                    }
+                    Ok(None) => {
+                        // A dedup key without its event cannot be produced by
+                        // our atomic batches; store the event rather than
+                        // refuse it, and say so loudly.
+                        tracing::error!(
+                            portal,
+                            seq,
+                            "dedup key points to a missing event; storing anew"
+                        );
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        }
+
+        // New: take the next seq and stage it.
+        let now = Uuid::now_v7();
+        let rec = batch
+            .portals
+            .get_mut(&portal)
+            .ok_or_else(|| AppendError::Unavailable("portal record vanished".into()))?;
+        let seq = rec.next_seq;
+        rec.next_seq += 1;
+        rec.events += 1;
+        let profile = rec.profile_index(&event.profile);
+        let record = EventRecord {
+            id: now.as_u128(),
+            ts: event.ts.secs(),
+            event: event.event.as_str().to_owned(),
+            entity_id: event.entity_id.as_ref().map(|e| e.as_str().to_owned()),
+            event_handler_id: event.event_handler_id,
+            profile,
+            auth: if event.auth_rest.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&event.auth_rest).unwrap_or_default()
+            },
+            data: match &event.data {
+                Some(d) => serde_json::to_vec(d).unwrap_or_default(),
+                None => Vec::new(),
+            },
+        };
+        let received = record.received_ms();
+        rec.first_received_ms.get_or_insert(received);
+        rec.last_received_ms = Some(received);
+        batch.taken.insert((portal, dedup), batch.new_events.len());
+        batch.new_events.push(Pending {
+            portal,
+            seq,
+            dedup,
+            record,
+            duplicates: 0,
+        });
+        Ok(AppendOutcome::Stored { id: now, seq })
+    }
+
+    /// Bumps the duplicate counter of stored event `seq`; returns its id, or
+    /// `None` if it does not exist.
+    fn bump_stored(
+        &self,
+        batch: &mut Batch,
+        portal: PortalIx,
+        seq: u64,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let bytes = match batch.rewritten.remove(&(portal, seq)) {
+            Some(b) => b,
+            None => match self.store.reader().event(portal, seq)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+        };
+        let (record, _) =
+            EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut bytes = bytes;
+        bump_duplicates(&mut bytes);
+        batch.rewritten.insert((portal, seq), bytes);
+        Ok(Some(Uuid::from_u128(record.id)))
+    }
+
+    /// Applies, flushes and fsyncs the batch, then answers every waiter.
+    fn commit(&mut self, mut batch: Batch) {
+        let mut writes = WriteBatch::default();
+        for p in &batch.new_events {
+            writes.put_event(p.portal, p.seq, p.record.to_bytes(p.duplicates));
+            if let Some(entity) = &p.record.entity_id {
+                writes.put_entity(p.portal, entity, p.seq);
+            }
+            writes.put_ts(p.portal, p.record.ts, p.seq);
+            writes.put_dedup(p.portal, &p.dedup, p.seq);
+        }
+        for ((portal, seq), bytes) in batch.rewritten.drain() {
+            writes.put_event(portal, seq, bytes);
+        }
+        for rec in batch.portals.values() {
+            writes.put_portal(rec);
+        }
+        if !batch.probes.is_empty() {
+            writes.put_health(now_ms());
+        }
+        let touched: Vec<PortalRecord> = batch.portals.into_values().collect();
+
+        let result = if writes.is_empty() {
+            // Only refused jobs (or nothing): no write to make durable.
+            Ok(())
+        } else {
+            self.store.commit(writes)
+        };
+        let failure = match result {
+            Ok(()) => {
+                let mut ixs: Vec<PortalIx> = std::mem::take(&mut self.unpublished);
+                for rec in touched {
+                    ixs.push(rec.ix);
+                    self.directory.upsert(rec);
+                }
+                self.publish(&ixs);
+                None
+            }
+            Err(CommitError::NotApplied(e)) => {
+                tracing::error!(error = %e, "journal batch not applied; answering 503");
+                Some(e.to_string())
+            }
+            Err(CommitError::NotDurable(e)) => {
+                tracing::error!(error = %e, "journal flush failed; answering 503");
+                // The store holds the batch now: keep counters in step with
+                // it, but show it to readers only once a flush succeeds.
+                for rec in touched {
+                    self.unpublished.push(rec.ix);
+                    self.directory.upsert(rec);
+                }
+                Some(e.to_string())
+            }
+        };
+        for (reply, outcome) in batch.replies {
+            let outcome = match (&failure, outcome) {
+                (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
+                (_, outcome) => outcome,
+            };
+            // The handler may have gone (client disconnected): nothing to do.
+            let _ = reply.send(outcome);
+        }
+        for probe in batch.probes {
+            let _ = probe.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(AppendError::Unavailable(e.clone())),
+            });
+        }
+    }
+
+    fn publish(&self, ixs: &[PortalIx]) {
+        if ixs.is_empty() {
+            return;
+        }
+        // A poisoned lock means a reader panicked while holding it; the data
+        // (plain records) is still consistent, so keep going.
+        let mut shared = self.published.write().unwrap_or_else(|p| p.into_inner());
+        for &ix in ixs {
+            if let Some(rec) = self.directory.portals.get(ix as usize) {
+                shared.upsert(rec.clone());
+            }
+        }
+    }
+}
+
+fn unavailable(e: StoreError) -> AppendError {
+    AppendError::Unavailable(e.to_string())
+}
+
+fn refuse(job: Job) {
+    let err = || AppendError::Unavailable("journal is shutting down".into());
+    match job {
+        Job::Append { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Probe { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Shutdown => {}
+    }
+}

@@ -1,0 +1,247 @@
+//! The server: opens the journal, assembles the routes, accepts connections,
+//! and shuts down cleanly (stop accepting, finish in-flight requests, commit
+//! and flush the journal).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::http::{json_response, recover};
+use crate::journal::{Journal, JournalHandle, OpenError};
+use crate::settings::Settings;
+use crate::types::TokenDigest;
+use crate::verify::Verifier;
+use crate::{query, receive};
+
+/// Most connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time in-flight requests get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// State shared by the request handlers.
+pub struct App {
+    /// The journal.
+    pub journal: JournalHandle,
+    /// Trusted portals.
+    pub verifier: Verifier,
+    /// Digest of the read API's bearer token.
+    pub read_token: Option<TokenDigest>,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The journal did not open.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Every route, with rejections turned into JSON errors and each request
+/// logged (method, path without query, status, latency; never a body).
+pub fn routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let log = warp::log::custom(|info| {
+        tracing::info!(
+            method = %info.method(),
+            path = info.path(),
+            status = info.status().as_u16(),
+            latency_ms = info.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    receive::route(app.clone())
+        .or(query::list_portals(app.clone()))
+        .unify()
+        .or(query::list_events(app.clone()))
+        .unify()
+        .or(health(app))
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(log)
+}
+
+/// `GET /healthz`
+fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(warp::any().map(move || app.clone()))
+        .then(|app: Arc<App>| async move {
+            match tokio::time::timeout(Duration::from_secs(5), app.journal.probe()).await {
+                Ok(Ok(())) => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "health probe failed");
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "unavailable", "error": "journal is not writable"}),
+                    )
+                }
+                Err(_) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "unavailable", "error": "journal did not answer within 5 s"}),
+                ),
+            }
+        })
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    serve(settings, listener, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let started = Instant::now();
+    let data_dir = settings.data_dir.clone();
+    let journal = tokio::task::spawn_blocking(move || {
+        Journal::open(&data_dir, settings.cache_bytes, settings.queue)
+    })
+    .await
+    .expect("journal open task does not panic")?;
+    if settings.portals.is_empty() {
+        tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
+    }
+    if settings.read_token.is_none() {
+        tracing::warn!("no read token configured: the read API (/v1/portals…) answers 401");
+    }
+    let app = Arc::new(App {
+        journal: journal.handle(),
+        verifier: Verifier::new(settings.portals),
+        read_token: settings.read_token.as_ref().map(|t| t.digest()),
+    });
+    let addr = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    tracing::info!(
+        data_dir = %settings.data_dir.display(),
+        portals = app.verifier.members().len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening on http://{addr}"
+    );
+
+    accept_loop(listener, routes(app.clone()), shutdown).await;
+
+    // Connections are done: no handler holds a reply channel any more.
+    drop(app);
+    tracing::info!("stopping: committing and flushing the journal");
+    tokio::task::spawn_blocking(move || journal.shutdown())
+        .await
+        .expect("journal shutdown task does not panic");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts connections (at most [`MAX_CONNECTIONS`] at once) until
+/// `shutdown`, then lets in-flight requests finish for up to
+/// [`SHUTDOWN_GRACE`].
+async fn accept_loop<F>(listener: TcpListener, filter: F, shutdown: impl Future<Output = ()>)
+where
+    F: Filter<Error = Infallible> + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
