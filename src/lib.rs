@@ -28,7 +28,14 @@ pub use settings::{Cli, Settings};
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (tests) keeps the first subscriber.
+    // sled logs through the `log` crate. Forward its records at info and
+    // above only: its debug/trace records are noise for operators, and some
+    // are emitted from thread-local destructors at thread exit, where the
+    // tracing dispatcher is already gone and forwarding them aborts the
+    // process. A second call (tests) keeps the first logger and subscriber.
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(tracing_log::log::LevelFilter::Info)
+        .init();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -108,10 +108,26 @@ async fn events(
 ) -> Result<Response, ApiError> {
     check_bearer(auth, app.read_token.as_ref())?;
     let query = EventsQuery::parse(raw)?;
-    let portal = app
+    let Some(portal) = app
         .journal
         .with_directory(|dir| dir.resolve(portal).cloned())
-        .ok_or_else(|| ApiError::NotFound(format!("unknown portal `{}`", truncate(portal))))?;
+    else {
+        // A configured portal that has not sent anything yet exists, with no
+        // events; anything else is unknown.
+        if app.verifier.is_configured(portal) {
+            return Ok(json_response(
+                StatusCode::OK,
+                &Page {
+                    events: Vec::new(),
+                    next_cursor: None,
+                },
+            ));
+        }
+        return Err(ApiError::NotFound(format!(
+            "unknown portal `{}`",
+            truncate(portal)
+        )));
+    };
     let reader = app.journal.reader().clone();
     // Range scans are synchronous sled calls: keep them off the async workers.
     let page = tokio::task::spawn_blocking(move || run(&reader, &portal, &query))
@@ -280,10 +296,12 @@ impl EventsQuery {
                     q.until =
                         Some(Ts::parse_unix_or_rfc3339(&value).map_err(|e| bad("until", e.0))?)
                 }
-                other => return Err(ApiError::BadRequest(format!(
+                other => {
+                    return Err(ApiError::BadRequest(format!(
                     "unknown parameter `{}` (known: limit, cursor, event, entity_id, since, until)",
                     truncate(other)
-                ))),
+                )))
+                }
             }
         }
         if let (Some(s), Some(u)) = (q.since, q.until) {

@@ -46,6 +46,9 @@ pub enum RunError {
     /// The journal did not open.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -107,13 +110,14 @@ fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> Result<(), RunError> {
+    let shutdown = shutdown_signal().map_err(RunError::Signals)?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| RunError::Bind {
             addr: settings.listen,
             source,
         })?;
-    serve(settings, listener, shutdown_signal()).await
+    serve(settings, listener, shutdown).await
 }
 
 /// Serves on `listener` until `shutdown` completes.
@@ -218,30 +222,26 @@ where
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives
+/// right after start-up is not fatal) and returns a future that resolves on
+/// either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -50,6 +50,12 @@ impl MemberId {
     }
 }
 
+impl std::borrow::Borrow<str> for MemberId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -55,6 +55,11 @@ impl Verifier {
         }
     }
 
+    /// Whether a token is configured for `member`.
+    pub fn is_configured(&self, member: &str) -> bool {
+        self.tokens.contains_key(member)
+    }
+
     /// The configured member ids, sorted.
     pub fn members(&self) -> Vec<MemberId> {
         let mut members: Vec<_> = self.tokens.keys().cloned().collect();

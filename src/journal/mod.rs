@@ -117,7 +117,7 @@ pub enum OpenError {
         supported: u32,
     },
     /// The directory holds something we do not recognise.
-    #[error("data directory {dir} has an unknown format ({why}); refusing to open it")]
+    #[error("data directory {dir} has an unknown format version ({why}); refusing to open it")]
     Unknown {
         /// The data directory.
         dir: PathBuf,
@@ -165,8 +165,13 @@ impl Directory {
         Ok(dir)
     }
 
-    /// Inserts or replaces a portal record (new ones come in number order).
+    /// Inserts or replaces a portal record. New portals must come in number
+    /// order (the writer sorts them), so a new one is always the next index.
     fn upsert(&mut self, rec: PortalRecord) {
+        debug_assert!(
+            rec.ix as usize <= self.portals.len(),
+            "portal numbers are dense"
+        );
         self.by_member.insert(rec.member_id.clone(), rec.ix);
         for p in &rec.profiles {
             self.by_domain.insert(p.domain.clone(), rec.ix);

@@ -198,7 +198,11 @@ impl Store {
         // before anything is acknowledged.
         store.db.flush()?;
         store.log.sync_all()?;
+        File::open(dir.join("conf"))?.sync_all()?;
         sync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         Ok(store)
     }
 

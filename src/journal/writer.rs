@@ -316,7 +316,10 @@ impl Writer {
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
         }
-        let touched: Vec<PortalRecord> = batch.portals.into_values().collect();
+        // In number order: new portals must be appended to the directory in
+        // the order their numbers were given.
+        let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
+        touched.sort_by_key(|rec| rec.ix);
 
         let result = if writes.is_empty() {
             // Only refused jobs (or nothing): no write to make durable.
