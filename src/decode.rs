@@ -55,6 +55,10 @@ impl DecodeError {
     }
 }
 
+/// `auth` fields that stay the same for an installation from one event to
+/// the next, so they belong in the profile stored once per portal.
+pub const PROFILE_FIELDS: [&str; 3] = ["scope", "status", "expires_in"];
+
 /// The portal-constant part of `auth`: stored once per portal, not per event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortalProfile {
@@ -64,6 +68,8 @@ pub struct PortalProfile {
     pub client_endpoint: Option<String>,
     /// `auth[server_endpoint]`, if sent.
     pub server_endpoint: Option<String>,
+    /// Those of [`PROFILE_FIELDS`] that were sent as strings, in that order.
+    pub fixed: Vec<(String, String)>,
 }
 
 /// An event as received, typed, with every secret removed except the
@@ -361,6 +367,13 @@ pub fn from_tree(mut tree: Map<String, Value>) -> Result<IncomingEvent, DecodeEr
                 "member_id" | "domain" | "client_endpoint" | "server_endpoint"
             )
     });
+    let mut fixed = Vec::new();
+    for name in PROFILE_FIELDS {
+        if let Some(Value::String(v)) = auth.get(name) {
+            fixed.push((name.to_owned(), v.clone()));
+            auth.remove(name);
+        }
+    }
 
     let data = tree.remove("data");
     let entity_id = entity_id(data.as_ref())?;
@@ -373,6 +386,7 @@ pub fn from_tree(mut tree: Map<String, Value>) -> Result<IncomingEvent, DecodeEr
             domain: domain.as_str().to_owned(),
             client_endpoint,
             server_endpoint,
+            fixed,
         },
         application_token,
         event_handler_id,
@@ -447,8 +461,14 @@ mod tests {
             e.profile.client_endpoint.as_deref(),
             Some("https://some-domain.bitrix24.com/rest/")
         );
-        let keys: Vec<_> = e.auth_rest.keys().cloned().collect();
-        assert_eq!(keys, ["expires_in", "scope", "status"]);
+        assert!(e.auth_rest.is_empty());
+        let fixed: Vec<_> = e
+            .profile
+            .fixed
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(fixed, ["scope=crm", "status=L", "expires_in=3600"]);
     }
 
     #[test]

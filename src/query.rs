@@ -1,8 +1,10 @@
 //! Query out: the read API for dashboards.
 //!
-//! Every read is a range scan over big-endian keys, newest first: the portal's
-//! event log by seq, its entity index, or its `ts` index when a time range is
-//! asked for. Readers only ever see events up to the last seq known durable,
+//! Every read is a range scan over big-endian keys, newest first by seq: the
+//! portal's event log, or its entity index. A time range (`since`/`until`)
+//! first scans the portal's block summaries (one entry per 256 events, with
+//! the block's lowest and highest `ts`) and reads only the blocks that can
+//! match. Readers only ever see events up to the last seq known durable,
 //! so a dashboard never shows an event that a crash could still take back.
 //! A page scans at most [`SCAN_BUDGET`] entries: a filter that matches rarely
 //! then returns a short (even empty) page with a cursor instead of walking
@@ -18,7 +20,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::http::{check_bearer, json_response, respond, ApiError};
-use crate::journal::record::{EventRecord, PortalRecord};
+use crate::journal::record::{block_of, EventRecord, PortalRecord, SUMMARY_SPAN};
 use crate::journal::store::{Reader, StoreError};
 use crate::server::App;
 use crate::types::{millis_to_rfc3339, EntityId, EventName, Ts};
@@ -157,38 +159,19 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// A position in a result order: the last event a page returned (or looked
-/// at). The next page starts strictly after it.
+/// A position in a result: the seq of the last event a page returned (or
+/// looked at). The next page starts strictly below it. Results are always
+/// in seq order, so one kind of cursor serves every filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cursor {
-    /// In seq order (the default, and with `entity_id`).
-    Seq(u64),
-    /// In (ts, seq) order (with `since`/`until` and no `entity_id`).
-    Ts {
-        /// The event's ts.
-        ts: u64,
-        /// The event's seq.
-        seq: u64,
-    },
-}
+pub struct Cursor(pub u64);
 
 const CURSOR_VERSION: u8 = 1;
 
 impl Cursor {
     /// Opaque text form.
     pub fn encode(self) -> String {
-        let mut b = vec![CURSOR_VERSION];
-        match self {
-            Cursor::Seq(seq) => {
-                b.push(b's');
-                b.extend_from_slice(&seq.to_be_bytes());
-            }
-            Cursor::Ts { ts, seq } => {
-                b.push(b't');
-                b.extend_from_slice(&ts.to_be_bytes());
-                b.extend_from_slice(&seq.to_be_bytes());
-            }
-        }
+        let mut b = vec![CURSOR_VERSION, b's'];
+        b.extend_from_slice(&self.0.to_be_bytes());
         URL_SAFE_NO_PAD.encode(b)
     }
 
@@ -203,17 +186,12 @@ impl Cursor {
             return Err(bad());
         }
         let b = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        let u64_at = |at: usize| -> Option<u64> {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(b.get(at..at + 8)?);
-            Some(u64::from_be_bytes(x))
-        };
-        match (b.first(), b.get(1), b.len()) {
-            (Some(&CURSOR_VERSION), Some(b's'), 10) => Ok(Cursor::Seq(u64_at(2).ok_or_else(bad)?)),
-            (Some(&CURSOR_VERSION), Some(b't'), 18) => Ok(Cursor::Ts {
-                ts: u64_at(2).ok_or_else(bad)?,
-                seq: u64_at(10).ok_or_else(bad)?,
-            }),
+        match b.as_slice() {
+            [CURSOR_VERSION, b's', seq @ ..] if seq.len() == 8 => {
+                let mut x = [0u8; 8];
+                x.copy_from_slice(seq);
+                Ok(Cursor(u64::from_be_bytes(x)))
+            }
             _ => Err(bad()),
         }
     }
@@ -237,11 +215,6 @@ pub struct EventsQuery {
 }
 
 impl EventsQuery {
-    /// Whether results come in (ts, seq) order rather than seq order.
-    pub fn by_ts(&self) -> bool {
-        self.entity_id.is_none() && (self.since.is_some() || self.until.is_some())
-    }
-
     /// Parses a raw query string; unknown, repeated or bad parameters are
     /// refused by name.
     pub fn parse(raw: &str) -> Result<EventsQuery, ApiError> {
@@ -309,18 +282,13 @@ impl EventsQuery {
                 return Err(bad("since", "is after `until`"));
             }
         }
-        match (q.cursor, q.by_ts()) {
-            (Some(Cursor::Ts { .. }), false) | (Some(Cursor::Seq(_)), true) => Err(bad(
-                "cursor",
-                "belongs to a query with different since/until/entity_id parameters",
-            )),
-            _ => Ok(q),
-        }
+        Ok(q)
     }
 
-    fn matches(&self, rec: &EventRecord) -> bool {
+    fn matches(&self, rec: &EventRecord, portal: &PortalRecord) -> bool {
         if let Some(names) = &self.events {
-            if !names.iter().any(|n| n.as_str() == rec.event) {
+            let name = rec.event_name(portal);
+            if !names.iter().any(|n| n.as_str() == name) {
                 return false;
             }
         }
@@ -343,115 +311,124 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// A candidate event: its position and stored bytes.
-type Candidate = Result<(Cursor, Vec<u8>), StoreError>;
+/// Collects one page from candidates offered newest first, enforcing the
+/// page size and the scan budget.
+struct Collector<'a> {
+    q: &'a EventsQuery,
+    portal: &'a PortalRecord,
+    events: Vec<Value>,
+    last_returned: Option<u64>,
+    scanned: usize,
+    /// Set when the page is complete: `Some(cursor)` or `None` for "no more".
+    done: Option<Option<String>>,
+}
+
+impl<'a> Collector<'a> {
+    fn new(q: &'a EventsQuery, portal: &'a PortalRecord) -> Self {
+        Collector {
+            q,
+            portal,
+            events: Vec::new(),
+            last_returned: None,
+            scanned: 0,
+            done: None,
+        }
+    }
+
+    /// Offers event `seq`; returns `false` once the page is complete.
+    fn offer(&mut self, seq: u64, bytes: &[u8]) -> Result<bool, StoreError> {
+        let (rec, duplicates) =
+            EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.scanned += 1;
+        if self.q.matches(&rec, self.portal) {
+            if self.events.len() == self.q.limit {
+                // One more match exists: the page is full and not the last.
+                self.done = Some(self.last_returned.map(|s| Cursor(s).encode()));
+                return Ok(false);
+            }
+            self.events.push(render(self.portal, seq, &rec, duplicates));
+            self.last_returned = Some(seq);
+        }
+        Ok(self.budget_left(seq))
+    }
+
+    /// Counts a look at an index entry; returns `false` when the budget is
+    /// spent (the next page continues below `seq`).
+    fn budget_left(&mut self, seq: u64) -> bool {
+        if self.scanned >= SCAN_BUDGET {
+            self.done = Some(Some(Cursor(seq).encode()));
+            return false;
+        }
+        true
+    }
+
+    fn finish(self) -> Page {
+        Page {
+            events: self.events,
+            next_cursor: self.done.flatten(),
+        }
+    }
+}
 
 /// Runs a query against a durable snapshot of `portal`.
 pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Page, StoreError> {
     let ix = portal.ix;
-    let upper = portal.last_seq();
-    let load = move |seq: u64| -> Result<Vec<u8>, StoreError> {
-        reader
-            .event(ix, seq)?
-            .ok_or_else(|| StoreError::Corrupt(format!("index entry for missing event {seq}")))
+    // Only events known durable; below the cursor when continuing.
+    let start = match q.cursor {
+        Some(Cursor(seq)) => seq.saturating_sub(1).min(portal.last_seq()),
+        None => portal.last_seq(),
     };
-    let candidates: Box<dyn Iterator<Item = Candidate> + '_> = match (&q.entity_id, q.by_ts()) {
-        (Some(entity), _) => {
-            let start = match q.cursor {
-                Some(Cursor::Seq(s)) => s.saturating_sub(1).min(upper),
-                _ => upper,
-            };
-            Box::new(
-                reader
-                    .entity_desc(ix, entity.as_str(), start)
-                    .map(move |seq| {
-                        let seq = seq?;
-                        Ok((Cursor::Seq(seq), load(seq)?))
-                    }),
-            )
-        }
-        (None, true) => {
-            let lo = (q.since.unwrap_or(Ts::MIN).secs(), 0);
-            let mut hi = (q.until.unwrap_or(Ts::MAX).secs(), u64::MAX);
-            if let Some(Cursor::Ts { ts, seq }) = q.cursor {
-                // Strictly below the cursor in (ts, seq) order.
-                let below = if seq > 0 {
-                    (ts, seq - 1)
-                } else {
-                    (ts.saturating_sub(1), u64::MAX)
-                };
-                hi = hi.min(below);
+    let mut page = Collector::new(q, portal);
+    if start == 0 {
+        return Ok(page.finish());
+    }
+    if let Some(entity) = &q.entity_id {
+        for seq in reader.entity_desc(ix, entity.as_str(), start) {
+            let seq = seq?;
+            let bytes = reader.event(ix, seq)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("entity index names missing event {seq}"))
+            })?;
+            if !page.offer(seq, &bytes)? {
+                break;
             }
-            if hi < lo {
-                return Ok(Page {
-                    events: Vec::new(),
-                    next_cursor: None,
-                });
+        }
+    } else if q.since.is_some() || q.until.is_some() {
+        let (since, until) = (
+            q.since.unwrap_or(Ts::MIN).secs(),
+            q.until.unwrap_or(Ts::MAX).secs(),
+        );
+        'blocks: for summary in reader.summaries_desc(ix, block_of(start)) {
+            let summary = summary?;
+            let lo = summary.block * SUMMARY_SPAN + 1;
+            let hi = ((summary.block + 1) * SUMMARY_SPAN).min(start);
+            page.scanned += 1;
+            if summary.max_ts < since || summary.min_ts > until {
+                if !page.budget_left(lo) {
+                    break;
+                }
+                continue;
             }
-            Box::new(
-                reader
-                    .ts_desc(ix, lo, hi)
-                    // Skip events applied but not yet durable.
-                    .filter(move |r| !matches!(r, Ok((_, seq)) if *seq > upper))
-                    .map(move |r| {
-                        let (ts, seq) = r?;
-                        Ok((Cursor::Ts { ts, seq }, load(seq)?))
-                    }),
-            )
-        }
-        (None, false) => {
-            let start = match q.cursor {
-                Some(Cursor::Seq(s)) => s.saturating_sub(1).min(upper),
-                _ => upper,
-            };
-            Box::new(
-                reader
-                    .events_desc(ix, start)
-                    .map(|r| r.map(|(seq, bytes)| (Cursor::Seq(seq), bytes))),
-            )
-        }
-    };
-
-    let mut events = Vec::new();
-    let mut last_returned = None;
-    for (scanned, candidate) in candidates.enumerate() {
-        let (pos, bytes) = candidate?;
-        let (rec, duplicates) =
-            EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if q.matches(&rec) {
-            if events.len() == q.limit {
-                // One more match exists: the page is full and not the last.
-                return Ok(Page {
-                    events,
-                    next_cursor: last_returned.map(Cursor::encode),
-                });
+            for event in reader.events_desc(ix, lo, hi) {
+                let (seq, bytes) = event?;
+                if !page.offer(seq, &bytes)? {
+                    break 'blocks;
+                }
             }
-            let seq = match pos {
-                Cursor::Seq(seq) | Cursor::Ts { seq, .. } => seq,
-            };
-            events.push(render(portal, seq, &rec, duplicates));
-            last_returned = Some(pos);
         }
-        if scanned + 1 >= SCAN_BUDGET {
-            // Stop here; continue from this position on the next request.
-            return Ok(Page {
-                events,
-                next_cursor: Some(pos.encode()),
-            });
+    } else {
+        for event in reader.events_desc(ix, 1, start) {
+            let (seq, bytes) = event?;
+            if !page.offer(seq, &bytes)? {
+                break;
+            }
         }
     }
-    Ok(Page {
-        events,
-        next_cursor: None,
-    })
+    Ok(page.finish())
 }
 
 /// The public JSON form of a stored event.
 fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -> Value {
-    let profile = portal
-        .profiles
-        .get(rec.profile as usize)
-        .or_else(|| portal.profiles.last());
+    let profile = rec.profile(portal);
     let domain = profile.map(|p| p.domain.clone());
     let mut auth = Map::new();
     auth.insert("domain".into(), json!(domain));
@@ -463,6 +440,9 @@ fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -
         if let Some(s) = &p.server_endpoint {
             auth.insert("server_endpoint".into(), json!(s));
         }
+        for (k, v) in &p.fixed {
+            auth.insert(k.clone(), json!(v));
+        }
     }
     auth.extend(rec.auth_map());
     // Cannot fail: ts was checked to be within 1970..=9999 when received.
@@ -470,11 +450,11 @@ fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -
         .map(Ts::to_rfc3339)
         .unwrap_or_default();
     json!({
-        "id": uuid::Uuid::from_u128(rec.id).to_string(),
+        "id": rec.uuid().to_string(),
         "seq": seq,
         "member_id": portal.member_id,
         "domain": domain,
-        "event": rec.event,
+        "event": rec.event_name(portal),
         "entity_id": rec.entity_id,
         "ts": ts,
         "ts_unix": rec.ts,
@@ -492,13 +472,7 @@ mod tests {
 
     #[test]
     fn cursor_round_trip_and_garbage() {
-        for c in [
-            Cursor::Seq(7),
-            Cursor::Ts {
-                ts: 1466439714,
-                seq: 3,
-            },
-        ] {
+        for c in [Cursor(7), Cursor(u64::MAX)] {
             assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         }
         assert!(Cursor::decode("").is_err());
@@ -514,7 +488,7 @@ mod tests {
         .unwrap();
         assert_eq!(q.limit, 10);
         assert_eq!(q.events.as_ref().unwrap()[0].as_str(), "ONCRMACTIVITYADD");
-        assert!(q.by_ts());
+        assert_eq!(q.since.unwrap().secs(), 1466380800);
         for bad in [
             "limit=0",
             "limit=1001",
@@ -529,8 +503,12 @@ mod tests {
             let err = EventsQuery::parse(bad).unwrap_err();
             assert!(matches!(err, ApiError::BadRequest(_)), "{bad}");
         }
-        let seq_cursor = Cursor::Seq(5).encode();
-        assert!(EventsQuery::parse(&format!("since=1&cursor={seq_cursor}")).is_err());
-        assert!(EventsQuery::parse(&format!("cursor={seq_cursor}")).is_ok());
+        let cursor = Cursor(5).encode();
+        assert_eq!(
+            EventsQuery::parse(&format!("since=1&cursor={cursor}"))
+                .unwrap()
+                .cursor,
+            Some(Cursor(5))
+        );
     }
 }

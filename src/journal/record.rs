@@ -26,6 +26,9 @@ pub struct PortalRecord {
     /// Every distinct (domain, endpoints) combination seen, in order; events
     /// refer to one by position. The last one is the current one.
     pub profiles: Vec<PortalProfile>,
+    /// Every distinct event name seen (up to [`MAX_NAMES`]); events refer to
+    /// one by position instead of repeating the name.
+    pub event_names: Vec<String>,
     /// The seq the next new event gets (seqs start at 1).
     pub next_seq: u64,
     /// Events stored.
@@ -36,6 +39,34 @@ pub struct PortalRecord {
     pub first_received_ms: Option<u64>,
     /// Unix ms of the last stored event.
     pub last_received_ms: Option<u64>,
+    /// The `ts` range of the newest summary block (see [`SUMMARY_SPAN`]).
+    pub summary: Option<BlockSummary>,
+}
+
+/// The range of `ts` over the events of one block of [`SUMMARY_SPAN`] seqs.
+/// A time-range query skips every block whose range misses the query's, so
+/// it reads only the blocks that can match instead of a second index entry
+/// per event.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// Block number: seqs `block * SUMMARY_SPAN + 1 ..= (block + 1) * SUMMARY_SPAN`.
+    pub block: u64,
+    /// Lowest `ts` in the block.
+    pub min_ts: u64,
+    /// Highest `ts` in the block.
+    pub max_ts: u64,
+}
+
+/// Seqs per summary block.
+pub const SUMMARY_SPAN: u64 = 256;
+/// Most event names interned per portal; later new names are stored inline.
+pub const MAX_NAMES: usize = 1024;
+/// Most profiles interned per portal; later new ones are stored inline.
+pub const MAX_PROFILES: usize = 256;
+
+/// The block a seq belongs to.
+pub fn block_of(seq: u64) -> u64 {
+    seq.saturating_sub(1) / SUMMARY_SPAN
 }
 
 impl PortalRecord {
@@ -45,11 +76,13 @@ impl PortalRecord {
             ix,
             member_id: member_id.as_str().to_owned(),
             profiles: Vec::new(),
+            event_names: Vec::new(),
             next_seq: 1,
             events: 0,
             duplicates: 0,
             first_received_ms: None,
             last_received_ms: None,
+            summary: None,
         }
     }
 
@@ -63,19 +96,34 @@ impl PortalRecord {
         self.next_seq - 1
     }
 
-    /// The position of `profile`, adding it if new; moves an already-known
-    /// profile to "current" only by adding nothing (events keep their index).
-    pub fn profile_index(&mut self, profile: &PortalProfile) -> u32 {
-        let pos = match self.profiles.iter().position(|p| p == profile) {
-            Some(pos) => pos,
-            None => {
-                self.profiles.push(profile.clone());
-                self.profiles.len() - 1
+    /// The position of `profile`, adding it if new; `None` once
+    /// [`MAX_PROFILES`] are taken (the event then carries its profile).
+    pub fn profile_index(&mut self, profile: &PortalProfile) -> Option<u32> {
+        intern(&mut self.profiles, profile, MAX_PROFILES)
+    }
+
+    /// The position of `name`, adding it if new; `None` once [`MAX_NAMES`]
+    /// are taken (the event then carries its name).
+    pub fn name_index(&mut self, name: &str) -> Option<u32> {
+        intern(&mut self.event_names, &name.to_owned(), MAX_NAMES)
+    }
+
+    /// Widens the newest summary block with an event; returns the previous
+    /// block's summary when this event starts a new block.
+    pub fn summarise(&mut self, seq: u64, ts: u64) -> Option<BlockSummary> {
+        let block = block_of(seq);
+        match &mut self.summary {
+            Some(s) if s.block == block => {
+                s.min_ts = s.min_ts.min(ts);
+                s.max_ts = s.max_ts.max(ts);
+                None
             }
-        };
-        // Cannot overflow in practice: a new profile needs a domain or endpoint
-        // change; u32 positions allow four billion of them.
-        u32::try_from(pos).unwrap_or(u32::MAX)
+            _ => self.summary.replace(BlockSummary {
+                block,
+                min_ts: ts,
+                max_ts: ts,
+            }),
+        }
     }
 
     /// Encodes for storage.
@@ -91,37 +139,62 @@ impl PortalRecord {
     }
 }
 
+/// A value stored once per portal and referred to by position, or stored
+/// in the event itself when the portal's table is full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Interned<T> {
+    /// Position in the portal's table.
+    At(u32),
+    /// The value itself.
+    Inline(T),
+}
+
+/// How `data` is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StoredData {
+    /// No `data` was sent.
+    Absent,
+    /// Exactly `{"FIELDS":{"ID":"<entity_id>"}}`, what every CRM entity event
+    /// sends: rebuilt from the entity id instead of stored.
+    FieldsId,
+    /// Anything else, as compact JSON.
+    Json(Vec<u8>),
+}
+
 /// One journaled event, as stored (secrets were never part of it).
+/// Everything constant per portal is stored once in the portal record and
+/// referred to by position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventRecord {
     /// UUIDv7; its timestamp is the server's `received_at` (ms).
-    pub id: u128,
+    pub id: [u8; 16],
     /// The portal's `ts`, Unix seconds.
     pub ts: u64,
     /// Upper-case event name.
-    pub event: String,
+    pub event: Interned<String>,
     /// `data[FIELDS][ID]` or `data[FIELDS_AFTER][ID]`.
     pub entity_id: Option<String>,
     /// `event_handler_id`.
     pub event_handler_id: Option<String>,
-    /// Index into the portal's profiles (domain and endpoints at receipt).
-    pub profile: u32,
+    /// Domain, endpoints and constant auth fields at receipt.
+    pub profile: Interned<PortalProfile>,
     /// The remaining non-secret `auth` fields as compact JSON (empty: none).
     pub auth: Vec<u8>,
-    /// `data` as compact JSON (empty: absent).
-    pub data: Vec<u8>,
+    /// `data`.
+    pub data: StoredData,
 }
 
 /// Length of the mutable header in front of an encoded event: the duplicate
-/// counter, kept fixed-width so a duplicate rewrites four bytes' worth of
-/// meaning without re-encoding the record.
+/// counter, kept fixed-width so a duplicate patches it in place without
+/// re-encoding the record.
 const HEADER: usize = 4;
 
 impl EventRecord {
     /// Encodes with a duplicate counter of `duplicates`.
     pub fn to_bytes(&self, duplicates: u32) -> Vec<u8> {
         let mut out = duplicates.to_be_bytes().to_vec();
-        // Cannot fail: see PortalRecord::to_bytes.
+        // Cannot fail: postcard serialises plain structs, enums, strings and
+        // integers into a Vec without error.
         let body = postcard::to_stdvec(self).expect("event record serialises");
         out.extend_from_slice(&body);
         out
@@ -136,15 +209,46 @@ impl EventRecord {
         Ok((postcard::from_bytes(&bytes[HEADER..])?, duplicates))
     }
 
+    /// The id as a UUID.
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.id)
+    }
+
     /// `received_at` in Unix ms, taken from the UUIDv7.
     pub fn received_ms(&self) -> u64 {
         // The top 48 bits of a UUIDv7 are Unix milliseconds.
-        (self.id >> 80) as u64
+        (u128::from_be_bytes(self.id) >> 80) as u64
     }
 
-    /// `data` parsed back into JSON (`None` when absent).
+    /// The event name, resolved against its portal.
+    pub fn event_name<'a>(&'a self, portal: &'a PortalRecord) -> &'a str {
+        match &self.event {
+            Interned::At(i) => portal
+                .event_names
+                .get(*i as usize)
+                .map(String::as_str)
+                .unwrap_or(""),
+            Interned::Inline(name) => name,
+        }
+    }
+
+    /// The profile, resolved against its portal.
+    pub fn profile<'a>(&'a self, portal: &'a PortalRecord) -> Option<&'a PortalProfile> {
+        match &self.profile {
+            Interned::At(i) => portal.profiles.get(*i as usize),
+            Interned::Inline(p) => Some(p),
+        }
+    }
+
+    /// `data` as JSON (`None` when absent).
     pub fn data_value(&self) -> Option<Value> {
-        parse_json_bytes(&self.data)
+        match &self.data {
+            StoredData::Absent => None,
+            StoredData::FieldsId => Some(serde_json::json!({
+                "FIELDS": { "ID": self.entity_id.as_deref().unwrap_or_default() }
+            })),
+            StoredData::Json(bytes) => parse_json_bytes(bytes),
+        }
     }
 
     /// The stored `auth` remainder (empty when none).
@@ -153,6 +257,30 @@ impl EventRecord {
             Some(Value::Object(map)) => map,
             _ => Map::new(),
         }
+    }
+}
+
+/// How `data` is best stored for an event with this entity id.
+pub fn store_data(data: Option<&Value>, entity_id: Option<&str>) -> StoredData {
+    match (data, entity_id) {
+        (None, _) => StoredData::Absent,
+        (Some(d), Some(id)) if *d == serde_json::json!({ "FIELDS": { "ID": id } }) => {
+            StoredData::FieldsId
+        }
+        // Cannot fail in practice: serialising a serde_json::Value only fails
+        // for non-string map keys, which Value cannot hold.
+        (Some(d), _) => StoredData::Json(serde_json::to_vec(d).unwrap_or_default()),
+    }
+}
+
+fn intern<T: Clone + PartialEq>(table: &mut Vec<T>, value: &T, max: usize) -> Option<u32> {
+    match table.iter().position(|v| v == value) {
+        Some(pos) => u32::try_from(pos).ok(),
+        None if table.len() < max => {
+            table.push(value.clone());
+            u32::try_from(table.len() - 1).ok()
+        }
+        None => None,
     }
 }
 
@@ -251,16 +379,23 @@ mod tests {
 
     #[test]
     fn event_round_trip_and_duplicate_bump() {
+        let data = json!({"FIELDS": {"ID": "999"}});
         let rec = EventRecord {
-            id: uuid::Uuid::now_v7().as_u128(),
+            id: uuid::Uuid::now_v7().into_bytes(),
             ts: 1466439714,
-            event: "ONCRMACTIVITYUPDATE".into(),
+            event: Interned::At(0),
             entity_id: Some("999".into()),
             event_handler_id: None,
-            profile: 0,
-            auth: br#"{"scope":"crm"}"#.to_vec(),
-            data: br#"{"FIELDS":{"ID":"999"}}"#.to_vec(),
+            profile: Interned::At(0),
+            auth: br#"{"user_id":"1"}"#.to_vec(),
+            data: store_data(Some(&data), Some("999")),
         };
+        assert_eq!(rec.data, StoredData::FieldsId);
+        assert_eq!(rec.data_value(), Some(data));
+        assert_eq!(
+            store_data(Some(&json!({"FIELDS": {"ID": 999}})), Some("999")),
+            StoredData::Json(br#"{"FIELDS":{"ID":999}}"#.to_vec())
+        );
         let mut bytes = rec.to_bytes(0);
         assert_eq!(bump_duplicates(&mut bytes), 1);
         assert_eq!(bump_duplicates(&mut bytes), 2);
@@ -272,6 +407,28 @@ mod tests {
             .unwrap()
             .as_millis() as u64;
         assert!(now_ms.abs_diff(rec.received_ms()) < 5_000);
+        // The common CRM event (no per-event auth fields) stays small.
+        let common = EventRecord {
+            auth: Vec::new(),
+            ..rec.clone()
+        };
+        let len = common.to_bytes(0).len();
+        assert!(len < 40, "{len} bytes");
+    }
+
+    #[test]
+    fn interning_is_bounded_and_summaries_roll_over() {
+        let mut p = PortalRecord::new(0, &MemberId::parse("m").unwrap());
+        for i in 0..MAX_NAMES {
+            assert_eq!(p.name_index(&format!("E{i}")), Some(i as u32));
+        }
+        assert_eq!(p.name_index("E0"), Some(0));
+        assert_eq!(p.name_index("ONE_TOO_MANY"), None);
+        assert_eq!(p.summarise(1, 50), None);
+        assert_eq!(p.summarise(SUMMARY_SPAN, 40), None);
+        let sealed = p.summarise(SUMMARY_SPAN + 1, 60).unwrap();
+        assert_eq!((sealed.block, sealed.min_ts, sealed.max_ts), (0, 40, 50));
+        assert_eq!(p.summary.unwrap().block, 1);
     }
 
     #[test]

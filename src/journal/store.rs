@@ -10,7 +10,7 @@
 //! |--------|-------------------------------------------|-----------------------|
 //! | `E`    | portal u32 BE, seq u64 BE                 | event record          |
 //! | `X`    | portal u32 BE, len u8, entity id, seq u64 | empty                 |
-//! | `T`    | portal u32 BE, ts u64 BE, seq u64 BE      | empty                 |
+//! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE |
 //! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE            |
 //! | `P`    | portal u32 BE                             | portal record         |
 //! | `H`    | (none)                                    | last health probe, ms |
@@ -27,11 +27,11 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::record::{DedupKey, PortalIx, PortalRecord};
+use super::record::{BlockSummary, DedupKey, PortalIx, PortalRecord};
 
 const EVENT: u8 = b'E';
 const ENTITY: u8 = b'X';
-const TS: u8 = b'T';
+const SUMMARY: u8 = b'S';
 const DEDUP: u8 = b'D';
 const PORTAL: u8 = b'P';
 const HEALTH: u8 = b'H';
@@ -132,12 +132,12 @@ impl WriteBatch {
         self.len += 1;
     }
 
-    /// Indexes an event under its `ts`.
-    pub fn put_ts(&mut self, portal: PortalIx, ts: u64, seq: u64) {
-        self.inner.insert(
-            key(TS, portal, &[&ts.to_be_bytes(), &seq.to_be_bytes()]),
-            &[][..],
-        );
+    /// Stores the `ts` range of a summary block.
+    pub fn put_summary(&mut self, portal: PortalIx, s: &BlockSummary) {
+        let mut v = s.min_ts.to_be_bytes().to_vec();
+        v.extend_from_slice(&s.max_ts.to_be_bytes());
+        self.inner
+            .insert(key(SUMMARY, portal, &[&s.block.to_be_bytes()]), v);
         self.len += 1;
     }
 
@@ -287,14 +287,15 @@ impl Reader {
             .map(|v| v.to_vec()))
     }
 
-    /// Events of `portal` with seq in `1..=upper`, newest first.
+    /// Events of `portal` with seq in `lo..=hi`, newest first.
     pub fn events_desc(
         &self,
         portal: PortalIx,
-        upper: u64,
+        lo: u64,
+        hi: u64,
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        let lo = key(EVENT, portal, &[&0u64.to_be_bytes()]);
-        let hi = key(EVENT, portal, &[&upper.to_be_bytes()]);
+        let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
+        let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
         self.tree.range(lo..=hi).rev().map(|kv| {
             let (k, v) = kv?;
             Ok((seq_suffix(&k)?, v.to_vec()))
@@ -317,24 +318,28 @@ impl Reader {
         self.tree.range(lo..=hi).rev().map(|kv| seq_suffix(&kv?.0))
     }
 
-    /// `(ts, seq)` of `portal`'s events with `from <= (ts, seq) <= to`,
-    /// highest first.
-    pub fn ts_desc(
+    /// `portal`'s summary blocks numbered `<= upper`, newest first.
+    pub fn summaries_desc(
         &self,
         portal: PortalIx,
-        from: (u64, u64),
-        to: (u64, u64),
-    ) -> impl Iterator<Item = Result<(u64, u64), StoreError>> + '_ {
-        let lo = key(TS, portal, &[&from.0.to_be_bytes(), &from.1.to_be_bytes()]);
-        let hi = key(TS, portal, &[&to.0.to_be_bytes(), &to.1.to_be_bytes()]);
+        upper: u64,
+    ) -> impl Iterator<Item = Result<BlockSummary, StoreError>> + '_ {
+        let lo = key(SUMMARY, portal, &[&0u64.to_be_bytes()]);
+        let hi = key(SUMMARY, portal, &[&upper.to_be_bytes()]);
         self.tree.range(lo..=hi).rev().map(|kv| {
-            let (k, _) = kv?;
-            if k.len() != 21 {
-                return Err(StoreError::Corrupt("ts index key length".into()));
+            let (k, v) = kv?;
+            if v.len() != 16 {
+                return Err(StoreError::Corrupt("summary value length".into()));
             }
-            let mut ts = [0u8; 8];
-            ts.copy_from_slice(&k[5..13]);
-            Ok((u64::from_be_bytes(ts), seq_suffix(&k)?))
+            let mut min = [0u8; 8];
+            let mut max = [0u8; 8];
+            min.copy_from_slice(&v[..8]);
+            max.copy_from_slice(&v[8..]);
+            Ok(BlockSummary {
+                block: seq_suffix(&k)?,
+                min_ts: u64::from_be_bytes(min),
+                max_ts: u64::from_be_bytes(max),
+            })
         })
     }
 }

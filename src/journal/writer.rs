@@ -15,7 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::record::{bump_duplicates, dedup_key, DedupKey, EventRecord, PortalIx, PortalRecord};
+use super::record::{
+    bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
+    PortalIx, PortalRecord,
+};
 use super::store::{CommitError, Store, StoreError, WriteBatch};
 use super::{AppendError, AppendOutcome, Directory, NewEvent};
 
@@ -61,6 +64,8 @@ struct Batch {
     new_events: Vec<Pending>,
     /// Dedup keys taken in this batch → index in `new_events`.
     taken: HashMap<(PortalIx, DedupKey), usize>,
+    /// Summary blocks this batch completes.
+    sealed: Vec<(PortalIx, BlockSummary)>,
     /// Stored events whose duplicate counter this batch bumps.
     rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
     /// Each waiter with the answer it gets if the batch commits.
@@ -188,7 +193,7 @@ impl Writer {
             let pending = &mut batch.new_events[i];
             pending.duplicates = pending.duplicates.saturating_add(1);
             let outcome = AppendOutcome::Duplicate {
-                id: Uuid::from_u128(pending.record.id),
+                id: pending.record.uuid(),
                 seq: pending.seq,
             };
             if let Some(rec) = batch.portals.get_mut(&portal) {
@@ -241,22 +246,33 @@ impl Writer {
         let seq = rec.next_seq;
         rec.next_seq += 1;
         rec.events += 1;
-        let profile = rec.profile_index(&event.profile);
+        let ts = event.ts.secs();
+        if let Some(sealed) = rec.summarise(seq, ts) {
+            batch.sealed.push((portal, sealed));
+        }
+        let name = event.event.as_str();
         let record = EventRecord {
-            id: now.as_u128(),
-            ts: event.ts.secs(),
-            event: event.event.as_str().to_owned(),
-            entity_id: event.entity_id.as_ref().map(|e| e.as_str().to_owned()),
+            id: now.into_bytes(),
+            ts,
+            event: match rec.name_index(name) {
+                Some(i) => Interned::At(i),
+                None => Interned::Inline(name.to_owned()),
+            },
+            data: store_data(
+                event.data.as_ref(),
+                event.entity_id.as_ref().map(|e| e.as_str()),
+            ),
+            entity_id: event.entity_id.map(|e| e.as_str().to_owned()),
             event_handler_id: event.event_handler_id,
-            profile,
+            profile: match rec.profile_index(&event.profile) {
+                Some(i) => Interned::At(i),
+                None => Interned::Inline(event.profile),
+            },
             auth: if event.auth_rest.is_empty() {
                 Vec::new()
             } else {
+                // Cannot fail in practice: a JSON object always serialises.
                 serde_json::to_vec(&event.auth_rest).unwrap_or_default()
-            },
-            data: match &event.data {
-                Some(d) => serde_json::to_vec(d).unwrap_or_default(),
-                None => Vec::new(),
             },
         };
         let received = record.received_ms();
@@ -293,7 +309,7 @@ impl Writer {
         let mut bytes = bytes;
         bump_duplicates(&mut bytes);
         batch.rewritten.insert((portal, seq), bytes);
-        Ok(Some(Uuid::from_u128(record.id)))
+        Ok(Some(record.uuid()))
     }
 
     /// Applies, flushes and fsyncs the batch, then answers every waiter.
@@ -304,14 +320,19 @@ impl Writer {
             if let Some(entity) = &p.record.entity_id {
                 writes.put_entity(p.portal, entity, p.seq);
             }
-            writes.put_ts(p.portal, p.record.ts, p.seq);
             writes.put_dedup(p.portal, &p.dedup, p.seq);
         }
         for ((portal, seq), bytes) in batch.rewritten.drain() {
             writes.put_event(portal, seq, bytes);
         }
+        for (portal, summary) in &batch.sealed {
+            writes.put_summary(*portal, summary);
+        }
         for rec in batch.portals.values() {
             writes.put_portal(rec);
+            if let Some(summary) = &rec.summary {
+                writes.put_summary(rec.ix, summary);
+            }
         }
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
