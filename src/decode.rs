@@ -133,26 +133,132 @@ pub fn parse_form(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     Ok(root)
 }
 
-/// Parses a JSON body; it must be an object no deeper than [`MAX_DEPTH`].
+/// Parses a JSON body: an object no deeper than [`MAX_DEPTH`], with no key
+/// repeated within one object and no NUL character in any key or string.
+///
+/// `serde_json::Value` silently keeps the last of two equal keys; like a
+/// repeated form key, that makes the event ambiguous, so the tree is built
+/// here by a visitor that refuses repeats. The visitor counts depth while it
+/// descends, so a hostile body is refused at the 33rd level without building
+/// (or recursing into) anything deeper.
 pub fn parse_json(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| DecodeError::Malformed(format!("invalid JSON: {e}")))?;
-    if depth(&value) > MAX_DEPTH {
-        return Err(DecodeError::Malformed(format!(
-            "nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
+    use serde::de::DeserializeSeed;
+    let malformed = |e: serde_json::Error| DecodeError::Malformed(format!("invalid JSON: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = StrictValue { depth: 0 }
+        .deserialize(&mut de)
+        .map_err(malformed)?;
+    de.end().map_err(malformed)?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(DecodeError::Malformed("JSON body must be an object".into())),
     }
 }
 
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        _ => 0,
+/// Builds a [`Value`] refusing repeated keys, NUL characters and nesting
+/// deeper than [`MAX_DEPTH`]. `depth` is the number of objects/arrays that
+/// enclose the value being built.
+#[derive(Clone, Copy)]
+struct StrictValue {
+    depth: usize,
+}
+
+impl StrictValue {
+    fn enter<E: serde::de::Error>(self) -> Result<StrictValue, E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format_args!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(StrictValue {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+fn no_nul<E: serde::de::Error>(s: &str) -> Result<(), E> {
+    if s.contains('\0') {
+        return Err(E::custom("NUL character in a JSON string"));
+    }
+    Ok(())
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // serde_json never yields a non-finite number; map one to null as
+        // `serde_json::Value` does.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        no_nul(v)?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        no_nul(&v)?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        use serde::de::Error as _;
+        let inner = self.enter()?;
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            no_nul(&key)?;
+            if map.contains_key(&key) {
+                return Err(A::Error::custom(format_args!(
+                    "duplicate key `{}`",
+                    truncate(&key)
+                )));
+            }
+            let value = access.next_value_seed(inner)?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -494,6 +600,35 @@ mod tests {
         assert!(parse_form(b"a=%00").is_err());
         let deep = format!("a{}=1", "[x]".repeat(40));
         assert!(parse_form(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn json_refuses_repeated_keys_nul_and_deep_nesting() {
+        let dup = parse_json(br#"{"event":"A","ts":1,"event":"B"}"#).unwrap_err();
+        assert!(dup.to_string().contains("duplicate key `event`"), "{dup}");
+        let nested = parse_json(br#"{"auth":{"member_id":"m","member_id":"n"}}"#).unwrap_err();
+        assert!(nested.to_string().contains("duplicate key `member_id`"));
+        // Equal after unescaping is equal.
+        assert!(parse_json(br#"{"a":1,"\u0061":2}"#).is_err());
+        // The same key in different objects is fine.
+        assert!(parse_json(br#"{"a":{"x":1},"b":{"x":1},"l":[{"x":1},{"x":2}]}"#).is_ok());
+        assert!(parse_json(br#"{"a":"x\u0000y"}"#).is_err());
+        assert!(parse_json(br#"{"a\u0000":"x"}"#).is_err());
+        assert!(parse_json(br#"{"a":1} x"#).is_err());
+        assert!(parse_json(br#"[1]"#).is_err());
+        // 32 levels are accepted, 33 refused, and a very deep body is
+        // refused without recursing into it.
+        let nest = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        assert!(parse_json(nest(32).as_bytes()).is_ok());
+        let err = parse_json(nest(33).as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("deeper than 32"), "{err}");
+        let arrays = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_json(arrays.as_bytes()).is_err());
+        let v = parse_json(br#"{"n":-1.5e3,"b":true,"z":null,"u":18446744073709551615}"#).unwrap();
+        assert_eq!(
+            Value::Object(v),
+            json!({"n": -1500.0, "b": true, "z": null, "u": 18446744073709551615u64})
+        );
     }
 
     #[test]

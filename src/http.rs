@@ -19,9 +19,15 @@ pub enum ApiError {
     /// 401: missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such portal or route.
     #[error("{0}")]
     NotFound(String),
+    /// 409: conflicts with what is on record.
+    #[error("{0}")]
+    Conflict(String),
     /// 413: the body is over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -48,7 +54,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,10 +116,21 @@ pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
 /// closed: a reverse proxy forwarding everything to a loopback listener would
 /// otherwise expose it.
 pub fn check_bearer(header: Option<&str>, expected: Option<&TokenDigest>) -> Result<(), ApiError> {
+    check_bearer_for(header, expected, "read", "--read-token or B24J_READ_TOKEN")
+}
+
+/// Like [`check_bearer`] for the API named `api` whose token is set by
+/// `setting`.
+pub fn check_bearer_for(
+    header: Option<&str>,
+    expected: Option<&TokenDigest>,
+    api: &str,
+    setting: &str,
+) -> Result<(), ApiError> {
     let Some(expected) = expected else {
-        return Err(ApiError::Unauthorized(
-            "the read API is disabled: no read token is configured (--read-token or B24J_READ_TOKEN)".into(),
-        ));
+        return Err(ApiError::Unauthorized(format!(
+            "the {api} API is disabled: no {api} token is configured ({setting})"
+        )));
     };
     let presented = header
         .and_then(|h| {
@@ -119,14 +138,16 @@ pub fn check_bearer(header: Option<&str>, expected: Option<&TokenDigest>) -> Res
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or_else(|| {
-            ApiError::Unauthorized("missing `Authorization: Bearer <read token>` header".into())
+            ApiError::Unauthorized(format!(
+                "missing `Authorization: Bearer <{api} token>` header"
+            ))
         })?;
     if Secret::new(presented.to_owned()).digest().ct_eq(expected) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized(
-            "wrong read token in `Authorization`".into(),
-        ))
+        Err(ApiError::Unauthorized(format!(
+            "wrong {api} token in `Authorization`"
+        )))
     }
 }
 
@@ -138,6 +159,11 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed on this route".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required on this route".to_owned(),
         )
     } else if let Some(h) = rejection.find::<warp::reject::InvalidHeader>() {
         (

@@ -9,9 +9,13 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod cli;
 pub mod decode;
 pub mod http;
 pub mod journal;
+pub mod metrics;
+pub mod openapi;
 pub mod query;
 pub mod receive;
 pub mod server;
@@ -23,9 +27,10 @@ use std::io::IsTerminal;
 
 pub use settings::{Cli, Settings};
 
-/// Sets up logging to stderr. The level comes from `RUST_LOG` (default
-/// `info`). Nothing anywhere logs a request body or a token.
-pub fn init_logging() {
+/// Sets up logging to stderr, as text or JSON lines. The level comes from
+/// `RUST_LOG` (default `info`). Nothing anywhere logs a request body or a
+/// token.
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // sled logs through the `log` crate. Forward its records at info and
@@ -36,11 +41,16 @@ pub fn init_logging() {
     let _ = tracing_log::LogTracer::builder()
         .with_max_level(tracing_log::log::LevelFilter::Info)
         .init();
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// Why the program failed.
@@ -52,11 +62,35 @@ pub enum Error {
     /// The server could not run.
     #[error(transparent)]
     Run(#[from] server::RunError),
+    /// A maintenance command failed.
+    #[error(transparent)]
+    Command(#[from] cli::CommandError),
 }
 
-/// Runs the command the CLI asked for.
+/// Runs the command the CLI asked for, with logging set up for it.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let settings = Settings::resolve(cli.into_serve_args())?;
-    server::run(settings).await?;
+    match cli.into_command() {
+        settings::Command::Serve(args) => {
+            let settings = Settings::resolve(*args)?;
+            init_logging(settings.log_json);
+            server::run(settings).await?;
+        }
+        settings::Command::Backup(args) => {
+            init_logging(false);
+            cli::backup(args).await?;
+        }
+        settings::Command::Verify(args) => {
+            init_logging(false);
+            tokio::task::spawn_blocking(move || cli::verify(&args.data_dir))
+                .await
+                .map_err(|e| cli::CommandError::Failed(e.to_string()))??;
+        }
+        settings::Command::Portals(args) => {
+            init_logging(false);
+            tokio::task::spawn_blocking(move || cli::portals(args))
+                .await
+                .map_err(|e| cli::CommandError::Failed(e.to_string()))??;
+        }
+    }
     Ok(())
 }

@@ -10,17 +10,24 @@
 //! then returns a short (even empty) page with a cursor instead of walking
 //! the whole portal in one request.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
+use crate::decode::PortalProfile;
 use crate::http::{check_bearer, json_response, respond, ApiError};
-use crate::journal::record::{block_of, EventRecord, PortalRecord, SUMMARY_SPAN};
+use crate::journal::record::{
+    block_of, EventRecord, PortalRecord, Source, Status, StoredData, SUMMARY_SPAN,
+};
 use crate::journal::store::{Reader, StoreError};
 use crate::server::App;
 use crate::types::{millis_to_rfc3339, EntityId, EventName, Ts};
@@ -31,6 +38,10 @@ pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 1000;
 /// Most index or log entries one page request looks at.
 pub const SCAN_BUDGET: usize = 20_000;
+/// Longest long-poll wait, in seconds.
+pub const MAX_WAIT_SECS: u64 = 300;
+/// Interval of SSE keep-alive comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Longest query string accepted.
 const MAX_QUERY_LEN: usize = 4096;
 
@@ -66,39 +77,83 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
 
 fn portals(app: &App, auth: Option<&str>) -> Result<Response, ApiError> {
     check_bearer(auth, app.read_token.as_ref())?;
-    let mut list: Vec<Value> = app.journal.with_directory(|dir| {
-        dir.portals()
+    let list: Vec<Value> = app.journal.with_directory(|dir| {
+        let describe = |member: &str| {
+            let reg = dir.registration(member);
+            let status = match reg.map(|r| r.status) {
+                Some(Status::Uninstalled) => "uninstalled",
+                _ => "active",
+            };
+            let source = if app.verifier.is_configured(member) {
+                "configured"
+            } else {
+                match reg.map(|r| r.source) {
+                    Some(Source::Install) => "install",
+                    Some(Source::Operator) => "operator",
+                    // Journaled earlier, no longer configured or registered.
+                    None => "none",
+                }
+            };
+            (status, source)
+        };
+        let mut list: Vec<Value> = dir
+            .portals()
             .iter()
+            // Erased portals leave a nameless record behind.
+            .filter(|p| !p.member_id.is_empty())
             .map(|p| {
+                let (status, source) = describe(&p.member_id);
                 json!({
                     "member_id": p.member_id,
                     "domain": p.domain(),
+                    "status": status,
+                    "source": source,
                     "events": p.events,
                     "duplicates": p.duplicates,
                     "first_received_at": p.first_received_ms.map(millis_to_rfc3339),
                     "last_received_at": p.last_received_ms.map(millis_to_rfc3339),
                 })
             })
-            .collect()
-    });
-    // Configured portals that sent nothing yet: visible, so an operator can
-    // see the configuration took.
-    let journaled: Vec<String> = list
-        .iter()
-        .filter_map(|p| p["member_id"].as_str().map(str::to_owned))
-        .collect();
-    for member in app.verifier.members() {
-        if !journaled.iter().any(|m| m == member.as_str()) {
+            .collect();
+        // Configured or registered portals that sent nothing yet: visible, so
+        // an operator can see the configuration took.
+        let mut quiet: Vec<(String, Option<String>)> = app
+            .verifier
+            .members()
+            .into_iter()
+            .map(|m| (m.as_str().to_owned(), None))
+            .chain(
+                dir.registrations()
+                    .map(|r| (r.member_id.clone(), Some(r.domain.clone()))),
+            )
+            .filter(|(m, _)| dir.by_member(m).is_none())
+            .collect();
+        quiet.sort();
+        // Keep one entry per member, with the domain if any entry has it.
+        quiet.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if kept.1.is_none() {
+                kept.1 = later.1.take();
+            }
+            true
+        });
+        for (member, domain) in quiet {
+            let (status, source) = describe(&member);
             list.push(json!({
-                "member_id": member.as_str(),
-                "domain": null,
+                "member_id": member,
+                "domain": domain,
+                "status": status,
+                "source": source,
                 "events": 0,
                 "duplicates": 0,
                 "first_received_at": null,
                 "last_received_at": null,
             }));
         }
-    }
+        list
+    });
     Ok(json_response(StatusCode::OK, &json!({ "portals": list })))
 }
 
@@ -110,46 +165,304 @@ async fn events(
 ) -> Result<Response, ApiError> {
     check_bearer(auth, app.read_token.as_ref())?;
     let query = EventsQuery::parse(raw)?;
-    let Some(portal) = app
-        .journal
-        .with_directory(|dir| dir.resolve(portal).cloned())
-    else {
-        // A configured portal that has not sent anything yet exists, with no
-        // events; anything else is unknown.
-        if app.verifier.is_configured(portal) {
-            return Ok(json_response(
-                StatusCode::OK,
-                &Page {
-                    events: Vec::new(),
-                    next_cursor: None,
-                },
-            ));
-        }
-        return Err(ApiError::NotFound(format!(
-            "unknown portal `{}`",
-            truncate(portal)
-        )));
+    if query.wait.is_some() {
+        return long_poll(app, portal, query).await;
+    }
+    let Some(portal) = resolve(&app, portal)? else {
+        // Known, but nothing journaled yet.
+        return Ok(json_response(
+            StatusCode::OK,
+            &Page {
+                events: Vec::new(),
+                next_cursor: None,
+            },
+        ));
     };
     let reader = app.journal.reader().clone();
     // Range scans are synchronous sled calls: keep them off the async workers.
     let page = tokio::task::spawn_blocking(move || run(&reader, &portal, &query))
         .await
         .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
-        .map_err(|e| {
-            ApiError::Unavailable {
-                message: "storage unavailable".into(),
-                retry_after: 5,
-            }
-            .log_cause(&e)
-        })?;
+        .map_err(storage_unavailable)?;
     Ok(json_response(StatusCode::OK, &page))
 }
 
-impl ApiError {
-    fn log_cause(self, cause: &StoreError) -> Self {
-        tracing::error!(%cause, "query failed");
-        self
+/// The durable record of a portal named by member id or domain: `Ok(None)`
+/// for a portal that is configured or registered but has no events yet,
+/// 404 for an unknown one.
+fn resolve(app: &App, key: &str) -> Result<Option<PortalRecord>, ApiError> {
+    let (record, registered) = app
+        .journal
+        .with_directory(|dir| (dir.resolve(key).cloned(), dir.registration(key).is_some()));
+    match record {
+        Some(rec) => Ok(Some(rec)),
+        None if registered || app.verifier.is_configured(key) => Ok(None),
+        None => Err(ApiError::NotFound(format!(
+            "unknown portal `{}`",
+            truncate(key)
+        ))),
     }
+}
+
+fn storage_unavailable(cause: StoreError) -> ApiError {
+    tracing::error!(%cause, "query failed");
+    ApiError::Unavailable {
+        message: "storage unavailable".into(),
+        retry_after: 5,
+    }
+}
+
+/// `?wait=`: answers as soon as events newer than `cursor` (or, without a
+/// cursor, newer than the request) are durable, oldest first; empty at the
+/// timeout. `next_cursor` is where the next poll continues.
+async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Response, ApiError> {
+    let _permit = app
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many_streams())?;
+    let deadline = tokio::time::Instant::now() + query.wait.unwrap_or_default();
+    let mut commits = app.journal.commits();
+    let mut after = match query.cursor {
+        Some(Cursor(seq)) => seq,
+        None => resolve(&app, key)?.map_or(0, |p| p.last_seq()),
+    };
+    loop {
+        commits.borrow_and_update();
+        if let Some(portal) = resolve(&app, key)? {
+            let reader = app.journal.reader().clone();
+            let q = query.clone();
+            let (events, scanned_to) = tokio::task::spawn_blocking(move || {
+                tail(&reader, &portal, &q, after, q.page_size())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
+            .map_err(storage_unavailable)?;
+            after = scanned_to;
+            if !events.is_empty() {
+                let page = Page {
+                    events: events.into_iter().map(|(_, v)| v).collect(),
+                    next_cursor: Some(Cursor(after).encode()),
+                };
+                return Ok(json_response(StatusCode::OK, &page));
+            }
+        }
+        let mut stopping = app.stopping.clone();
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let page = Page {
+        events: Vec::new(),
+        next_cursor: Some(Cursor(after).encode()),
+    };
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+fn too_many_streams() -> ApiError {
+    ApiError::Unavailable {
+        message: "too many live streams open; try again later".into(),
+        retry_after: 5,
+    }
+}
+
+/// `GET /v1/portals/{portal}/events/stream`
+pub fn stream_events(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "portals" / String / "events" / "stream")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(raw_query())
+        .and(warp::any().map(move || app.clone()))
+        .map(
+            |portal: String,
+             auth: Option<String>,
+             last_id: Option<String>,
+             query: String,
+             app: Arc<App>| {
+                respond(stream(
+                    app,
+                    portal,
+                    auth.as_deref(),
+                    last_id.as_deref(),
+                    &query,
+                ))
+            },
+        )
+}
+
+/// Where a live stream stands.
+struct StreamState {
+    app: Arc<App>,
+    key: String,
+    query: EventsQuery,
+    after: u64,
+    commits: tokio::sync::watch::Receiver<u64>,
+    ready: VecDeque<warp::sse::Event>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn stream(
+    app: Arc<App>,
+    key: String,
+    auth: Option<&str>,
+    last_event_id: Option<&str>,
+    raw: &str,
+) -> Result<Response, ApiError> {
+    check_bearer(auth, app.read_token.as_ref())?;
+    let query = EventsQuery::parse(raw)?;
+    if query.wait.is_some() || query.limit.is_some() {
+        return Err(ApiError::BadRequest(
+            "`wait` and `limit` do not apply to the stream".into(),
+        ));
+    }
+    let resume = match last_event_id {
+        Some(id) => Some(Cursor::decode(id.trim()).map_err(|_| {
+            ApiError::BadRequest(
+                "invalid `Last-Event-ID`: use the id of an event from this stream".into(),
+            )
+        })?),
+        None => query.cursor,
+    };
+    let after = match resume {
+        Some(Cursor(seq)) => seq,
+        None => resolve(&app, &key)?.map_or(0, |p| p.last_seq()),
+    };
+    // Unknown portals are refused before a stream slot is taken.
+    resolve(&app, &key)?;
+    let permit = app
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many_streams())?;
+    let state = StreamState {
+        commits: app.journal.commits(),
+        app,
+        key,
+        query,
+        after,
+        ready: VecDeque::new(),
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(state, next_stream_event);
+    Ok(
+        warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events))
+            .into_response(),
+    )
+}
+
+/// Yields the next SSE message, waiting for commits when caught up. Ends
+/// the stream (the client reconnects with `Last-Event-ID`) on storage
+/// errors or when the journal stops.
+async fn next_stream_event(
+    mut st: StreamState,
+) -> Option<(Result<warp::sse::Event, Infallible>, StreamState)> {
+    loop {
+        if let Some(event) = st.ready.pop_front() {
+            return Some((Ok(event), st));
+        }
+        st.commits.borrow_and_update();
+        if let Ok(Some(portal)) = resolve(&st.app, &st.key) {
+            let reader = st.app.journal.reader().clone();
+            let (q, after) = (st.query.clone(), st.after);
+            let batch =
+                tokio::task::spawn_blocking(move || tail(&reader, &portal, &q, after, 500)).await;
+            match batch {
+                Ok(Ok((events, scanned_to))) => {
+                    st.after = scanned_to;
+                    for (seq, value) in events {
+                        st.ready.push_back(
+                            warp::sse::Event::default()
+                                .id(Cursor(seq).encode())
+                                .data(value.get()),
+                        );
+                    }
+                    if !st.ready.is_empty() {
+                        continue;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "stream query failed; closing the stream");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "stream task failed; closing the stream");
+                    return None;
+                }
+            }
+        }
+        let mut stopping = st.app.stopping.clone();
+        tokio::select! {
+            changed = st.commits.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+/// An event rendered for the API, with its seq.
+pub type Rendered = (u64, Box<RawValue>);
+
+/// Matching events with seq above `after`, oldest first, at most `max` (and
+/// at most [`SCAN_BUDGET`] looked at); returns them with the highest seq
+/// looked at, where the next call continues.
+pub fn tail(
+    reader: &Reader,
+    portal: &PortalRecord,
+    q: &EventsQuery,
+    after: u64,
+    max: usize,
+) -> Result<(Vec<Rendered>, u64), StoreError> {
+    let ix = portal.ix;
+    let upper = portal.last_seq();
+    let mut out = Vec::new();
+    if after >= upper {
+        return Ok((out, after));
+    }
+    let visit = |seq: u64, bytes: &[u8], out: &mut Vec<Rendered>| -> Result<(), StoreError> {
+        let (rec, duplicates) =
+            EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if q.matches(&rec, portal) {
+            out.push((seq, render(portal, seq, &rec, duplicates)));
+        }
+        Ok(())
+    };
+    let mut looked = 0usize;
+    if let Some(entity) = &q.entity_id {
+        for seq in reader.entity_asc(ix, entity.as_str(), after + 1, upper) {
+            let seq = seq?;
+            let bytes = reader.event(ix, seq)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("entity index names missing event {seq}"))
+            })?;
+            visit(seq, &bytes, &mut out)?;
+            looked += 1;
+            if out.len() >= max || looked >= SCAN_BUDGET {
+                return Ok((out, seq));
+            }
+        }
+    } else {
+        for event in reader.events_asc(ix, after + 1, upper) {
+            let (seq, bytes) = event?;
+            visit(seq, &bytes, &mut out)?;
+            looked += 1;
+            if out.len() >= max || looked >= SCAN_BUDGET {
+                return Ok((out, seq));
+            }
+        }
+    }
+    // Everything up to the durable end was looked at.
+    Ok((out, upper))
 }
 
 fn truncate(s: &str) -> &str {
@@ -200,8 +513,8 @@ impl Cursor {
 /// The parameters of `GET /v1/portals/{portal}/events`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsQuery {
-    /// Page size.
-    pub limit: usize,
+    /// Page size, if given (see [`EventsQuery::page_size`]).
+    pub limit: Option<usize>,
     /// Where to continue.
     pub cursor: Option<Cursor>,
     /// Only these event names.
@@ -212,9 +525,16 @@ pub struct EventsQuery {
     pub since: Option<Ts>,
     /// `ts <= until`.
     pub until: Option<Ts>,
+    /// Long-poll: wait up to this long for events newer than `cursor`.
+    pub wait: Option<Duration>,
 }
 
 impl EventsQuery {
+    /// The page size: `limit`, or [`DEFAULT_LIMIT`].
+    pub fn page_size(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIMIT)
+    }
+
     /// Parses a raw query string; unknown, repeated or bad parameters are
     /// refused by name.
     pub fn parse(raw: &str) -> Result<EventsQuery, ApiError> {
@@ -224,12 +544,13 @@ impl EventsQuery {
             )));
         }
         let mut q = EventsQuery {
-            limit: DEFAULT_LIMIT,
+            limit: None,
             cursor: None,
             events: None,
             entity_id: None,
             since: None,
             until: None,
+            wait: None,
         };
         let mut seen: Vec<String> = Vec::new();
         let bad = |name: &str, why: &str| ApiError::BadRequest(format!("invalid `{name}`: {why}"));
@@ -243,11 +564,11 @@ impl EventsQuery {
             seen.push(name.to_string());
             match &*name {
                 "limit" => {
-                    q.limit = value
+                    q.limit = Some(value
                         .parse::<usize>()
                         .ok()
                         .filter(|l| (1..=MAX_LIMIT).contains(l))
-                        .ok_or_else(|| bad("limit", "must be an integer from 1 to 1000"))?;
+                        .ok_or_else(|| bad("limit", "must be an integer from 1 to 1000"))?);
                 }
                 "cursor" => q.cursor = Some(Cursor::decode(&value)?),
                 "event" => {
@@ -269,9 +590,17 @@ impl EventsQuery {
                     q.until =
                         Some(Ts::parse_unix_or_rfc3339(&value).map_err(|e| bad("until", e.0))?)
                 }
+                "wait" => {
+                    let secs = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|w| (1..=MAX_WAIT_SECS).contains(w))
+                        .ok_or_else(|| bad("wait", "must be an integer from 1 to 300 (seconds)"))?;
+                    q.wait = Some(Duration::from_secs(secs));
+                }
                 other => {
                     return Err(ApiError::BadRequest(format!(
-                    "unknown parameter `{}` (known: limit, cursor, event, entity_id, since, until)",
+                    "unknown parameter `{}` (known: limit, cursor, event, entity_id, since, until, wait)",
                     truncate(other)
                 )))
                 }
@@ -306,7 +635,7 @@ impl EventsQuery {
 #[derive(Debug, serde::Serialize)]
 pub struct Page {
     /// Event objects, newest first.
-    pub events: Vec<Value>,
+    pub events: Vec<Box<RawValue>>,
     /// Where the next page starts; `null` when there is nothing more.
     pub next_cursor: Option<String>,
 }
@@ -316,7 +645,7 @@ pub struct Page {
 struct Collector<'a> {
     q: &'a EventsQuery,
     portal: &'a PortalRecord,
-    events: Vec<Value>,
+    events: Vec<Box<RawValue>>,
     last_returned: Option<u64>,
     scanned: usize,
     /// Set when the page is complete: `Some(cursor)` or `None` for "no more".
@@ -341,7 +670,7 @@ impl<'a> Collector<'a> {
             EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.scanned += 1;
         if self.q.matches(&rec, self.portal) {
-            if self.events.len() == self.q.limit {
+            if self.events.len() == self.q.page_size() {
                 // One more match exists: the page is full and not the last.
                 self.done = Some(self.last_returned.map(|s| Cursor(s).encode()));
                 return Ok(false);
@@ -426,44 +755,126 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
     Ok(page.finish())
 }
 
-/// The public JSON form of a stored event.
-fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -> Value {
+/// The public JSON form of a stored event, serialised once, straight from
+/// the stored record: `data` is copied as stored JSON, never rebuilt as a
+/// tree (building `serde_json::Value`s dominated query CPU).
+fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -> Box<RawValue> {
     let profile = rec.profile(portal);
-    let domain = profile.map(|p| p.domain.clone());
-    let mut auth = Map::new();
-    auth.insert("domain".into(), json!(domain));
-    auth.insert("member_id".into(), json!(portal.member_id));
-    if let Some(p) = profile {
-        if let Some(c) = &p.client_endpoint {
-            auth.insert("client_endpoint".into(), json!(c));
-        }
-        if let Some(s) = &p.server_endpoint {
-            auth.insert("server_endpoint".into(), json!(s));
-        }
-        for (k, v) in &p.fixed {
-            auth.insert(k.clone(), json!(v));
+    let out = EventOut {
+        id: rec.uuid().hyphenated().to_string(),
+        seq,
+        cursor: Cursor(seq).encode(),
+        member_id: &portal.member_id,
+        domain: profile.map(|p| p.domain.as_str()),
+        event: rec.event_name(portal),
+        entity_id: rec.entity_id.as_deref(),
+        // Cannot fail: ts was checked to be within 1970..=9999 when received.
+        ts: Ts::from_secs(rec.ts)
+            .map(Ts::to_rfc3339)
+            .unwrap_or_default(),
+        ts_unix: rec.ts,
+        received_at: millis_to_rfc3339(rec.received_ms()),
+        duplicates,
+        event_handler_id: rec.event_handler_id.as_deref(),
+        data: DataOut(rec),
+        auth: AuthOut {
+            member_id: &portal.member_id,
+            profile,
+            rest: &rec.auth,
+        },
+    };
+    // Cannot fail: every field serialises (strings, integers, stored JSON
+    // that was produced by serde_json itself).
+    serde_json::value::to_raw_value(&out).expect("event object serialises")
+}
+
+/// The event object of the API.
+#[derive(serde::Serialize)]
+struct EventOut<'a> {
+    id: String,
+    seq: u64,
+    cursor: String,
+    member_id: &'a str,
+    domain: Option<&'a str>,
+    event: &'a str,
+    entity_id: Option<&'a str>,
+    ts: String,
+    ts_unix: u64,
+    received_at: String,
+    duplicates: u32,
+    event_handler_id: Option<&'a str>,
+    data: DataOut<'a>,
+    auth: AuthOut<'a>,
+}
+
+/// `data` as received.
+struct DataOut<'a>(&'a EventRecord);
+
+impl serde::Serialize for DataOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match &self.0.data {
+            StoredData::Absent => s.serialize_none(),
+            StoredData::FieldsId => {
+                let mut fields = s.serialize_map(Some(1))?;
+                fields.serialize_entry(
+                    "FIELDS",
+                    &IdOnly {
+                        id: self.0.entity_id.as_deref().unwrap_or_default(),
+                    },
+                )?;
+                fields.end()
+            }
+            StoredData::Json(bytes) => match serde_json::from_slice::<&RawValue>(bytes) {
+                Ok(raw) => raw.serialize(s),
+                Err(e) => Err(serde::ser::Error::custom(format!("stored data: {e}"))),
+            },
         }
     }
-    auth.extend(rec.auth_map());
-    // Cannot fail: ts was checked to be within 1970..=9999 when received.
-    let ts = Ts::from_secs(rec.ts)
-        .map(Ts::to_rfc3339)
-        .unwrap_or_default();
-    json!({
-        "id": rec.uuid().to_string(),
-        "seq": seq,
-        "member_id": portal.member_id,
-        "domain": domain,
-        "event": rec.event_name(portal),
-        "entity_id": rec.entity_id,
-        "ts": ts,
-        "ts_unix": rec.ts,
-        "received_at": millis_to_rfc3339(rec.received_ms()),
-        "duplicates": duplicates,
-        "event_handler_id": rec.event_handler_id,
-        "data": rec.data_value(),
-        "auth": auth,
-    })
+}
+
+#[derive(serde::Serialize)]
+struct IdOnly<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+}
+
+/// The non-secret `auth` fields: the portal-constant ones from the profile,
+/// then the ones stored with the event.
+struct AuthOut<'a> {
+    member_id: &'a str,
+    profile: Option<&'a PortalProfile>,
+    rest: &'a [u8],
+}
+
+impl serde::Serialize for AuthOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let rest: Map<String, Value> = if self.rest.is_empty() {
+            Map::new()
+        } else {
+            serde_json::from_slice(self.rest)
+                .map_err(|e| serde::ser::Error::custom(format!("stored auth: {e}")))?
+        };
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("domain", &self.profile.map(|p| p.domain.as_str()))?;
+        map.serialize_entry("member_id", self.member_id)?;
+        if let Some(p) = self.profile {
+            if let Some(c) = &p.client_endpoint {
+                map.serialize_entry("client_endpoint", c)?;
+            }
+            if let Some(sv) = &p.server_endpoint {
+                map.serialize_entry("server_endpoint", sv)?;
+            }
+            for (k, v) in &p.fixed {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        for (k, v) in &rest {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 #[cfg(test)]
@@ -486,7 +897,7 @@ mod tests {
             "limit=10&event=onCrmActivityAdd,ONCRMACTIVITYDELETE&since=2016-06-20T00:00:00Z",
         )
         .unwrap();
-        assert_eq!(q.limit, 10);
+        assert_eq!(q.page_size(), 10);
         assert_eq!(q.events.as_ref().unwrap()[0].as_str(), "ONCRMACTIVITYADD");
         assert_eq!(q.since.unwrap().secs(), 1466380800);
         for bad in [

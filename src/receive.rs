@@ -2,10 +2,13 @@
 //!
 //! The order of checks is the order of cost: content type (415), declared
 //! length (413), the body read under a hard limit that also holds for chunked
-//! bodies (413), decode (400), verify (401), and only then the journal. A
-//! rejected request never reaches the writer, so it changes nothing.
+//! bodies (413) and within a time limit (408), decode (400), verify (401),
+//! and only then the journal. A rejected request never reaches the writer, so
+//! it changes nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -16,10 +19,34 @@ use warp::{Filter, Rejection};
 use crate::decode::{self, BodyKind};
 use crate::http::{json_response, respond, ApiError};
 use crate::journal::{AppendError, AppendOutcome, NewEvent};
+use crate::metrics::metrics;
 use crate::server::App;
+use crate::verify::VerifyError;
 
 /// Largest body accepted: 64 KiB. Real events are under 1 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Default time the whole body has to arrive in, counted from the moment the
+/// handler starts reading it (the headers have their own limit,
+/// `server::HEADER_TIMEOUT`). A real event is one small packet; the bound
+/// keeps a client that trickles a body from holding a connection slot.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body timeout in force, in milliseconds. Process-wide because the
+/// route is built from `App`, which does not carry settings; set once at
+/// start-up by `Settings::resolve` (`--body-timeout`).
+static BODY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_BODY_TIMEOUT.as_millis() as u64);
+
+/// Sets the time a request body has to arrive in (at least 1 ms).
+pub fn set_body_timeout(limit: Duration) {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+    BODY_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The time a request body has to arrive in.
+pub fn body_timeout() -> Duration {
+    Duration::from_millis(BODY_TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 /// `POST /v1/bitrix24/events`
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -31,7 +58,18 @@ pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reject
         .and(warp::any().map(move || app.clone()))
         .then(
             |content_type: Option<String>, length: Option<String>, body, app: Arc<App>| async move {
-                respond(ingest(&app, content_type.as_deref(), length.as_deref(), body).await)
+                let m = metrics();
+                m.received.inc();
+                let started = std::time::Instant::now();
+                let result = ingest(&app, content_type.as_deref(), length.as_deref(), body).await;
+                match &result {
+                    Ok(res) if res.status() == StatusCode::OK => {
+                        m.ack_latency.observe(started.elapsed().as_secs_f64());
+                    }
+                    Ok(res) => m.rejected.with_label_values(&[res.status().as_str()]).inc(),
+                    Err(e) => m.rejected.with_label_values(&[e.status().as_str()]).inc(),
+                }
+                respond(result)
             },
         )
 }
@@ -52,21 +90,52 @@ where
             return Err(ApiError::PayloadTooLarge(MAX_BODY));
         }
     }
-    let body = read_limited(body, MAX_BODY).await?;
+    let limit = body_timeout();
+    let body = match tokio::time::timeout(limit, read_limited(body, MAX_BODY)).await {
+        Ok(body) => body?,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = limit.as_millis() as u64,
+                "request body not received in time; answering 408"
+            );
+            return Ok(body_timeout_response(limit));
+        }
+    };
     let event = decode::decode(kind, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if let Err(why) = app.verifier.verify(&event) {
-        tracing::warn!(member_id = %event.member_id, reason = %why, "refused event");
-        return Err(ApiError::Unauthorized(
-            "auth[application_token] is not valid for auth[member_id]".into(),
-        ));
-    }
+    let lifecycle = app
+        .journal
+        .with_directory(|dir| app.verifier.check(&event, dir))
+        .map_err(|why| {
+            tracing::warn!(member_id = %event.member_id, reason = %why, "refused event");
+            match why {
+                VerifyError::DomainNotAllowed => ApiError::Forbidden(
+                    "auth[domain] is not allowed to install this application (--install-domains)"
+                        .into(),
+                ),
+                VerifyError::Uninstalled => ApiError::Unauthorized(
+                    "the application is uninstalled from this portal (auth[member_id]); events are refused until it is installed again".into(),
+                ),
+                VerifyError::UnknownPortal | VerifyError::WrongToken => ApiError::Unauthorized(
+                    "auth[application_token] is not valid for auth[member_id]".into(),
+                ),
+            }
+        })?;
     let member = event.member_id.clone();
     let name = event.event.clone();
     let outcome = app
         .journal
-        .append(NewEvent::from(event))
+        .append(NewEvent {
+            lifecycle,
+            ..NewEvent::from(event)
+        })
         .await
         .map_err(|e| match e {
+            AppendError::Conflict(member) => {
+                tracing::warn!(member_id = %member, "refused ONAPPINSTALL: portal is installed with a different token");
+                ApiError::Conflict(
+                    "this portal (auth[member_id]) is already installed with a different auth[application_token]; an operator must reset it".into(),
+                )
+            }
             AppendError::QueueFull => ApiError::Unavailable {
                 message: "journal is busy; try again shortly".into(),
                 retry_after: 1,
@@ -80,14 +149,41 @@ where
             }
         })?;
     let (status, id, seq) = match outcome {
-        AppendOutcome::Stored { id, seq } => ("stored", id, seq),
-        AppendOutcome::Duplicate { id, seq } => ("duplicate", id, seq),
+        AppendOutcome::Stored { id, seq } => {
+            metrics().stored.inc();
+            ("stored", id, seq)
+        }
+        AppendOutcome::Duplicate { id, seq } => {
+            metrics().duplicates.inc();
+            ("duplicate", id, seq)
+        }
     };
     tracing::debug!(member_id = %member, event = name.as_str(), seq, status, "event journaled");
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "status": status, "id": id.to_string(), "seq": seq }),
     ))
+}
+
+/// 408 for a body that did not arrive in time. `ApiError` (src/http.rs) has
+/// no 408 variant, so the response is built here, in the same
+/// `{"error": ...}` shape. The rest of the body may still be in flight, so the
+/// connection is closed rather than reused.
+fn body_timeout_response(limit: Duration) -> Response {
+    let mut res = json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        &serde_json::json!({
+            "error": format!(
+                "request body not received within {} ms; nothing was stored",
+                limit.as_millis()
+            )
+        }),
+    );
+    res.headers_mut().insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 /// The body kind from `Content-Type`; only UTF-8 (or unspecified) charsets.
@@ -160,5 +256,18 @@ mod tests {
         assert!(body_kind(Some("application/x-www-form-urlencoded; charset=koi8-r")).is_err());
         assert!(body_kind(Some("text/plain")).is_err());
         assert!(body_kind(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_times_out_with_408() {
+        let stalled = futures_util::stream::pending::<Result<bytes::Bytes, warp::Error>>();
+        let limit = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(limit, read_limited(stalled, MAX_BODY)).await;
+        assert!(r.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let res = body_timeout_response(limit);
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(res.headers()["connection"], "close");
     }
 }

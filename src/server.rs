@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::http::{json_response, recover};
 use crate::journal::{Journal, JournalHandle, OpenError};
-use crate::settings::Settings;
+use crate::settings::{Retention, Settings};
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
-use crate::{query, receive};
+use crate::{admin, metrics, query, receive};
 
 /// Most connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -38,6 +38,15 @@ pub struct App {
     pub verifier: Verifier,
     /// Digest of the read API's bearer token.
     pub read_token: Option<TokenDigest>,
+    /// Digest of the admin API's bearer token.
+    pub admin_token: Option<TokenDigest>,
+    /// The data directory (for the disk-size metric).
+    pub data_dir: std::path::PathBuf,
+    /// Slots for live streams (SSE and long-polls).
+    pub streams: Arc<Semaphore>,
+    /// Turns `true` when shutdown begins: live streams end then, so that
+    /// they do not hold the graceful shutdown open.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// Why the server could not run.
@@ -78,11 +87,49 @@ pub fn routes(
         .unify()
         .or(query::list_events(app.clone()))
         .unify()
+        .or(query::stream_events(app.clone()))
+        .unify()
+        .or(admin::backup(app.clone()))
+        .unify()
+        .or(admin::erase_portal(app.clone()))
+        .unify()
+        .or(metrics_route(app.clone()))
+        .unify()
+        .or(crate::openapi::route())
+        .unify()
         .or(health(app))
         .unify()
         .recover(recover)
         .unify()
         .with(log)
+}
+
+/// `GET /metrics`
+fn metrics_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(warp::any().map(move || app.clone()))
+        .then(|app: Arc<App>| async move {
+            let m = metrics::metrics();
+            m.queue_depth.set(app.journal.queue_depth() as i64);
+            m.portals.set(app.journal.with_directory(|d| {
+                d.portals()
+                    .iter()
+                    .filter(|p| !p.member_id.is_empty())
+                    .count()
+            }) as i64);
+            let dir = app.data_dir.clone();
+            let bytes = tokio::task::spawn_blocking(move || metrics::dir_bytes(&dir))
+                .await
+                .unwrap_or(0);
+            m.disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            let mut res = Response::new(m.render().into());
+            res.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            res
+        })
 }
 
 /// `GET /healthz`
@@ -139,10 +186,19 @@ pub async fn serve(
     if settings.read_token.is_none() {
         tracing::warn!("no read token configured: the read API (/v1/portals…) answers 401");
     }
+    let (stop, stopping) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     let app = Arc::new(App {
         journal: journal.handle(),
-        verifier: Verifier::new(settings.portals),
+        verifier: Verifier::new(settings.portals, settings.install_domains),
         read_token: settings.read_token.as_ref().map(|t| t.digest()),
+        admin_token: settings.admin_token.as_ref().map(|t| t.digest()),
+        data_dir: settings.data_dir.clone(),
+        streams: Arc::new(Semaphore::new(settings.max_streams)),
+        stopping,
     });
     let addr = listener.local_addr().map_err(|source| RunError::Bind {
         addr: settings.listen,
@@ -155,7 +211,15 @@ pub async fn serve(
         "listening on http://{addr}"
     );
 
+    let retention = settings
+        .retention
+        .is_on()
+        .then(|| tokio::spawn(retain_forever(app.journal.clone(), settings.retention)));
+
     accept_loop(listener, routes(app.clone()), shutdown).await;
+    if let Some(task) = retention {
+        task.abort();
+    }
 
     // Connections are done: no handler holds a reply channel any more.
     drop(app);
@@ -165,6 +229,28 @@ pub async fn serve(
         .expect("journal shutdown task does not panic");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Events deleted per retention step (one writer job).
+const RETAIN_STEP: usize = 2_000;
+
+/// Runs retention every `policy.every`, in bounded steps that queue behind
+/// ingest like any other writer job.
+async fn retain_forever(journal: JournalHandle, policy: Retention) {
+    tracing::info!(?policy, "retention on");
+    loop {
+        loop {
+            match journal.retain(policy, RETAIN_STEP).await {
+                Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention step failed");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(policy.every).await;
+    }
 }
 
 /// Accepts connections (at most [`MAX_CONNECTIONS`] at once) until

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::types::{MemberId, Secret};
+use crate::verify::DomainPattern;
 
 /// Default listen address: loopback, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -19,6 +21,10 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_CACHE_MB: u64 = 64;
 /// Default number of appends that may wait for the writer.
 pub const DEFAULT_QUEUE: usize = 8192;
+/// Default limit of concurrent live streams (SSE and long-polls).
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default seconds an ingest request body has to arrive in.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 
 /// b24-journal: receive, verify, deduplicate and durably journal Bitrix24
 /// events, and serve them to dashboards.
@@ -37,16 +43,83 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask the running service for an online backup: a consistent,
+    /// self-contained data directory holding every event acknowledged before
+    /// the backup started, written on the service's machine.
+    Backup(BackupArgs),
+    /// Check a stopped data directory: every tree and index, counts, seq
+    /// ranges, format version. Exits non-zero on any problem.
+    Verify(DataDirArgs),
+    /// List, add or remove portal tokens kept in a stopped data directory
+    /// (as SHA-256 digests).
+    Portals(PortalsArgs),
+}
+
+/// Options of `backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Absolute path of the directory to write (must not exist, or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Base URL of the running service.
+    #[arg(long, env = "B24J_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The service's admin token.
+    #[arg(long, env = "B24J_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+}
+
+/// A data directory argument.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// The data directory [default: ./data].
+    #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// Options of `portals`.
+#[derive(Debug, Clone, Args)]
+pub struct PortalsArgs {
+    /// The data directory [default: ./data]; the service must be stopped.
+    #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PortalsAction,
+}
+
+/// `portals` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PortalsAction {
+    /// List the portals registered in the data directory.
+    List,
+    /// Register a portal's application token (stored as a digest). Replaces
+    /// an existing registration, so it also resets a portal after a refused
+    /// takeover or a token change.
+    Add {
+        /// The portal's member_id.
+        member_id: String,
+        /// Its domain.
+        #[arg(long)]
+        domain: String,
+        /// Read the application token from this environment variable
+        /// instead of standard input.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
+    /// Remove a portal's registration (its journal stays).
+    Remove {
+        /// The portal's member_id.
+        member_id: String,
+    },
 }
 
 impl Cli {
-    /// The serve arguments, whichever way they were given.
-    pub fn into_serve_args(self) -> ServeArgs {
-        match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
-        }
+    /// The command, `serve` when none was given.
+    pub fn into_command(self) -> Command {
+        self.command
+            .unwrap_or_else(|| Command::Serve(Box::new(self.serve)))
     }
 }
 
@@ -63,8 +136,10 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// TOML config file with the same settings (`listen`, `data_dir`,
-    /// `read_token`, `cache_mb`, `queue`, and a `[portals]` table of
-    /// member_id = "application_token").
+    /// `read_token`, `admin_token`, `cache_mb`, `queue`, `body_timeout`,
+    /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
+    /// `retain_every`, `log_format`, and a `[portals]` table of
+    /// member_id = "application_token"). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -97,6 +172,55 @@ pub struct ServeArgs {
     /// [default: 8192].
     #[arg(long, env = "B24J_QUEUE", value_name = "N")]
     pub queue: Option<usize>,
+
+    /// Seconds an ingest request body has to arrive in, once the headers are
+    /// in; a slower body is answered 408 and nothing is stored [default: 30].
+    #[arg(long, env = "B24J_BODY_TIMEOUT", value_name = "SECS")]
+    pub body_timeout: Option<u64>,
+
+    /// Learn portals from ONAPPINSTALL events of these domains
+    /// (comma-separated; `*.bitrix24.com` matches sub-domains). Off when
+    /// empty [default: off].
+    #[arg(
+        long,
+        env = "B24J_INSTALL_DOMAINS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub install_domains: Vec<String>,
+
+    /// Most concurrent live streams (SSE and long-polls); more answer 503
+    /// [default: 256].
+    #[arg(long, env = "B24J_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
+
+    /// Bearer token for the admin API (/v1/admin/…: online backup, portal
+    /// erasure), separate from the read token. Without one the admin API
+    /// answers 401.
+    #[arg(
+        long,
+        env = "B24J_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Delete events older than this many days (by receipt time) [default: off].
+    #[arg(long, env = "B24J_RETAIN_DAYS", value_name = "DAYS")]
+    pub retain_days: Option<u64>,
+
+    /// Keep at most this many events per portal, deleting the oldest
+    /// [default: off].
+    #[arg(long, env = "B24J_RETAIN_PER_PORTAL", value_name = "N")]
+    pub retain_per_portal: Option<u64>,
+
+    /// Seconds between retention passes [default: 60].
+    #[arg(long, env = "B24J_RETAIN_EVERY", value_name = "SECS")]
+    pub retain_every: Option<u64>,
+
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "B24J_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// The config file's shape.
@@ -108,6 +232,15 @@ struct FileSettings {
     read_token: Option<String>,
     cache_mb: Option<u64>,
     queue: Option<usize>,
+    body_timeout: Option<u64>,
+    #[serde(default)]
+    install_domains: Vec<String>,
+    max_streams: Option<usize>,
+    admin_token: Option<String>,
+    retain_days: Option<u64>,
+    retain_per_portal: Option<u64>,
+    retain_every: Option<u64>,
+    log_format: Option<String>,
     #[serde(default)]
     portals: BTreeMap<String, String>,
 }
@@ -127,6 +260,36 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Writer queue capacity.
     pub queue: usize,
+    /// Time an ingest request body has to arrive in.
+    pub body_timeout: Duration,
+    /// Domains whose ONAPPINSTALL registers a portal (empty: off).
+    pub install_domains: Vec<DomainPattern>,
+    /// Most concurrent live streams.
+    pub max_streams: usize,
+    /// The admin API's bearer token.
+    pub admin_token: Option<Secret>,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Log as JSON lines instead of text.
+    pub log_json: bool,
+}
+
+/// What to delete in the background (both off by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete events received more than this long ago.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many events per portal.
+    pub per_portal: Option<u64>,
+    /// Time between retention passes.
+    pub every: Duration,
+}
+
+impl Retention {
+    /// Whether any retention is configured.
+    pub fn is_on(&self) -> bool {
+        self.max_age.is_some() || self.per_portal.is_some()
+    }
 }
 
 /// A setting that cannot be used.
@@ -212,6 +375,71 @@ impl Settings {
                 why: "must be at least 1".into(),
             });
         }
+        let body_timeout_secs = args
+            .body_timeout
+            .or(file.body_timeout)
+            .unwrap_or(DEFAULT_BODY_TIMEOUT_SECS);
+        if !(1..=3600).contains(&body_timeout_secs) {
+            return Err(SettingsError::Invalid {
+                setting: "body_timeout",
+                why: "must be from 1 to 3600 seconds".into(),
+            });
+        }
+        let body_timeout = Duration::from_secs(body_timeout_secs);
+        // The ingest route reads its timeout from a process-wide setting (the
+        // route is built from `App`, which carries no settings).
+        crate::receive::set_body_timeout(body_timeout);
+        let install_raw = if args.install_domains.is_empty() {
+            file.install_domains
+        } else {
+            args.install_domains
+        };
+        let install_domains = install_raw
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| DomainPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| SettingsError::Invalid {
+                setting: "install_domains",
+                why,
+            })?;
+        let max_streams = args
+            .max_streams
+            .or(file.max_streams)
+            .unwrap_or(DEFAULT_MAX_STREAMS);
+        let admin_token = match args.admin_token.or(file.admin_token) {
+            Some(t) if t.is_empty() => {
+                return Err(SettingsError::Invalid {
+                    setting: "admin token",
+                    why: "must not be empty".into(),
+                })
+            }
+            Some(t) => Some(Secret::new(t)),
+            None => None,
+        };
+        let retain_days = args.retain_days.or(file.retain_days);
+        let retain_per_portal = args.retain_per_portal.or(file.retain_per_portal);
+        if retain_days == Some(0) || retain_per_portal == Some(0) {
+            return Err(SettingsError::Invalid {
+                setting: "retention",
+                why: "retain_days and retain_per_portal must be at least 1 (omit them to keep everything)".into(),
+            });
+        }
+        let log_json = match args
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(SettingsError::Invalid {
+                    setting: "log_format",
+                    why: format!("{other:?}: use `text` or `json`"),
+                })
+            }
+        };
         Ok(Settings {
             listen,
             data_dir,
@@ -219,6 +447,18 @@ impl Settings {
             read_token,
             cache_bytes: cache_mb * 1024 * 1024,
             queue,
+            body_timeout,
+            install_domains,
+            max_streams,
+            admin_token,
+            retention: Retention {
+                max_age: retain_days.map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+                per_portal: retain_per_portal,
+                every: Duration::from_secs(
+                    args.retain_every.or(file.retain_every).unwrap_or(60).max(1),
+                ),
+            },
+            log_json,
         })
     }
 }
@@ -278,6 +518,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.portals[0].0.as_str(), "m1");
         assert_eq!(s.cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.body_timeout, Duration::from_secs(30));
 
         let s = Settings::resolve(ServeArgs {
             config: Some(path),
@@ -287,6 +528,18 @@ mod tests {
         .unwrap();
         assert_eq!(s.portals.len(), 1);
         assert_eq!(s.portals[0].0.as_str(), "m2");
+    }
+
+    #[test]
+    fn body_timeout_is_bounded() {
+        for bad in [0, 3601] {
+            let err = Settings::resolve(ServeArgs {
+                body_timeout: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("body_timeout"), "{err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.
 
+pub mod maintain;
 pub mod record;
 pub mod store;
 mod writer;
@@ -17,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::decode::{IncomingEvent, PortalProfile};
-use crate::types::{EntityId, EventName, MemberId, Ts};
-use record::{PortalIx, PortalRecord};
+use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
+use record::{PortalIx, PortalRecord, Registration};
 use store::{Reader, Store, StoreError};
 
 pub use writer::MAX_BATCH;
@@ -34,7 +35,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";
 /// Sub-directory of the data directory that holds the sled database.
-const ENGINE_DIR: &str = "sled";
+pub(crate) const ENGINE_DIR: &str = "sled";
 
 /// An event ready to be journaled: typed, verified, and without secrets.
 #[derive(Debug, Clone)]
@@ -55,6 +56,26 @@ pub struct NewEvent {
     pub data: Option<Value>,
     /// Non-secret `auth` fields besides member id, domain and endpoints.
     pub auth_rest: Map<String, Value>,
+    /// What this event does to the portal's registration.
+    pub lifecycle: Lifecycle,
+}
+
+/// The effect of an application lifecycle event on a portal's registration,
+/// applied atomically with journaling the event itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// An ordinary event.
+    None,
+    /// ONAPPINSTALL: register (or re-activate) the portal with this token.
+    Install {
+        /// Digest of the presented application token.
+        token: TokenDigest,
+        /// The portal's token is configured (settings), so no digest is
+        /// recorded and no takeover check applies: only the status changes.
+        configured: bool,
+    },
+    /// ONAPPUNINSTALL: mark the portal uninstalled.
+    Uninstall,
 }
 
 impl From<IncomingEvent> for NewEvent {
@@ -69,6 +90,7 @@ impl From<IncomingEvent> for NewEvent {
             entity_id: e.entity_id,
             data: e.data,
             auth_rest: e.auth_rest,
+            lifecycle: Lifecycle::None,
         }
     }
 }
@@ -101,6 +123,10 @@ pub enum AppendError {
     /// The journal could not store or flush the event.
     #[error("journal unavailable: {0}")]
     Unavailable(String),
+    /// An ONAPPINSTALL tried to register a different token for a portal that
+    /// is installed with another one.
+    #[error("portal {0} is already installed with a different application token")]
+    Conflict(String),
 }
 
 /// Why the journal could not be opened.
@@ -148,11 +174,21 @@ pub struct Directory {
     portals: Vec<PortalRecord>,
     by_member: HashMap<String, PortalIx>,
     by_domain: HashMap<String, PortalIx>,
+    registrations: HashMap<String, Registration>,
 }
 
 impl Directory {
-    fn from_records(records: Vec<PortalRecord>) -> Result<Self, StoreError> {
-        let mut dir = Directory::default();
+    pub(crate) fn from_records(
+        records: Vec<PortalRecord>,
+        registrations: Vec<Registration>,
+    ) -> Result<Self, StoreError> {
+        let mut dir = Directory {
+            registrations: registrations
+                .into_iter()
+                .map(|r| (r.member_id.clone(), r))
+                .collect(),
+            ..Directory::default()
+        };
         for rec in records {
             if rec.ix as usize != dir.portals.len() {
                 return Err(StoreError::Corrupt(format!(
@@ -167,14 +203,22 @@ impl Directory {
 
     /// Inserts or replaces a portal record. New portals must come in number
     /// order (the writer sorts them), so a new one is always the next index.
+    /// An erased portal (empty member id) loses its member and domain names.
     fn upsert(&mut self, rec: PortalRecord) {
+        if rec.member_id.is_empty() {
+            let ix = rec.ix;
+            self.by_member.retain(|_, v| *v != ix);
+            self.by_domain.retain(|_, v| *v != ix);
+        }
         debug_assert!(
             rec.ix as usize <= self.portals.len(),
             "portal numbers are dense"
         );
-        self.by_member.insert(rec.member_id.clone(), rec.ix);
-        for p in &rec.profiles {
-            self.by_domain.insert(p.domain.clone(), rec.ix);
+        if !rec.member_id.is_empty() {
+            self.by_member.insert(rec.member_id.clone(), rec.ix);
+            for p in &rec.profiles {
+                self.by_domain.insert(p.domain.clone(), rec.ix);
+            }
         }
         let ix = rec.ix as usize;
         if ix < self.portals.len() {
@@ -182,6 +226,24 @@ impl Directory {
         } else {
             self.portals.push(rec);
         }
+    }
+
+    /// A portal's registration, if it has one.
+    pub fn registration(&self, member: &str) -> Option<&Registration> {
+        self.registrations.get(member)
+    }
+
+    /// Every registration.
+    pub fn registrations(&self) -> impl Iterator<Item = &Registration> {
+        self.registrations.values()
+    }
+
+    fn set_registration(&mut self, reg: Registration) {
+        self.registrations.insert(reg.member_id.clone(), reg);
+    }
+
+    fn remove_registration(&mut self, member: &str) {
+        self.registrations.remove(member);
     }
 
     /// A portal by member id, or else by domain (case-insensitive).
@@ -198,7 +260,7 @@ impl Directory {
         self.portals.get(*self.by_member.get(member)? as usize)
     }
 
-    /// All portals, in number order.
+    /// All portals, in number order (erased ones have an empty member id).
     pub fn portals(&self) -> &[PortalRecord] {
         &self.portals
     }
@@ -216,6 +278,7 @@ pub struct JournalHandle {
     tx: mpsc::Sender<writer::Job>,
     reader: Reader,
     directory: Arc<RwLock<Directory>>,
+    commits: watch::Receiver<u64>,
 }
 
 impl Journal {
@@ -229,11 +292,14 @@ impl Journal {
         };
         let store = Store::open(&data_dir.join(ENGINE_DIR), cache_bytes).map_err(store_err)?;
         let records = store.reader().portals().map_err(store_err)?;
-        let directory = Directory::from_records(records).map_err(store_err)?;
+        let registrations = store.reader().registrations().map_err(store_err)?;
+        let directory = Directory::from_records(records, registrations).map_err(store_err)?;
         let published = Arc::new(RwLock::new(directory.clone()));
         let reader = store.reader().clone();
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let writer = writer::Writer::new(store, directory, published.clone());
+        let (commits_tx, commits) = watch::channel(0);
+        let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
+        writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
@@ -246,6 +312,7 @@ impl Journal {
                 tx,
                 reader,
                 directory: published,
+                commits,
             },
             writer,
         })
@@ -291,6 +358,42 @@ impl JournalHandle {
             .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
     }
 
+    /// Erases a portal completely (events, indexes, dedup keys, counters,
+    /// registration); `Ok(None)` if it is not in the journal. Returns the
+    /// number of events erased.
+    pub async fn erase(&self, member_id: &str) -> Result<Option<u64>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Job::Erase {
+                member_id: member_id.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
+        rx.await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+    }
+
+    /// Deletes up to `budget` events that `policy` no longer keeps, oldest
+    /// first, with their index entries and dedup keys; returns how many.
+    pub async fn retain(
+        &self,
+        policy: crate::settings::Retention,
+        budget: usize,
+    ) -> Result<u64, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Job::Retain {
+                policy,
+                budget,
+                reply,
+            })
+            .await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
+        rx.await
+            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+    }
+
     /// Writes and flushes a probe record: `Ok` means the journal is writable.
     pub async fn probe(&self) -> Result<(), AppendError> {
         let (reply, rx) = oneshot::channel();
@@ -313,10 +416,34 @@ impl JournalHandle {
     pub fn reader(&self) -> &Reader {
         &self.reader
     }
+
+    /// Appends waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// A receiver that changes after every durable commit: live readers wait
+    /// on it instead of polling.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+}
+
+/// Reads the format version of an existing data directory without creating
+/// anything; refuses unknown and newer versions like [`Journal::open`].
+pub(crate) fn read_format(dir: &Path) -> Result<u32, OpenError> {
+    if !dir.join(FORMAT_FILE).exists() {
+        return Err(OpenError::Unknown {
+            dir: dir.to_owned(),
+            why: format!("no {FORMAT_FILE} file: not a b24-journal data directory"),
+        });
+    }
+    check_format(dir)?;
+    Ok(FORMAT_VERSION)
 }
 
 /// Checks (or, for a new directory, writes) the format file.
-fn check_format(dir: &Path) -> Result<(), OpenError> {
+pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
     let io = |source| OpenError::Io {
         dir: dir.to_owned(),
         source,

@@ -5,7 +5,7 @@
 //! described in `migrations-notes/` and versioned by [`super::FORMAT_VERSION`].
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::decode::PortalProfile;
@@ -161,6 +161,57 @@ pub enum StoredData {
     Json(Vec<u8>),
 }
 
+/// How a portal's token came to be on record in the journal.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Source {
+    /// Learnt from the portal's ONAPPINSTALL event.
+    Install,
+    /// Added by an operator (`b24-journal portals add`).
+    Operator,
+}
+
+/// Whether a portal's application is installed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Status {
+    /// Events are accepted.
+    Active,
+    /// ONAPPUNINSTALL was received: events are refused until a new ONAPPINSTALL.
+    Uninstalled,
+}
+
+/// A portal registered at runtime: its token digest (never the token) and
+/// its state. Written in the same atomic batch as the install or uninstall
+/// event that changed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registration {
+    /// `auth[member_id]`.
+    pub member_id: String,
+    /// SHA-256 of the application token; `None` when only the status is
+    /// recorded (a configured portal that was uninstalled).
+    pub token_sha256: Option<[u8; 32]>,
+    /// The domain at registration.
+    pub domain: String,
+    /// Where the token came from.
+    pub source: Source,
+    /// Installed or not.
+    pub status: Status,
+    /// Unix ms of the last change.
+    pub updated_ms: u64,
+}
+
+impl Registration {
+    /// Encodes for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Cannot fail: see PortalRecord::to_bytes.
+        postcard::to_stdvec(self).expect("registration serialises")
+    }
+
+    /// Decodes from storage.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
 /// One journaled event, as stored (secrets were never part of it).
 /// Everything constant per portal is stored once in the portal record and
 /// referred to by position.
@@ -250,14 +301,6 @@ impl EventRecord {
             StoredData::Json(bytes) => parse_json_bytes(bytes),
         }
     }
-
-    /// The stored `auth` remainder (empty when none).
-    pub fn auth_map(&self) -> Map<String, Value> {
-        match parse_json_bytes(&self.auth) {
-            Some(Value::Object(map)) => map,
-            _ => Map::new(),
-        }
-    }
 }
 
 /// How `data` is best stored for an event with this entity id.
@@ -337,6 +380,19 @@ pub fn dedup_key(
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
     key
+}
+
+/// Recomputes the dedup key of a stored event (for verification and for
+/// deleting it); `None` if its stored fields no longer parse.
+pub fn dedup_key_of_record(rec: &EventRecord, portal: &PortalRecord) -> Option<DedupKey> {
+    let event = EventName::parse(rec.event_name(portal)).ok()?;
+    let entity = match &rec.entity_id {
+        Some(e) => Some(EntityId::parse(e).ok()?),
+        None => None,
+    };
+    let data = rec.data_value();
+    let ts = Ts::from_secs(rec.ts).ok()?;
+    Some(dedup_key(&event, entity.as_ref(), data.as_ref(), ts))
 }
 
 /// Canonical JSON: object keys sorted, no whitespace. Two bodies that differ

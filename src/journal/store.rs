@@ -13,6 +13,7 @@
 //! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE |
 //! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE            |
 //! | `P`    | portal u32 BE                             | portal record         |
+//! | `R`    | member id bytes                           | registration          |
 //! | `H`    | (none)                                    | last health probe, ms |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
@@ -27,7 +28,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::record::{BlockSummary, DedupKey, PortalIx, PortalRecord};
+use super::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
 
 const EVENT: u8 = b'E';
 const ENTITY: u8 = b'X';
@@ -35,6 +36,7 @@ const SUMMARY: u8 = b'S';
 const DEDUP: u8 = b'D';
 const PORTAL: u8 = b'P';
 const HEALTH: u8 = b'H';
+const REGISTRATION: u8 = b'R';
 
 /// A storage failure. Never the client's fault: answered 503.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,57 @@ pub struct Store {
     dir: PathBuf,
     log: File,
     synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+/// A stored key, opaque outside this module: scans hand them out so that
+/// maintenance (backup, erase, retention) can copy or delete exactly what
+/// they found without knowing the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(Vec<u8>);
+
+/// What kind of record a key holds, with the numbers in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An event.
+    Event {
+        /// Portal.
+        portal: PortalIx,
+        /// Seq.
+        seq: u64,
+    },
+    /// An entity index entry.
+    Entity {
+        /// Portal.
+        portal: PortalIx,
+        /// Entity id.
+        entity: String,
+        /// Seq.
+        seq: u64,
+    },
+    /// A dedup key, pointing at `seq`.
+    Dedup {
+        /// Portal.
+        portal: PortalIx,
+        /// The dedup digest.
+        digest: DedupKey,
+        /// Seq of the event that holds it.
+        seq: u64,
+    },
+    /// A summary block.
+    Summary {
+        /// Portal.
+        portal: PortalIx,
+        /// The summary.
+        summary: BlockSummary,
+    },
+    /// A portal record.
+    Portal(PortalIx),
+    /// A registration.
+    Registration,
+    /// The health probe.
+    Health,
+    /// Anything else: corruption.
+    Unknown,
 }
 
 /// A set of writes applied atomically by [`Store::commit`].
@@ -155,9 +208,64 @@ impl WriteBatch {
         self.len += 1;
     }
 
+    /// Stores a portal registration.
+    pub fn put_registration(&mut self, reg: &Registration) {
+        let mut k = vec![REGISTRATION];
+        k.extend_from_slice(reg.member_id.as_bytes());
+        self.inner.insert(k, reg.to_bytes());
+        self.len += 1;
+    }
+
+    /// Removes a portal registration.
+    pub fn remove_registration(&mut self, member_id: &str) {
+        let mut k = vec![REGISTRATION];
+        k.extend_from_slice(member_id.as_bytes());
+        self.inner.remove(k);
+        self.len += 1;
+    }
+
     /// Records a health probe (proves the journal takes writes).
     pub fn put_health(&mut self, now_ms: u64) {
         self.inner.insert(&[HEALTH][..], &now_ms.to_be_bytes()[..]);
+        self.len += 1;
+    }
+
+    /// Deletes a key found by a scan.
+    pub fn delete(&mut self, key: &Key) {
+        self.inner.remove(key.0.clone());
+        self.len += 1;
+    }
+
+    /// Deletes event `seq` of `portal` (retention).
+    pub fn delete_event(&mut self, portal: PortalIx, seq: u64) {
+        self.inner.remove(key(EVENT, portal, &[&seq.to_be_bytes()]));
+        self.len += 1;
+    }
+
+    /// Deletes an entity index entry.
+    pub fn delete_entity(&mut self, portal: PortalIx, entity: &str, seq: u64) {
+        let mut k = entity_prefix(portal, entity);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.inner.remove(k);
+        self.len += 1;
+    }
+
+    /// Deletes a dedup key.
+    pub fn delete_dedup(&mut self, portal: PortalIx, dedup: &DedupKey) {
+        self.inner.remove(key(DEDUP, portal, &[dedup]));
+        self.len += 1;
+    }
+
+    /// Deletes a summary block.
+    pub fn delete_summary(&mut self, portal: PortalIx, block: u64) {
+        self.inner
+            .remove(key(SUMMARY, portal, &[&block.to_be_bytes()]));
+        self.len += 1;
+    }
+
+    /// Copies a key and value found by a scan (for backups).
+    pub fn copy(&mut self, key: &Key, value: &[u8]) {
+        self.inner.insert(key.0.clone(), value);
         self.len += 1;
     }
 
@@ -204,6 +312,12 @@ impl Store {
             sync_dir(parent)?;
         }
         Ok(store)
+    }
+
+    /// Applies `batch` atomically without flushing (bulk copies, which sync
+    /// once at the end).
+    pub fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        Ok(self.tree.apply_batch(batch.inner)?)
     }
 
     /// Applies `batch` atomically, flushes it and fsyncs the files that hold
@@ -271,6 +385,52 @@ impl Reader {
             .collect()
     }
 
+    /// Every key of one portal (events, entity index, dedup keys, summaries,
+    /// and its portal record), with its value.
+    pub fn portal_keys(
+        &self,
+        portal: PortalIx,
+    ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
+        [EVENT, ENTITY, DEDUP, SUMMARY, PORTAL]
+            .into_iter()
+            .flat_map(move |prefix| self.tree.scan_prefix(key(prefix, portal, &[])))
+            .map(|kv| {
+                let (k, v) = kv?;
+                let kind = classify(&k, &v);
+                Ok((Key(k.to_vec()), kind, v.to_vec()))
+            })
+    }
+
+    /// Every key in the store, in key order, classified.
+    pub fn all_keys(
+        &self,
+    ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
+        self.tree.iter().map(|kv| {
+            let (k, v) = kv?;
+            let kind = classify(&k, &v);
+            Ok((Key(k.to_vec()), kind, v.to_vec()))
+        })
+    }
+
+    /// Whether the entity index holds `(entity, seq)`.
+    pub fn has_entity(&self, portal: PortalIx, entity: &str, seq: u64) -> Result<bool, StoreError> {
+        let mut k = entity_prefix(portal, entity);
+        k.extend_from_slice(&seq.to_be_bytes());
+        Ok(self.tree.contains_key(k)?)
+    }
+
+    /// Every registration, by member id.
+    pub fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        self.tree
+            .scan_prefix([REGISTRATION])
+            .values()
+            .map(|v| {
+                let v = v?;
+                Registration::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     /// The seq that holds `dedup` in `portal`, if any.
     pub fn dedup(&self, portal: PortalIx, dedup: &DedupKey) -> Result<Option<u64>, StoreError> {
         match self.tree.get(key(DEDUP, portal, &[dedup]))? {
@@ -285,6 +445,38 @@ impl Reader {
             .tree
             .get(key(EVENT, portal, &[&seq.to_be_bytes()]))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Events of `portal` with seq in `lo..=hi`, oldest first.
+    pub fn events_asc(
+        &self,
+        portal: PortalIx,
+        lo: u64,
+        hi: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
+        let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
+        self.tree.range(lo..=hi).map(|kv| {
+            let (k, v) = kv?;
+            Ok((seq_suffix(&k)?, v.to_vec()))
+        })
+    }
+
+    /// Seqs of `portal`'s events about `entity` with seq in `lo..=hi`,
+    /// oldest first.
+    pub fn entity_asc(
+        &self,
+        portal: PortalIx,
+        entity: &str,
+        lo: u64,
+        hi: u64,
+    ) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
+        let prefix = entity_prefix(portal, entity);
+        let mut lo_k = prefix.clone();
+        lo_k.extend_from_slice(&lo.to_be_bytes());
+        let mut hi_k = prefix;
+        hi_k.extend_from_slice(&hi.to_be_bytes());
+        self.tree.range(lo_k..=hi_k).map(|kv| seq_suffix(&kv?.0))
     }
 
     /// Events of `portal` with seq in `lo..=hi`, newest first.
@@ -342,6 +534,71 @@ impl Reader {
             })
         })
     }
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn be_u32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+/// Reads what a key is from its bytes.
+fn classify(k: &[u8], v: &[u8]) -> KeyKind {
+    let portal = || be_u32(k.get(1..)?);
+    let parsed = match k.first() {
+        Some(&EVENT) if k.len() == 13 => portal()
+            .zip(be_u64(&k[5..]))
+            .map(|(portal, seq)| KeyKind::Event { portal, seq }),
+        Some(&ENTITY) if k.len() >= 15 => {
+            let len = k[5] as usize;
+            match (
+                portal(),
+                k.get(6..6 + len),
+                k.get(6 + len..).and_then(be_u64),
+            ) {
+                (Some(portal), Some(entity), Some(seq)) if k.len() == 14 + len => {
+                    std::str::from_utf8(entity).ok().map(|e| KeyKind::Entity {
+                        portal,
+                        entity: e.to_owned(),
+                        seq,
+                    })
+                }
+                _ => None,
+            }
+        }
+        Some(&DEDUP) if k.len() == 21 => match (portal(), be_u64(v)) {
+            (Some(portal), Some(seq)) => {
+                let mut digest = [0u8; 16];
+                digest.copy_from_slice(&k[5..]);
+                Some(KeyKind::Dedup {
+                    portal,
+                    digest,
+                    seq,
+                })
+            }
+            _ => None,
+        },
+        Some(&SUMMARY) if k.len() == 13 && v.len() == 16 => {
+            match (portal(), be_u64(&k[5..]), be_u64(v), be_u64(&v[8..])) {
+                (Some(portal), Some(block), Some(min_ts), Some(max_ts)) => Some(KeyKind::Summary {
+                    portal,
+                    summary: BlockSummary {
+                        block,
+                        min_ts,
+                        max_ts,
+                    },
+                }),
+                _ => None,
+            }
+        }
+        Some(&PORTAL) if k.len() == 5 => portal().map(KeyKind::Portal),
+        Some(&REGISTRATION) => Some(KeyKind::Registration),
+        Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
+        _ => None,
+    };
+    parsed.unwrap_or(KeyKind::Unknown)
 }
 
 /// fsyncs a directory, making the entries of files created in it durable.

@@ -12,15 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::record::{
     bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
-    PortalIx, PortalRecord,
+    PortalIx, PortalRecord, Registration, Source, Status,
 };
-use super::store::{CommitError, Store, StoreError, WriteBatch};
-use super::{AppendError, AppendOutcome, Directory, NewEvent};
+use super::store::{CommitError, KeyKind, Store, StoreError, WriteBatch};
+use super::{AppendError, AppendOutcome, Directory, Lifecycle, NewEvent};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
 /// memory it holds.
@@ -40,9 +40,23 @@ pub(super) enum Job {
     Probe {
         reply: oneshot::Sender<Result<(), AppendError>>,
     },
+    /// Erase one portal completely.
+    Erase {
+        member_id: String,
+        reply: oneshot::Sender<Result<Option<u64>, AppendError>>,
+    },
+    /// Delete what the retention policy no longer keeps (bounded).
+    Retain {
+        policy: crate::settings::Retention,
+        budget: usize,
+        reply: oneshot::Sender<Result<u64, AppendError>>,
+    },
     /// Commit what came before, then stop.
     Shutdown,
 }
+
+/// Deletes per commit while erasing a portal.
+const ERASE_CHUNK: usize = 20_000;
 
 /// A new event waiting in the current batch.
 struct Pending {
@@ -66,6 +80,8 @@ struct Batch {
     taken: HashMap<(PortalIx, DedupKey), usize>,
     /// Summary blocks this batch completes.
     sealed: Vec<(PortalIx, BlockSummary)>,
+    /// Registrations this batch changes.
+    registrations: HashMap<String, Registration>,
     /// Stored events whose duplicate counter this batch bumps.
     rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
     /// Each waiter with the answer it gets if the batch commits.
@@ -82,6 +98,10 @@ pub(super) struct Writer {
     published: Arc<RwLock<Directory>>,
     /// Portals applied but not yet durable (a flush failed after apply).
     unpublished: Vec<PortalIx>,
+    /// Registrations applied but not yet durable.
+    unpublished_registrations: Vec<Registration>,
+    /// Bumped after every durable commit, waking live readers.
+    commits: watch::Sender<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -96,12 +116,15 @@ impl Writer {
         store: Store,
         directory: Directory,
         published: Arc<RwLock<Directory>>,
+        commits: watch::Sender<u64>,
     ) -> Self {
         Writer {
             store,
             directory,
             published,
             unpublished: Vec::new(),
+            unpublished_registrations: Vec::new(),
+            commits,
         }
     }
 
@@ -120,6 +143,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            crate::metrics::metrics()
+                .batch_size
+                .observe(jobs.len() as f64);
             stop = self.process(&mut jobs);
         }
         // Refuse whatever is still queued, so no handler waits forever.
@@ -144,6 +170,19 @@ impl Writer {
                     batch.replies.push((reply, outcome));
                 }
                 Job::Probe { reply } => batch.probes.push(reply),
+                Job::Erase { member_id, reply } => {
+                    // Commit what came before, so the erase sees it.
+                    self.commit(std::mem::take(&mut batch));
+                    let _ = reply.send(self.erase(&member_id));
+                }
+                Job::Retain {
+                    policy,
+                    budget,
+                    reply,
+                } => {
+                    self.commit(std::mem::take(&mut batch));
+                    let _ = reply.send(self.retain(policy, budget));
+                }
                 Job::Shutdown => stop = true,
             }
         }
@@ -178,8 +217,63 @@ impl Writer {
         })
     }
 
+    /// Applies an install or uninstall to the portal's registration. This is
+    /// the authoritative takeover check: only this thread changes
+    /// registrations, so two racing installs cannot both win.
+    fn register(&self, batch: &mut Batch, event: &NewEvent) -> Result<(), AppendError> {
+        let member = event.member_id.as_str();
+        let current = batch
+            .registrations
+            .get(member)
+            .or_else(|| self.directory.registration(member));
+        let next = match event.lifecycle {
+            Lifecycle::None => return Ok(()),
+            Lifecycle::Install { token, configured } => {
+                let token = (!configured).then_some(token.0);
+                if let Some(cur) = current {
+                    let other_token = cur.token_sha256.is_some() && cur.token_sha256 != token;
+                    if cur.status == Status::Active && other_token && !configured {
+                        return Err(AppendError::Conflict(member.to_owned()));
+                    }
+                    if cur.status == Status::Active && !other_token {
+                        // A repeated install: nothing changes.
+                        return Ok(());
+                    }
+                }
+                Registration {
+                    member_id: member.to_owned(),
+                    token_sha256: token,
+                    domain: event.profile.domain.clone(),
+                    source: Source::Install,
+                    status: Status::Active,
+                    updated_ms: now_ms(),
+                }
+            }
+            Lifecycle::Uninstall => match current {
+                Some(cur) if cur.status == Status::Uninstalled => return Ok(()),
+                Some(cur) => Registration {
+                    status: Status::Uninstalled,
+                    updated_ms: now_ms(),
+                    ..cur.clone()
+                },
+                // A configured portal: record only the status.
+                None => Registration {
+                    member_id: member.to_owned(),
+                    token_sha256: None,
+                    domain: event.profile.domain.clone(),
+                    source: Source::Operator,
+                    status: Status::Uninstalled,
+                    updated_ms: now_ms(),
+                },
+            },
+        };
+        batch.registrations.insert(member.to_owned(), next);
+        Ok(())
+    }
+
     /// Decides what one event is: new (staged) or a duplicate (counted).
     fn stage(&self, batch: &mut Batch, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+        self.register(batch, &event)?;
         let dedup = dedup_key(
             &event.event,
             event.entity_id.as_ref(),
@@ -334,9 +428,13 @@ impl Writer {
                 writes.put_summary(rec.ix, summary);
             }
         }
+        for reg in batch.registrations.values() {
+            writes.put_registration(reg);
+        }
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
         }
+        let registrations: Vec<Registration> = batch.registrations.into_values().collect();
         // In number order: new portals must be appended to the directory in
         // the order their numbers were given.
         let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
@@ -355,7 +453,12 @@ impl Writer {
                     ixs.push(rec.ix);
                     self.directory.upsert(rec);
                 }
-                self.publish(&ixs);
+                let mut regs = std::mem::take(&mut self.unpublished_registrations);
+                regs.extend(registrations);
+                for reg in &regs {
+                    self.directory.set_registration(reg.clone());
+                }
+                self.publish(&ixs, regs);
                 None
             }
             Err(CommitError::NotApplied(e)) => {
@@ -369,6 +472,10 @@ impl Writer {
                 for rec in touched {
                     self.unpublished.push(rec.ix);
                     self.directory.upsert(rec);
+                }
+                for reg in registrations {
+                    self.directory.set_registration(reg.clone());
+                    self.unpublished_registrations.push(reg);
                 }
                 Some(e.to_string())
             }
@@ -389,19 +496,186 @@ impl Writer {
         }
     }
 
-    fn publish(&self, ixs: &[PortalIx]) {
-        if ixs.is_empty() {
-            return;
+    /// Erases a portal: first a tombstone record (readers stop seeing the
+    /// portal at once), then every other key of it in bounded chunks. A crash
+    /// in between leaves a tombstone with leftovers, which [`Writer::new`]
+    /// finishes erasing.
+    fn erase(&mut self, member: &str) -> Result<Option<u64>, AppendError> {
+        let Some(rec) = self.directory.by_member(member).cloned() else {
+            return Ok(None);
+        };
+        let erased = rec.events;
+        let tombstone = PortalRecord {
+            member_id: String::new(),
+            ..PortalRecord::new(rec.ix, &event_member_placeholder())
+        };
+        let mut writes = WriteBatch::default();
+        writes.put_portal(&tombstone);
+        writes.remove_registration(member);
+        self.store
+            .commit(writes)
+            .map_err(|e| unavailable_commit(&e))?;
+        self.directory.upsert(tombstone.clone());
+        self.directory.remove_registration(member);
+        {
+            let mut shared = self.published.write().unwrap_or_else(|p| p.into_inner());
+            shared.upsert(tombstone);
+            shared.remove_registration(member);
         }
-        // A poisoned lock means a reader panicked while holding it; the data
-        // (plain records) is still consistent, so keep going.
-        let mut shared = self.published.write().unwrap_or_else(|p| p.into_inner());
-        for &ix in ixs {
-            if let Some(rec) = self.directory.portals.get(ix as usize) {
-                shared.upsert(rec.clone());
+        self.purge(rec.ix)
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        tracing::info!(member_id = member, events = erased, "portal erased");
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Some(erased))
+    }
+
+    /// Deletes every key of portal `ix` but its (tombstone) record.
+    fn purge(&mut self, ix: PortalIx) -> Result<(), StoreError> {
+        loop {
+            let mut writes = WriteBatch::default();
+            for item in self.store.reader().portal_keys(ix) {
+                let (key, kind, _) = item?;
+                if !matches!(kind, KeyKind::Portal(_)) {
+                    writes.delete(&key);
+                }
+                if writes.len() >= ERASE_CHUNK {
+                    break;
+                }
             }
+            if writes.is_empty() {
+                return Ok(());
+            }
+            self.store.commit(writes).map_err(|e| match e {
+                CommitError::NotApplied(e) | CommitError::NotDurable(e) => e,
+            })?;
         }
     }
+
+    /// Finishes erasures a crash interrupted.
+    pub(super) fn finish_erasures(&mut self) -> Result<(), StoreError> {
+        let tombstones: Vec<PortalIx> = self
+            .directory
+            .portals()
+            .iter()
+            .filter(|p| p.member_id.is_empty())
+            .map(|p| p.ix)
+            .collect();
+        for ix in tombstones {
+            self.purge(ix)?;
+        }
+        Ok(())
+    }
+
+    /// One bounded retention step: deletes at most `budget` events, oldest
+    /// first, portal by portal, in one atomic commit. The caller repeats
+    /// while it returns `budget`, other jobs running in between, so ingest
+    /// never waits for more than one step.
+    fn retain(
+        &mut self,
+        policy: crate::settings::Retention,
+        budget: usize,
+    ) -> Result<u64, AppendError> {
+        let cutoff_ms = policy
+            .max_age
+            .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+        let mut writes = WriteBatch::default();
+        let mut touched = Vec::new();
+        let mut deleted = 0u64;
+        let portals: Vec<PortalRecord> = self
+            .directory
+            .portals()
+            .iter()
+            .filter(|p| !p.member_id.is_empty() && p.events > 0)
+            .cloned()
+            .collect();
+        for mut rec in portals {
+            if deleted as usize >= budget {
+                break;
+            }
+            let mut excess = policy
+                .per_portal
+                .map_or(0, |keep| rec.events.saturating_sub(keep));
+            let mut first_kept = None;
+            let reader = self.store.reader();
+            for item in reader.events_asc(rec.ix, 1, rec.last_seq()) {
+                let (seq, bytes) = item.map_err(unavailable)?;
+                let (event, dups) = EventRecord::from_bytes(&bytes)
+                    .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
+                let too_old = cutoff_ms.is_some_and(|c| event.received_ms() < c);
+                if (excess == 0 && !too_old) || deleted as usize >= budget {
+                    first_kept = Some(seq);
+                    break;
+                }
+                writes.delete_event(rec.ix, seq);
+                if let Some(entity) = &event.entity_id {
+                    writes.delete_entity(rec.ix, entity, seq);
+                }
+                if let Some(key) = super::record::dedup_key_of_record(&event, &rec) {
+                    writes.delete_dedup(rec.ix, &key);
+                }
+                rec.events -= 1;
+                rec.duplicates = rec.duplicates.saturating_sub(u64::from(dups));
+                excess = excess.saturating_sub(1);
+                deleted += 1;
+            }
+            let first_kept = first_kept.unwrap_or(rec.next_seq);
+            let first_block = super::record::block_of(first_kept);
+            for summary in reader.summaries_desc(rec.ix, first_block.saturating_sub(1)) {
+                let summary = summary.map_err(unavailable)?;
+                if summary.block < first_block {
+                    writes.delete_summary(rec.ix, summary.block);
+                }
+            }
+            if deleted > 0 {
+                writes.put_portal(&rec);
+                touched.push(rec);
+            }
+        }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        self.store
+            .commit(writes)
+            .map_err(|e| unavailable_commit(&e))?;
+        let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
+        for rec in touched {
+            self.directory.upsert(rec);
+        }
+        self.publish(&ixs, Vec::new());
+        tracing::info!(events = deleted, "retention deleted old events");
+        Ok(deleted)
+    }
+
+    /// Shows durable state to readers and wakes live readers.
+    fn publish(&self, ixs: &[PortalIx], registrations: Vec<Registration>) {
+        if ixs.is_empty() && registrations.is_empty() {
+            return;
+        }
+        {
+            // A poisoned lock means a reader panicked while holding it; the
+            // data (plain records) is still consistent, so keep going.
+            let mut shared = self.published.write().unwrap_or_else(|p| p.into_inner());
+            for &ix in ixs {
+                if let Some(rec) = self.directory.portals.get(ix as usize) {
+                    shared.upsert(rec.clone());
+                }
+            }
+            for reg in registrations {
+                shared.set_registration(reg);
+            }
+        }
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A member id for building tombstones (the tombstone then clears it).
+fn event_member_placeholder() -> crate::types::MemberId {
+    // Cannot fail: "erased" is a valid member id.
+    crate::types::MemberId::parse("erased").expect("valid member id")
+}
+
+fn unavailable_commit(e: &CommitError) -> AppendError {
+    AppendError::Unavailable(e.to_string())
 }
 
 fn unavailable(e: StoreError) -> AppendError {
@@ -415,6 +689,12 @@ fn refuse(job: Job) {
             let _ = reply.send(Err(err()));
         }
         Job::Probe { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Erase { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Retain { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Job::Shutdown => {}

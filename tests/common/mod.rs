@@ -300,6 +300,13 @@ impl TestServer {
     /// Start the binary with exactly these arguments and extra env vars and
     /// wait (up to 30 s) for its `listening on http://HOST:PORT` line.
     pub fn spawn(args: Vec<String>, envs: &[(&str, &str)]) -> TestServer {
+        Self::try_spawn(args, envs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `spawn`, but a server that does not come up (exits, or logs no
+    /// `listening on` line within 30 s) is an `Err` with its output instead
+    /// of a panic.
+    pub fn try_spawn(args: Vec<String>, envs: &[(&str, &str)]) -> Result<TestServer, String> {
         let mut child = base_command(&args, envs)
             .spawn()
             .expect("spawn b24-journal");
@@ -314,10 +321,10 @@ impl TestServer {
                 let st = child.wait();
                 let _ = h1.join();
                 let _ = h2.join();
-                panic!(
-                    "b24-journal {args:?} did not log `listening on http://HOST:PORT` ({e:?}); exit {st:?}; output:\n{}",
-                    logs.lock().unwrap()
-                );
+                let out = logs.lock().unwrap().clone();
+                return Err(format!(
+                    "b24-journal {args:?} did not log `listening on http://HOST:PORT` ({e:?}); exit {st:?}; output:\n{out}"
+                ));
             }
         };
         let client = reqwest::Client::builder()
@@ -325,7 +332,7 @@ impl TestServer {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        TestServer {
+        Ok(TestServer {
             child: Some(child),
             host,
             port,
@@ -334,7 +341,7 @@ impl TestServer {
             client,
             responses: Arc::new(Mutex::new(Vec::new())),
             args,
-        }
+        })
     }
 
     pub fn addr(&self) -> String {
@@ -351,6 +358,14 @@ impl TestServer {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// SIGKILL (no graceful shutdown) and reap; returns all logs.

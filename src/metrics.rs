@@ -1,0 +1,142 @@
+//! Metrics in the Prometheus text format, served at `GET /metrics`.
+//!
+//! One process-wide set, like Prometheus' own default registry: the writer
+//! thread, the handlers and the scrape all reach it without threading a
+//! handle through every layer.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    /// Ingest requests that reached the handler.
+    pub received: IntCounter,
+    /// New events stored.
+    pub stored: IntCounter,
+    /// Duplicates answered.
+    pub duplicates: IntCounter,
+    /// Refused ingest requests, by reason.
+    pub rejected: IntCounterVec,
+    /// Time from request to durable acknowledgement (200s).
+    pub ack_latency: Histogram,
+    /// Jobs per writer batch (one fsync each).
+    pub batch_size: Histogram,
+    /// Appends waiting for the writer (sampled at scrape).
+    pub queue_depth: IntGauge,
+    /// Bytes of the data directory (sampled at scrape).
+    pub disk_bytes: IntGauge,
+    /// Portals in the journal (sampled at scrape).
+    pub portals: IntGauge,
+}
+
+/// The metrics of this process.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        // Cannot fail: the names, labels and buckets below are valid and
+        // registered once each.
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "b24j_events_rejected_total",
+                "Ingest requests refused, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter vec");
+        registry
+            .register(Box::new(rejected.clone()))
+            .expect("registered once");
+        Metrics {
+            received: counter("b24j_events_received_total", "Ingest requests received"),
+            stored: counter("b24j_events_stored_total", "New events stored durably"),
+            duplicates: counter(
+                "b24j_events_duplicate_total",
+                "Events answered as duplicates of stored ones",
+            ),
+            rejected,
+            ack_latency: histogram(
+                "b24j_ack_latency_seconds",
+                "Time from request to durable acknowledgement",
+                vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            batch_size: histogram(
+                "b24j_writer_batch_size",
+                "Jobs committed per writer batch (one fsync each)",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            queue_depth: gauge("b24j_writer_queue_depth", "Appends waiting for the writer"),
+            disk_bytes: gauge(
+                "b24j_journal_disk_bytes",
+                "Bytes used by the data directory",
+            ),
+            portals: gauge("b24j_portals", "Portals in the journal"),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Cannot fail: encoding into a Vec only fails on I/O errors.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("metrics encode");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Bytes used by the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

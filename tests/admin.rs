@@ -1,0 +1,398 @@
+//! Operations: online backup under load (then verify and serve it), offline
+//! verify, portal erasure, offline portal registrations, metrics.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const ADMIN: &str = "adm-7Hc2Qp9Lx4";
+const T: u64 = 1_740_000_000;
+
+fn admin_args(dir: &std::path::Path) -> Vec<String> {
+    let mut args = default_args(dir);
+    args.extend(["--admin-token".to_string(), ADMIN.to_string()]);
+    args
+}
+
+fn cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let (status, out) = run_to_exit(&args, envs, Duration::from_secs(120));
+    (status.success(), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event() {
+    let dir = tempdir();
+    let mut s = TestServer::spawn(admin_args(dir.path()), &[("RUST_LOG", "info")]);
+    let mut before: Vec<(String, String)> = Vec::new();
+    for i in 0..300u64 {
+        let portal = [P1, P2, P3][(i % 3) as usize];
+        let (id, _) = s
+            .store(&EventSpec::new(
+                portal,
+                "ONCRMACTIVITYUPDATE",
+                Some(&i.to_string()),
+                T + i,
+            ))
+            .await;
+        before.push((portal.member.to_string(), id));
+    }
+    // Duplicates count too.
+    TestServer::expect_duplicate(
+        &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYUPDATE", Some("0"), T).form())
+            .await,
+    );
+
+    // Writers keep posting while the backup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let client = s.client.clone();
+        let url = s.url(EVENTS_PATH);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && n < 5_000 {
+                let body = EventSpec::new(
+                    P2,
+                    "ONCRMDEALUPDATE",
+                    Some(&format!("w{w}-{n}")),
+                    T + 10_000 + n,
+                )
+                .form();
+                let r = client
+                    .post(&url)
+                    .header("content-type", FORM_CT)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let backup = tempdir();
+    let target = backup.path().join("copy");
+    let target_s = target.to_str().unwrap().to_string();
+    let url = format!("http://{}", s.addr());
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (t, u) = (target_s.clone(), url.clone());
+        move || {
+            cli(
+                &["backup", "--to", &t, "--url", &u],
+                &[("B24J_ADMIN_TOKEN", ADMIN)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "backup failed: {out}");
+    assert!(out.contains("\"status\":\"ok\""), "{out}");
+    stop.store(true, Ordering::SeqCst);
+    let mut posted_during = 0;
+    for w in writers {
+        posted_during += w.await.unwrap();
+    }
+    assert!(posted_during > 0, "writes continued during the backup");
+
+    // A second backup into the same, now non-empty, directory is refused.
+    let (ok, out) = cli(
+        &["backup", "--to", &target_s, "--url", &url],
+        &[("B24J_ADMIN_TOKEN", ADMIN)],
+    );
+    assert!(!ok && out.contains("409"), "{out}");
+    // The admin API needs the admin token, not the read token.
+    let r = s
+        .send(
+            s.client
+                .post(s.url("/v1/admin/backup"))
+                .bearer_auth(READ_TOKEN)
+                .body(format!("{{\"to\":\"{}/x\"}}", backup.path().display())),
+        )
+        .await;
+    r.assert_error(401, "admin token", "read token on the admin API");
+    s.stop();
+
+    // The copy verifies and serves everything acknowledged before it began.
+    let (ok, out) = cli(&["verify", "--data-dir", &target_s], &[]);
+    assert!(ok, "verify failed: {out}");
+    assert!(out.contains("\"problem_count\": 0"), "{out}");
+    let mut b = TestServer::start(&target, &[]);
+    let mut have: HashSet<(String, String)> = HashSet::new();
+    for p in [P1, P2, P3] {
+        for e in b.all_events(p.member).await {
+            have.insert((p.member.to_string(), e["id"].as_str().unwrap().to_string()));
+        }
+    }
+    for item in &before {
+        assert!(
+            have.contains(item),
+            "acknowledged event {item:?} missing from the backup"
+        );
+    }
+    let p1 = b.portal_entry(P1.member).await.unwrap();
+    assert_eq!(p1["duplicates"], 1, "{p1}");
+    b.stop();
+    // The live directory verifies too.
+    let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
+    assert!(ok, "verify of the live dir failed: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erase_portal_removes_everything_and_it_can_start_over() {
+    let dir = tempdir();
+    let mut s = TestServer::spawn(admin_args(dir.path()), &[]);
+    for i in 0..40u64 {
+        s.store(&EventSpec::new(
+            P1,
+            "ONCRMACTIVITYADD",
+            Some(&i.to_string()),
+            T + i,
+        ))
+        .await;
+        s.store(&EventSpec::new(
+            P2,
+            "ONCRMACTIVITYADD",
+            Some(&i.to_string()),
+            T + i,
+        ))
+        .await;
+    }
+    let del = |auth: Option<&str>, portal: &str| {
+        let mut rb = s
+            .client
+            .delete(s.url(&format!("/v1/admin/portals/{portal}")));
+        if let Some(a) = auth {
+            rb = rb.bearer_auth(a);
+        }
+        rb
+    };
+    s.send(del(None, P1.domain))
+        .await
+        .assert_error(401, "admin", "no token");
+    s.send(del(Some(READ_TOKEN), P1.domain))
+        .await
+        .assert_error(401, "admin", "read token");
+    s.send(del(Some(ADMIN), "no-such.example"))
+        .await
+        .assert_error(404, "unknown portal", "unknown");
+    let r = s.send(del(Some(ADMIN), P1.domain)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["events"], 40);
+    assert_eq!(r.json()["member_id"], P1.member);
+
+    // Gone from the API (configured portals show as empty), others intact.
+    assert_eq!(s.count(P1.member).await, 0);
+    let p1 = s.portal_entry(P1.member).await.unwrap();
+    assert_eq!(p1["events"], 0, "{p1}");
+    assert_eq!(s.count(P2.member).await, 40);
+    // Dedup keys went too: the same event is new again, starting at seq 1.
+    let (_, seq) = s
+        .store(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T))
+        .await;
+    assert_eq!(seq, 1);
+    s.stop();
+    let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
+    assert!(ok, "verify after erase: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_portal_registrations_and_verify_errors() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap().to_string();
+    // Create the data directory.
+    let mut s = TestServer::start(dir.path(), &[]);
+    s.stop();
+    let n1 = Portal {
+        member: "abababababababababababababababab",
+        domain: "offline.bitrix24.com",
+        token: "offline-token-42",
+    };
+    let (ok, out) = cli(
+        &[
+            "portals",
+            "--data-dir",
+            &d,
+            "add",
+            n1.member,
+            "--domain",
+            n1.domain,
+            "--token-env",
+            "N1_TOKEN",
+        ],
+        &[("N1_TOKEN", n1.token)],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["portals", "--data-dir", &d, "list"], &[]);
+    assert!(
+        ok && out.contains(n1.member) && out.contains("operator"),
+        "{out}"
+    );
+
+    let mut s = TestServer::start(dir.path(), &[]);
+    s.store(&EventSpec::new(n1, "ONCRMACTIVITYADD", Some("1"), T))
+        .await;
+    let mut wrong = EventSpec::new(n1, "ONCRMACTIVITYADD", Some("2"), T);
+    wrong.token = Some("nope".into());
+    assert_eq!(s.post_form(&wrong.form()).await.status, 401);
+    // The data directory is locked while the service runs.
+    let (ok, out) = cli(&["portals", "--data-dir", &d, "list"], &[]);
+    assert!(!ok, "{out}");
+    s.stop();
+
+    let (ok, out) = cli(&["portals", "--data-dir", &d, "remove", n1.member], &[]);
+    assert!(ok, "{out}");
+    let mut s = TestServer::start(dir.path(), &[]);
+    let r = s
+        .post_form(&EventSpec::new(n1, "ONCRMACTIVITYADD", Some("3"), T).form())
+        .await;
+    assert_eq!(r.status, 401);
+    s.stop();
+    for f in all_files(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes
+                .windows(n1.token.len())
+                .any(|w| w == n1.token.as_bytes()),
+            "token in {}",
+            f.display()
+        );
+    }
+
+    // verify refuses what is not a data directory.
+    let empty = tempdir();
+    let (ok, out) = cli(
+        &["verify", "--data-dir", empty.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok && out.contains("FORMAT"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_what_happened() {
+    let dir = tempdir();
+    let mut s = TestServer::start(dir.path(), &[]);
+    for i in 0..5u64 {
+        s.store(&EventSpec::new(
+            P1,
+            "ONCRMACTIVITYADD",
+            Some(&i.to_string()),
+            T + i,
+        ))
+        .await;
+    }
+    TestServer::expect_duplicate(
+        &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T).form())
+            .await,
+    );
+    let mut bad = EventSpec::new(P1, "ONCRMACTIVITYADD", Some("9"), T);
+    bad.token = Some("nope".into());
+    assert_eq!(s.post_form(&bad.form()).await.status, 401);
+    assert_eq!(s.post_raw_ct(Some("text/plain"), "x").await.status, 415);
+
+    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for line in [
+        "b24j_events_received_total 8",
+        "b24j_events_stored_total 5",
+        "b24j_events_duplicate_total 1",
+        "b24j_events_rejected_total{reason=\"401\"} 1",
+        "b24j_events_rejected_total{reason=\"415\"} 1",
+        "b24j_ack_latency_seconds_count 6",
+        "b24j_portals 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    for name in [
+        "b24j_writer_batch_size_bucket",
+        "b24j_writer_queue_depth",
+        "b24j_journal_disk_bytes",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    assert!(!text.contains(P1.token));
+    s.stop();
+}
+
+/// `--retain-per-portal`: the background task deletes the oldest events
+/// with their index entries and dedup keys; the rest stays consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_keeps_the_newest_events_per_portal() {
+    let dir = tempdir();
+    let mut args = admin_args(dir.path());
+    args.extend(
+        ["--retain-per-portal", "10", "--retain-every", "1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut s = TestServer::spawn(args, &[]);
+    let mut ids = Vec::new();
+    for i in 0..300u64 {
+        let (id, _) = s
+            .store(&EventSpec::new(
+                P1,
+                "ONCRMACTIVITYADD",
+                Some(&(i % 7).to_string()),
+                T + i,
+            ))
+            .await;
+        ids.push(id);
+    }
+    for i in 0..4u64 {
+        s.store(&EventSpec::new(
+            P2,
+            "ONCRMACTIVITYADD",
+            Some(&i.to_string()),
+            T + i,
+        ))
+        .await;
+    }
+    let mut left = 0;
+    for _ in 0..100 {
+        left = s.count(P1.member).await;
+        if left == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 10, "retention did not trim P1");
+    let kept: Vec<String> = s
+        .all_events(P1.member)
+        .await
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let newest: Vec<String> = ids.iter().rev().take(10).cloned().collect();
+    assert_eq!(kept, newest, "the newest ten remain, newest first");
+    assert_eq!(
+        s.count(P2.member).await,
+        4,
+        "portals under the limit are untouched"
+    );
+    assert_eq!(s.portal_entry(P1.member).await.unwrap()["events"], 10);
+    // The entity index no longer lists deleted events.
+    let e3 = s
+        .page(P1.member, &[("entity_id", "3"), ("limit", "1000")])
+        .await
+        .0;
+    assert!(e3
+        .iter()
+        .all(|e| kept.contains(&e["id"].as_str().unwrap().to_string())));
+    // A deleted event's dedup key went with it: a resend is stored anew.
+    let (_, seq) = s
+        .store(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T))
+        .await;
+    assert_eq!(seq, 301);
+    s.stop();
+    let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
+    assert!(ok, "verify after retention: {out}");
+}
