@@ -370,7 +370,14 @@ async fn next_stream_event(
             return Some((Ok(event), st));
         }
         st.commits.borrow_and_update();
-        if let Ok(Some(portal)) = resolve(&st.app, &st.key) {
+        // Every commit wakes every stream: check cheaply (no clone, no
+        // blocking task) whether this portal has anything new first.
+        let newest = st
+            .app
+            .journal
+            .with_directory(|d| d.resolve(&st.key).map(|p| p.last_seq()));
+        let has_new = newest.is_some_and(|last| last > st.after);
+        if let (true, Ok(Some(portal))) = (has_new, resolve(&st.app, &st.key)) {
             let reader = st.app.journal.reader().clone();
             let (q, after) = (st.query.clone(), st.after);
             let batch =
