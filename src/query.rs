@@ -229,7 +229,12 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
     };
     loop {
         commits.borrow_and_update();
-        if let Some(portal) = resolve(&app, key)? {
+        let portal = match resolve(&app, key)? {
+            // As for streams: only query when the portal has something new.
+            Some(p) if p.last_seq() > after => Some(p),
+            _ => None,
+        };
+        if let Some(portal) = portal {
             let reader = app.journal.reader().clone();
             let q = query.clone();
             let (events, scanned_to) = tokio::task::spawn_blocking(move || {
