@@ -39,12 +39,7 @@ struct BackupRequest {
 }
 
 async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    check_bearer_for(
-        auth,
-        app.admin_token.as_ref(),
-        "admin",
-        "--admin-token or B24J_ADMIN_TOKEN",
-    )?;
+    check_admin(&app, auth)?;
     let req: BackupRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!("body must be {{\"to\": \"/absolute/dir\"}}: {e}"))
     })?;
@@ -66,6 +61,16 @@ async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Re
             "events": stats.events,
         }),
     ))
+}
+
+/// The admin token check shared by every admin route.
+fn check_admin(app: &App, auth: Option<&str>) -> Result<(), ApiError> {
+    check_bearer_for(
+        auth,
+        app.admin_token.as_ref(),
+        "admin",
+        "--admin-token or B24J_ADMIN_TOKEN",
+    )
 }
 
 fn backup_error(e: MaintainError) -> ApiError {
@@ -98,12 +103,7 @@ pub fn erase_portal(
 }
 
 async fn erase(app: Arc<App>, key: &str, auth: Option<&str>) -> Result<Response, ApiError> {
-    check_bearer_for(
-        auth,
-        app.admin_token.as_ref(),
-        "admin",
-        "--admin-token or B24J_ADMIN_TOKEN",
-    )?;
+    check_admin(&app, auth)?;
     let member = app
         .journal
         .with_directory(|d| d.resolve(key).map(|p| p.member_id.clone()))

@@ -452,7 +452,7 @@ pub fn tail(
     };
     let mut looked = 0usize;
     if let Some(entity) = &q.entity_id {
-        for seq in reader.entity_asc(ix, entity.as_str(), after + 1, upper) {
+        for seq in reader.entity(ix, entity.as_str(), after + 1, upper) {
             let seq = seq?;
             let bytes = reader.event(ix, seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entity index names missing event {seq}"))
@@ -464,7 +464,7 @@ pub fn tail(
             }
         }
     } else {
-        for event in reader.events_asc(ix, after + 1, upper) {
+        for event in reader.events(ix, after + 1, upper) {
             let (seq, bytes) = event?;
             visit(seq, &bytes, &mut out)?;
             looked += 1;
@@ -724,7 +724,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
         return Ok(page.finish());
     }
     if let Some(entity) = &q.entity_id {
-        for seq in reader.entity_desc(ix, entity.as_str(), start) {
+        for seq in reader.entity(ix, entity.as_str(), 0, start).rev() {
             let seq = seq?;
             let bytes = reader.event(ix, seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entity index names missing event {seq}"))
@@ -749,7 +749,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
                 }
                 continue;
             }
-            for event in reader.events_desc(ix, lo, hi) {
+            for event in reader.events(ix, lo, hi).rev() {
                 let (seq, bytes) = event?;
                 if !page.offer(seq, &bytes)? {
                     break 'blocks;
@@ -757,7 +757,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
             }
         }
     } else {
-        for event in reader.events_desc(ix, 1, start) {
+        for event in reader.events(ix, 1, start).rev() {
             let (seq, bytes) = event?;
             if !page.offer(seq, &bytes)? {
                 break;

@@ -447,13 +447,14 @@ impl Reader {
             .map(|v| v.to_vec()))
     }
 
-    /// Events of `portal` with seq in `lo..=hi`, oldest first.
-    pub fn events_asc(
+    /// Events of `portal` with seq in `lo..=hi`, oldest first (`.rev()` for
+    /// newest first).
+    pub fn events(
         &self,
         portal: PortalIx,
         lo: u64,
         hi: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
         let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
         let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
         self.tree.range(lo..=hi).map(|kv| {
@@ -463,51 +464,20 @@ impl Reader {
     }
 
     /// Seqs of `portal`'s events about `entity` with seq in `lo..=hi`,
-    /// oldest first.
-    pub fn entity_asc(
+    /// oldest first (`.rev()` for newest first).
+    pub fn entity(
         &self,
         portal: PortalIx,
         entity: &str,
         lo: u64,
         hi: u64,
-    ) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
+    ) -> impl DoubleEndedIterator<Item = Result<u64, StoreError>> + '_ {
         let prefix = entity_prefix(portal, entity);
         let mut lo_k = prefix.clone();
         lo_k.extend_from_slice(&lo.to_be_bytes());
         let mut hi_k = prefix;
         hi_k.extend_from_slice(&hi.to_be_bytes());
         self.tree.range(lo_k..=hi_k).map(|kv| seq_suffix(&kv?.0))
-    }
-
-    /// Events of `portal` with seq in `lo..=hi`, newest first.
-    pub fn events_desc(
-        &self,
-        portal: PortalIx,
-        lo: u64,
-        hi: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
-        let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
-        self.tree.range(lo..=hi).rev().map(|kv| {
-            let (k, v) = kv?;
-            Ok((seq_suffix(&k)?, v.to_vec()))
-        })
-    }
-
-    /// Seqs of `portal`'s events about `entity`, with seq `<= upper`,
-    /// newest first.
-    pub fn entity_desc(
-        &self,
-        portal: PortalIx,
-        entity: &str,
-        upper: u64,
-    ) -> impl Iterator<Item = Result<u64, StoreError>> + '_ {
-        let prefix = entity_prefix(portal, entity);
-        let mut lo = prefix.clone();
-        lo.extend_from_slice(&0u64.to_be_bytes());
-        let mut hi = prefix;
-        hi.extend_from_slice(&upper.to_be_bytes());
-        self.tree.range(lo..=hi).rev().map(|kv| seq_suffix(&kv?.0))
     }
 
     /// `portal`'s summary blocks numbered `<= upper`, newest first.

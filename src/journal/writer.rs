@@ -597,7 +597,7 @@ impl Writer {
                 .map_or(0, |keep| rec.events.saturating_sub(keep));
             let mut first_kept = None;
             let reader = self.store.reader();
-            for item in reader.events_asc(rec.ix, 1, rec.last_seq()) {
+            for item in reader.events(rec.ix, 1, rec.last_seq()) {
                 let (seq, bytes) = item.map_err(unavailable)?;
                 let (event, dups) = EventRecord::from_bytes(&bytes)
                     .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
