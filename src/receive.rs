@@ -121,6 +121,7 @@ where
             }
         })?;
     let member = event.member_id.clone();
+    let member_for_log = member.clone();
     let name = event.event.clone();
     let outcome = app
         .journal
@@ -134,6 +135,12 @@ where
                 tracing::warn!(member_id = %member, "refused ONAPPINSTALL: portal is installed with a different token");
                 ApiError::Conflict(
                     "this portal (auth[member_id]) is already installed with a different auth[application_token]; an operator must reset it".into(),
+                )
+            }
+            AppendError::DomainTaken(domain) => {
+                tracing::warn!(member_id = %member_for_log, %domain, "refused event: its auth[domain] belongs to another portal");
+                ApiError::Conflict(
+                    "auth[domain] belongs to another portal; the event was not stored".into(),
                 )
             }
             AppendError::QueueFull => ApiError::Unavailable {

@@ -127,6 +127,9 @@ pub enum AppendError {
     /// is installed with another one.
     #[error("portal {0} is already installed with a different application token")]
     Conflict(String),
+    /// The event names a domain that belongs to another portal.
+    #[error("domain {0} belongs to another portal")]
+    DomainTaken(String),
 }
 
 /// Why the journal could not be opened.
@@ -253,6 +256,11 @@ impl Directory {
             .get(key)
             .or_else(|| self.by_domain.get(&key.to_ascii_lowercase()))?;
         self.portals.get(*ix as usize)
+    }
+
+    /// The portal that owns `domain`, if any.
+    pub fn domain_owner(&self, domain: &str) -> Option<PortalIx> {
+        self.by_domain.get(domain).copied()
     }
 
     /// A portal by member id.

@@ -27,6 +27,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use super::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
 
@@ -50,6 +51,9 @@ pub enum StoreError {
     /// Stored bytes did not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The engine is being reopened after an I/O failure.
+    #[error("storage is being reopened after an I/O error")]
+    Reopening,
 }
 
 impl From<sled::Error> for StoreError {
@@ -75,13 +79,38 @@ pub enum CommitError {
 
 /// The journal's storage.
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// `None` while a reopen is pending.
+    engine: Option<Engine>,
     reader: Reader,
     dir: PathBuf,
-    log: File,
+    cache_bytes: u64,
     synced_blobs: HashSet<std::ffi::OsString>,
 }
+
+/// The open sled database.
+struct Engine {
+    db: sled::Db,
+    tree: sled::Tree,
+    log: File,
+}
+
+impl Engine {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Engine, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Our writer is the only flusher: sled's periodic flush thread
+            // would add a second, concurrent flusher for no benefit.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("journal")?;
+        let log = File::open(dir.join("db"))?;
+        Ok(Engine { db, tree, log })
+    }
+}
+
+/// Free space needed before a broken engine is closed and reopened.
+const REOPEN_MIN_FREE: u64 = 2 * 1024 * 1024;
 
 /// A stored key, opaque outside this module: scans hand them out so that
 /// maintenance (backup, erase, retention) can copy or delete exactly what
@@ -285,45 +314,81 @@ impl Store {
     /// `cache_bytes`. sled's default cache is 1 GiB and its RSS can exceed
     /// the setting, so it is always set explicitly.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            // Our writer is the only flusher: sled's periodic flush thread
-            // would add a second, concurrent flusher for no benefit.
-            .flush_every_ms(None)
-            .open()?;
-        let tree = db.open_tree("journal")?;
-        let log = File::open(dir.join("db"))?;
-        let store = Store {
-            db,
-            reader: Reader { tree: tree.clone() },
-            tree,
-            dir: dir.to_owned(),
-            log,
-            synced_blobs: HashSet::new(),
-        };
+        let engine = Engine::open(dir, cache_bytes)?;
         // Make the freshly created files and their directory entries durable
         // before anything is acknowledged.
-        store.db.flush()?;
-        store.log.sync_all()?;
+        engine.db.flush()?;
+        engine.log.sync_all()?;
         File::open(dir.join("conf"))?.sync_all()?;
         sync_dir(dir)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        Ok(store)
+        Ok(Store {
+            reader: Reader {
+                shared: Arc::new(RwLock::new(Some(engine.tree.clone()))),
+            },
+            engine: Some(engine),
+            dir: dir.to_owned(),
+            cache_bytes,
+            synced_blobs: HashSet::new(),
+        })
+    }
+
+    fn engine(&self) -> Result<&Engine, StoreError> {
+        self.engine.as_ref().ok_or(StoreError::Reopening)
+    }
+
+    /// Closes and reopens the engine. sled 0.34.7 remembers the first I/O
+    /// error (a full disk, say) for the life of the database object and fails
+    /// every later write with it; only a fresh open clears it. Every handle
+    /// must be gone first (sled locks its file), so readers see
+    /// [`StoreError::Reopening`] meanwhile; a reader still iterating keeps
+    /// the old database alive and the reopen fails until it is done: call
+    /// again later.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        // Reads keep working on the old engine until there is room for the
+        // new one to start: closing it on a full disk would only take reads
+        // down too.
+        let free = fs2::available_space(&self.dir)?;
+        if self.engine.is_some() && free < REOPEN_MIN_FREE {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{free} bytes free, waiting for at least {REOPEN_MIN_FREE}"),
+            )));
+        }
+        *self.reader.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.engine = None;
+        // A reader still iterating holds the old database (and its file
+        // lock) for a moment: try a few times.
+        let mut last = None;
+        for _ in 0..20 {
+            match Engine::open(&self.dir, self.cache_bytes) {
+                Ok(engine) => {
+                    *self.reader.shared.write().unwrap_or_else(|p| p.into_inner()) =
+                        Some(engine.tree.clone());
+                    self.engine = Some(engine);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(last.unwrap_or(StoreError::Reopening))
     }
 
     /// Applies `batch` atomically without flushing (bulk copies, which sync
     /// once at the end).
     pub fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
-        Ok(self.tree.apply_batch(batch.inner)?)
+        Ok(self.engine()?.tree.apply_batch(batch.inner)?)
     }
 
     /// Applies `batch` atomically, flushes it and fsyncs the files that hold
     /// it. Only after `Ok` may its events be acknowledged.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
-        self.tree
+        self.engine()
+            .map_err(CommitError::NotApplied)?
+            .tree
             .apply_batch(batch.inner)
             .map_err(|e| CommitError::NotApplied(e.into()))?;
         self.sync().map_err(CommitError::NotDurable)
@@ -331,8 +396,9 @@ impl Store {
 
     /// Flushes everything applied so far and fsyncs it.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.log.sync_all()?;
+        let engine = self.engine()?;
+        engine.db.flush()?;
+        engine.log.sync_all()?;
         self.sync_new_blobs()
     }
 
@@ -366,16 +432,42 @@ impl Store {
     }
 }
 
-/// A read-only view of the store, cloneable into request handlers.
+/// A read-only view of the store, cloneable into request handlers. It
+/// follows the store through reopens.
 #[derive(Clone)]
 pub struct Reader {
-    tree: sled::Tree,
+    shared: Arc<RwLock<Option<sled::Tree>>>,
+}
+
+/// An iterator over the results of a scan, or over the one error that kept
+/// the scan from starting.
+fn scan<T, I>(
+    tree: Result<sled::Tree, StoreError>,
+    f: impl FnOnce(sled::Tree) -> I,
+) -> impl DoubleEndedIterator<Item = Result<T, StoreError>>
+where
+    I: DoubleEndedIterator<Item = Result<T, StoreError>>,
+{
+    let (err, tree) = match tree {
+        Ok(t) => (None, Some(t)),
+        Err(e) => (Some(Err(e)), None),
+    };
+    err.into_iter().chain(tree.map(f).into_iter().flatten())
 }
 
 impl Reader {
+    /// The current tree (a cheap handle).
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
     /// Every portal record, in portal-number order.
     pub fn portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
-        self.tree
+        self.tree()?
             .scan_prefix([PORTAL])
             .values()
             .map(|v| {
@@ -391,24 +483,28 @@ impl Reader {
         &self,
         portal: PortalIx,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
-        [EVENT, ENTITY, DEDUP, SUMMARY, PORTAL]
-            .into_iter()
-            .flat_map(move |prefix| self.tree.scan_prefix(key(prefix, portal, &[])))
-            .map(|kv| {
-                let (k, v) = kv?;
-                let kind = classify(&k, &v);
-                Ok((Key(k.to_vec()), kind, v.to_vec()))
-            })
+        scan(self.tree(), move |tree| {
+            [EVENT, ENTITY, DEDUP, SUMMARY, PORTAL]
+                .into_iter()
+                .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    let kind = classify(&k, &v);
+                    Ok((Key(k.to_vec()), kind, v.to_vec()))
+                })
+        })
     }
 
     /// Every key in the store, in key order, classified.
     pub fn all_keys(
         &self,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
-        self.tree.iter().map(|kv| {
-            let (k, v) = kv?;
-            let kind = classify(&k, &v);
-            Ok((Key(k.to_vec()), kind, v.to_vec()))
+        scan(self.tree(), |tree| {
+            tree.iter().map(|kv| {
+                let (k, v) = kv?;
+                let kind = classify(&k, &v);
+                Ok((Key(k.to_vec()), kind, v.to_vec()))
+            })
         })
     }
 
@@ -416,12 +512,12 @@ impl Reader {
     pub fn has_entity(&self, portal: PortalIx, entity: &str, seq: u64) -> Result<bool, StoreError> {
         let mut k = entity_prefix(portal, entity);
         k.extend_from_slice(&seq.to_be_bytes());
-        Ok(self.tree.contains_key(k)?)
+        Ok(self.tree()?.contains_key(k)?)
     }
 
     /// Every registration, by member id.
     pub fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
-        self.tree
+        self.tree()?
             .scan_prefix([REGISTRATION])
             .values()
             .map(|v| {
@@ -433,7 +529,7 @@ impl Reader {
 
     /// The seq that holds `dedup` in `portal`, if any.
     pub fn dedup(&self, portal: PortalIx, dedup: &DedupKey) -> Result<Option<u64>, StoreError> {
-        match self.tree.get(key(DEDUP, portal, &[dedup]))? {
+        match self.tree()?.get(key(DEDUP, portal, &[dedup]))? {
             None => Ok(None),
             Some(v) => seq_suffix(&v).map(Some),
         }
@@ -442,7 +538,7 @@ impl Reader {
     /// The encoded event `seq` of `portal`.
     pub fn event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .tree
+            .tree()?
             .get(key(EVENT, portal, &[&seq.to_be_bytes()]))?
             .map(|v| v.to_vec()))
     }
@@ -457,9 +553,11 @@ impl Reader {
     ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
         let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
         let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
-        self.tree.range(lo..=hi).map(|kv| {
-            let (k, v) = kv?;
-            Ok((seq_suffix(&k)?, v.to_vec()))
+        scan(self.tree(), move |tree| {
+            tree.range(lo..=hi).map(|kv| {
+                let (k, v) = kv?;
+                Ok((seq_suffix(&k)?, v.to_vec()))
+            })
         })
     }
 
@@ -477,7 +575,9 @@ impl Reader {
         lo_k.extend_from_slice(&lo.to_be_bytes());
         let mut hi_k = prefix;
         hi_k.extend_from_slice(&hi.to_be_bytes());
-        self.tree.range(lo_k..=hi_k).map(|kv| seq_suffix(&kv?.0))
+        scan(self.tree(), move |tree| {
+            tree.range(lo_k..=hi_k).map(|kv| seq_suffix(&kv?.0))
+        })
     }
 
     /// `portal`'s summary blocks numbered `<= upper`, newest first.
@@ -488,19 +588,21 @@ impl Reader {
     ) -> impl Iterator<Item = Result<BlockSummary, StoreError>> + '_ {
         let lo = key(SUMMARY, portal, &[&0u64.to_be_bytes()]);
         let hi = key(SUMMARY, portal, &[&upper.to_be_bytes()]);
-        self.tree.range(lo..=hi).rev().map(|kv| {
-            let (k, v) = kv?;
-            if v.len() != 16 {
-                return Err(StoreError::Corrupt("summary value length".into()));
-            }
-            let mut min = [0u8; 8];
-            let mut max = [0u8; 8];
-            min.copy_from_slice(&v[..8]);
-            max.copy_from_slice(&v[8..]);
-            Ok(BlockSummary {
-                block: seq_suffix(&k)?,
-                min_ts: u64::from_be_bytes(min),
-                max_ts: u64::from_be_bytes(max),
+        scan(self.tree(), move |tree| {
+            tree.range(lo..=hi).rev().map(|kv| {
+                let (k, v) = kv?;
+                if v.len() != 16 {
+                    return Err(StoreError::Corrupt("summary value length".into()));
+                }
+                let mut min = [0u8; 8];
+                let mut max = [0u8; 8];
+                min.copy_from_slice(&v[..8]);
+                max.copy_from_slice(&v[8..]);
+                Ok(BlockSummary {
+                    block: seq_suffix(&k)?,
+                    min_ts: u64::from_be_bytes(min),
+                    max_ts: u64::from_be_bytes(max),
+                })
             })
         })
     }

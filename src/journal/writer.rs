@@ -80,6 +80,8 @@ struct Batch {
     taken: HashMap<(PortalIx, DedupKey), usize>,
     /// Summary blocks this batch completes.
     sealed: Vec<(PortalIx, BlockSummary)>,
+    /// Domains first claimed in this batch, by portal.
+    domains: HashMap<String, PortalIx>,
     /// Registrations this batch changes.
     registrations: HashMap<String, Registration>,
     /// Stored events whose duplicate counter this batch bumps.
@@ -102,6 +104,8 @@ pub(super) struct Writer {
     unpublished_registrations: Vec<Registration>,
     /// Bumped after every durable commit, waking live readers.
     commits: watch::Sender<u64>,
+    /// A commit failed: the engine must be reopened before the next one.
+    broken: bool,
 }
 
 fn now_ms() -> u64 {
@@ -125,6 +129,47 @@ impl Writer {
             unpublished: Vec::new(),
             unpublished_registrations: Vec::new(),
             commits,
+            broken: false,
+        }
+    }
+
+    /// Commits through the store, remembering a failure: sled keeps the
+    /// first I/O error for the life of the database object, so after one the
+    /// engine is reopened (see [`Writer::recover`]) before the next commit.
+    fn commit_store(&mut self, writes: WriteBatch) -> Result<(), CommitError> {
+        let result = self.store.commit(writes);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// After a failed commit (a full disk, say): reopen the engine and
+    /// rebuild the directory from what it recovered — a batch that failed
+    /// after being applied may or may not have reached the disk, so the
+    /// in-memory counters cannot be trusted. Until this succeeds every job
+    /// is answered 503; it is retried with every batch.
+    fn recover(&mut self) {
+        if let Err(e) = self.store.reopen() {
+            tracing::warn!(error = %e, "journal still unavailable; will retry");
+            return;
+        }
+        let reader = self.store.reader();
+        let loaded = reader.portals().and_then(|portals| {
+            let regs = reader.registrations()?;
+            Directory::from_records(portals, regs)
+        });
+        match loaded {
+            Ok(dir) => {
+                self.directory = dir.clone();
+                *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
+                self.unpublished.clear();
+                self.unpublished_registrations.clear();
+                self.broken = false;
+                self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                tracing::info!("journal reopened after a storage error; accepting events again");
+            }
+            Err(e) => tracing::error!(error = %e, "journal reopened but unreadable; will retry"),
         }
     }
 
@@ -161,6 +206,9 @@ impl Writer {
 
     /// Commits one batch of jobs; returns whether a shutdown was requested.
     fn process(&mut self, jobs: &mut Vec<Job>) -> bool {
+        if self.broken {
+            self.recover();
+        }
         let mut batch = Batch::default();
         let mut stop = false;
         for job in jobs.drain(..) {
@@ -273,6 +321,24 @@ impl Writer {
 
     /// Decides what one event is: new (staged) or a duplicate (counted).
     fn stage(&self, batch: &mut Batch, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+        // A domain names one portal: a trusted portal must not make another
+        // portal's domain point at its own events. Checked before anything
+        // is staged, so a refused event changes nothing.
+        let member = event.member_id.as_str();
+        let this = self
+            .directory
+            .by_member
+            .get(member)
+            .or_else(|| batch.new_members.get(member))
+            .copied();
+        let domain = &event.profile.domain;
+        let owner = self
+            .directory
+            .domain_owner(domain)
+            .or_else(|| batch.domains.get(domain).copied());
+        if owner.is_some_and(|owner| Some(owner) != this) {
+            return Err(AppendError::DomainTaken(domain.clone()));
+        }
         self.register(batch, &event)?;
         let dedup = dedup_key(
             &event.event,
@@ -281,6 +347,10 @@ impl Writer {
             event.ts,
         );
         let portal = self.portal_for(batch, &event).ix;
+        batch
+            .domains
+            .entry(event.profile.domain.clone())
+            .or_insert(portal);
 
         // A duplicate of an event earlier in this same batch.
         if let Some(&i) = batch.taken.get(&(portal, dedup)) {
@@ -444,7 +514,7 @@ impl Writer {
             // Only refused jobs (or nothing): no write to make durable.
             Ok(())
         } else {
-            self.store.commit(writes)
+            self.commit_store(writes)
         };
         let failure = match result {
             Ok(()) => {
@@ -512,8 +582,7 @@ impl Writer {
         let mut writes = WriteBatch::default();
         writes.put_portal(&tombstone);
         writes.remove_registration(member);
-        self.store
-            .commit(writes)
+        self.commit_store(writes)
             .map_err(|e| unavailable_commit(&e))?;
         self.directory.upsert(tombstone.clone());
         self.directory.remove_registration(member);
@@ -545,7 +614,7 @@ impl Writer {
             if writes.is_empty() {
                 return Ok(());
             }
-            self.store.commit(writes).map_err(|e| match e {
+            self.commit_store(writes).map_err(|e| match e {
                 CommitError::NotApplied(e) | CommitError::NotDurable(e) => e,
             })?;
         }
@@ -634,8 +703,7 @@ impl Writer {
         if writes.is_empty() {
             return Ok(0);
         }
-        self.store
-            .commit(writes)
+        self.commit_store(writes)
             .map_err(|e| unavailable_commit(&e))?;
         let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
         for rec in touched {
