@@ -6,7 +6,6 @@
 //! and only then the journal. A rejected request never reaches the writer, so
 //! it changes nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,28 +24,6 @@ use crate::verify::VerifyError;
 
 /// Largest body accepted: 64 KiB. Real events are under 1 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// Default time the whole body has to arrive in, counted from the moment the
-/// handler starts reading it (the headers have their own limit,
-/// `server::HEADER_TIMEOUT`). A real event is one small packet; the bound
-/// keeps a client that trickles a body from holding a connection slot.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The body timeout in force, in milliseconds. Process-wide because the
-/// route is built from `App`, which does not carry settings; set once at
-/// start-up by `Settings::resolve` (`--body-timeout`).
-static BODY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_BODY_TIMEOUT.as_millis() as u64);
-
-/// Sets the time a request body has to arrive in (at least 1 ms).
-pub fn set_body_timeout(limit: Duration) {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
-    BODY_TIMEOUT_MS.store(ms, Ordering::Relaxed);
-}
-
-/// The time a request body has to arrive in.
-pub fn body_timeout() -> Duration {
-    Duration::from_millis(BODY_TIMEOUT_MS.load(Ordering::Relaxed))
-}
 
 /// `POST /v1/bitrix24/events`
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -90,7 +67,7 @@ where
             return Err(ApiError::PayloadTooLarge(MAX_BODY));
         }
     }
-    let limit = body_timeout();
+    let limit = app.body_timeout;
     let body = match tokio::time::timeout(limit, read_limited(body, MAX_BODY)).await {
         Ok(body) => body?,
         Err(_) => {

@@ -40,6 +40,8 @@ pub struct App {
     pub read_token: Option<TokenDigest>,
     /// Digest of the admin API's bearer token.
     pub admin_token: Option<TokenDigest>,
+    /// Time an ingest body has to arrive in.
+    pub body_timeout: Duration,
     /// The data directory (for the disk-size metric).
     pub data_dir: std::path::PathBuf,
     /// Slots for live streams (SSE and long-polls).
@@ -197,6 +199,7 @@ pub async fn serve(
         read_token: settings.read_token.as_ref().map(|t| t.digest()),
         admin_token: settings.admin_token.as_ref().map(|t| t.digest()),
         data_dir: settings.data_dir.clone(),
+        body_timeout: settings.body_timeout,
         streams: Arc::new(Semaphore::new(settings.max_streams)),
         stopping,
     });

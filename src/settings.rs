@@ -23,7 +23,10 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 pub const DEFAULT_QUEUE: usize = 8192;
 /// Default limit of concurrent live streams (SSE and long-polls).
 pub const DEFAULT_MAX_STREAMS: usize = 256;
-/// Default seconds an ingest request body has to arrive in.
+/// Default seconds an ingest request body has to arrive in, counted from
+/// the moment the handler starts reading it (the headers have their own
+/// limit, `server::HEADER_TIMEOUT`). A real event is one small packet; the
+/// bound keeps a client that trickles a body from holding a connection.
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 
 /// b24-journal: receive, verify, deduplicate and durably journal Bitrix24
@@ -386,9 +389,6 @@ impl Settings {
             });
         }
         let body_timeout = Duration::from_secs(body_timeout_secs);
-        // The ingest route reads its timeout from a process-wide setting (the
-        // route is built from `App`, which carries no settings).
-        crate::receive::set_body_timeout(body_timeout);
         let install_raw = if args.install_domains.is_empty() {
             file.install_domains
         } else {
