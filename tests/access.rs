@@ -38,7 +38,11 @@ async fn a_portal_cannot_take_over_another_portals_domain() {
     };
     let r = s.post_form(&spoof.form()).await;
     eprintln!("spoofed domain: {} {}", r.status, r.text);
-    r.assert_error(409, "auth[domain]", "event claiming another portal's domain");
+    r.assert_error(
+        409,
+        "auth[domain]",
+        "event claiming another portal's domain",
+    );
 
     // P2's domain still names P2, by the events and by the portal list.
     let by_domain = s.all_events(P2.domain).await;

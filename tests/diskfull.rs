@@ -205,7 +205,10 @@ async fn fill_up(fs: &SmallFs) -> Full {
     let portals = s.portals().await;
     assert!(!portals.is_empty());
     let page = s
-        .get(&format!("/v1/portals/{}/events", P1.member), &[("limit", "10")])
+        .get(
+            &format!("/v1/portals/{}/events", P1.member),
+            &[("limit", "10")],
+        )
         .await;
     if page.status != 200 {
         let logs = s.logs();

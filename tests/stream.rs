@@ -134,27 +134,26 @@ async fn sse_resume_with_last_event_id_sees_every_event_exactly_once() {
     };
 
     let mut got: Vec<u64> = Vec::new();
-    let mut last_id: Option<String> = None;
     let mut reconnects = 0;
     while got.len() < N as usize {
-        match sse.next(Duration::from_secs(20)).await {
+        let last_id = match sse.next(Duration::from_secs(20)).await {
             Some(m) => {
                 assert_eq!(m.data["event"], "ONCRMACTIVITYADD", "filter applies");
                 assert_eq!(m.data["member_id"], P1.member);
                 let id = m.id.expect("every message has an id");
                 assert_eq!(m.data["cursor"].as_str(), Some(id.as_str()));
                 got.push(m.data["seq"].as_u64().unwrap());
-                last_id = Some(id);
+                id
             }
             None => panic!("stream stalled after {} events", got.len()),
-        }
+        };
         // Drop the connection every 50 events and resume where we were.
-        if got.len() % 50 == 0 && got.len() < N as usize {
+        if got.len().is_multiple_of(50) && got.len() < N as usize {
             drop(sse);
             reconnects += 1;
             // Let events arrive while we are away.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            sse = Sse::open(&s, P1.member, "?event=ONCRMACTIVITYADD", last_id.as_deref()).await;
+            sse = Sse::open(&s, P1.member, "?event=ONCRMACTIVITYADD", Some(&last_id)).await;
         }
     }
     let posted = writer.await.unwrap();
