@@ -357,7 +357,11 @@ impl Store {
                 format!("{free} bytes free, waiting for at least {REOPEN_MIN_FREE}"),
             )));
         }
-        *self.reader.shared.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .reader
+            .shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self.engine = None;
         // A reader still iterating holds the old database (and its file
         // lock) for a moment: try a few times.
@@ -365,8 +369,11 @@ impl Store {
         for _ in 0..20 {
             match Engine::open(&self.dir, self.cache_bytes) {
                 Ok(engine) => {
-                    *self.reader.shared.write().unwrap_or_else(|p| p.into_inner()) =
-                        Some(engine.tree.clone());
+                    *self
+                        .reader
+                        .shared
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(engine.tree.clone());
                     self.engine = Some(engine);
                     return Ok(());
                 }
