@@ -1,0 +1,183 @@
+//! Bulk fill through the service's own write path, linked as a library:
+//! form body → `decode::decode` → `NewEvent::from` → `JournalHandle::append`,
+//! with many appends in flight so the single writer group-commits.
+//!
+//! Runs as its own process (`b24-bench fill …`) so that its peak RSS is the
+//! journal's, not the harness's, and so a second fill can continue the first
+//! on the same data directory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use b24_journal::decode::{decode, BodyKind};
+use b24_journal::journal::{AppendError, AppendOutcome, Journal, NewEvent};
+
+use crate::gen::{portals, write_body, FillPlan, Rng};
+use crate::sys;
+
+pub struct FillArgs {
+    pub data_dir: PathBuf,
+    pub from: u64,
+    pub to: u64,
+    pub n: u64,
+    pub portals: u64,
+    pub seed: u64,
+    pub inflight: usize,
+    pub cache_mb: u64,
+    pub queue: usize,
+}
+
+/// Parses `fill` flags.
+pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
+    let mut a = FillArgs {
+        data_dir: PathBuf::new(),
+        from: 0,
+        to: 0,
+        n: 0,
+        portals: 1000,
+        seed: 1,
+        inflight: 512,
+        cache_mb: 64,
+        queue: 8192,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--data-dir" => a.data_dir = PathBuf::from(val()?),
+            "--from" => a.from = num(val()?)?,
+            "--to" => a.to = num(val()?)?,
+            "--n" => a.n = num(val()?)?,
+            "--portals" => a.portals = num(val()?)?,
+            "--seed" => a.seed = num(val()?)?,
+            "--inflight" => a.inflight = num(val()?)? as usize,
+            "--cache-mb" => a.cache_mb = num(val()?)?,
+            "--queue" => a.queue = num(val()?)? as usize,
+            other => return Err(format!("fill: unknown flag {other}")),
+        }
+    }
+    if a.data_dir.as_os_str().is_empty() || a.to <= a.from || a.n < a.to {
+        return Err("fill needs --data-dir, --from < --to <= --n".into());
+    }
+    Ok(a)
+}
+
+/// Runs the fill; prints one `FILL key=value …` line on stdout.
+pub fn run(a: FillArgs) -> Result<(), String> {
+    let plan = FillPlan::new(a.portals, a.n);
+    let portals = Arc::new(portals(a.portals as usize, a.seed));
+    let started = Instant::now();
+    let journal = Journal::open(&a.data_dir, a.cache_mb * 1024 * 1024, a.queue)
+        .map_err(|e| format!("open journal: {e}"))?;
+    let opened = started.elapsed();
+    let handle = journal.handle();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let next = Arc::new(AtomicU64::new(a.from));
+    let stored = Arc::new(AtomicU64::new(0));
+    let dups = Arc::new(AtomicU64::new(0));
+    let busy = Arc::new(AtomicU64::new(0));
+    let to = a.to;
+    let t_fill = Instant::now();
+    let result: Result<(), String> = rt.block_on(async {
+        let progress = {
+            let stored = stored.clone();
+            let from = a.from;
+            tokio::spawn(async move {
+                let t = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let s = stored.load(Ordering::Relaxed);
+                    eprintln!(
+                        "  fill: {} / {} events ({:.0}/s)",
+                        from + s,
+                        to,
+                        s as f64 / t.elapsed().as_secs_f64()
+                    );
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for w in 0..a.inflight {
+            let (handle, portals, next, stored, dups, busy) = (
+                handle.clone(),
+                portals.clone(),
+                next.clone(),
+                stored.clone(),
+                dups.clone(),
+                busy.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng::new(a.seed ^ ((w as u64) << 20));
+                let mut body = Vec::with_capacity(1024);
+                loop {
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    if g >= to {
+                        return Ok::<(), String>(());
+                    }
+                    let ev = plan.event(g);
+                    body.clear();
+                    write_body(
+                        &mut body,
+                        &portals[ev.portal],
+                        ev.event,
+                        ev.entity,
+                        ev.ts,
+                        &mut rng,
+                    );
+                    let incoming = decode(BodyKind::Form, &body)
+                        .map_err(|e| format!("generated body does not decode: {e}"))?;
+                    let new_event = NewEvent::from(incoming);
+                    // The queue holds more than `inflight` appends: never full.
+                    match handle.append(new_event).await {
+                        Ok(AppendOutcome::Stored { .. }) => {
+                            stored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(AppendOutcome::Duplicate { .. }) => {
+                            dups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(AppendError::QueueFull) => {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                            return Err("journal queue full (raise --queue)".into());
+                        }
+                        Err(e) => return Err(format!("append: {e}")),
+                    }
+                }
+            }));
+        }
+        let mut res = Ok(());
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => res = Err(e),
+                Err(e) => res = Err(format!("fill task panicked: {e}")),
+            }
+        }
+        progress.abort();
+        res
+    });
+    let fill_secs = t_fill.elapsed().as_secs_f64();
+    drop(handle);
+    drop(rt);
+    let t_close = Instant::now();
+    journal.shutdown();
+    let close_secs = t_close.elapsed().as_secs_f64();
+    result?;
+    let vmhwm = sys::vm_hwm_kb(std::process::id()).unwrap_or(0);
+    println!(
+        "FILL stored={} duplicates={} queue_full={} fill_secs={:.3} open_secs={:.3} close_secs={:.3} vmhwm_kb={}",
+        stored.load(Ordering::Relaxed),
+        dups.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+        fill_secs,
+        opened.as_secs_f64(),
+        close_secs,
+        vmhwm
+    );
+    Ok(())
+}
