@@ -65,14 +65,7 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
                     T + 10_000 + n,
                 )
                 .form();
-                let r = client
-                    .post(&url)
-                    .header("content-type", FORM_CT)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                post_ok(&client, &url, body).await;
                 n += 1;
             }
             n

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use serde_json::Value;
 
 const T: u64 = 1_700_000_000;
 
@@ -542,15 +541,7 @@ async fn cursor_walk_is_complete_while_events_are_posted_concurrently() {
                 T + 10_000 + i,
             )
             .form();
-            let r = client
-                .post(&url)
-                .header("content-type", FORM_CT)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let v: Value = r.json().await.unwrap();
+            let v = post_ok(&client, &url, body).await;
             assert_eq!(v["status"], "stored");
             posted.push(v["id"].as_str().unwrap().to_string());
             i += 1;
@@ -638,14 +629,7 @@ async fn time_range_walk_is_complete_while_events_are_posted_concurrently() {
             // New events land everywhere in the range, also behind the cursor.
             let ts = T + (n * 13) % 100;
             let body = EventSpec::new(P1, "ONCRMDEALUPDATE", Some(&format!("new{n}")), ts).form();
-            let r = client
-                .post(&url)
-                .header("content-type", FORM_CT)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            post_ok(&client, &url, body).await;
             n += 1;
         }
         n
@@ -736,14 +720,7 @@ async fn rare_matches_beyond_the_scan_budget_are_all_found() {
                             T + (i as u64 % 1000),
                         )
                         .form();
-                        let r = client
-                            .post(&url)
-                            .header("content-type", FORM_CT)
-                            .body(body)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status(), 200);
+                        post_ok(&client, &url, body).await;
                     }
                 }));
             }

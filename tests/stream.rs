@@ -111,15 +111,7 @@ async fn sse_resume_with_last_event_id_sees_every_event_exactly_once() {
                 ] {
                     let body =
                         EventSpec::new(portal, event, Some(&i.to_string()), T + 100 + i).form();
-                    let r = client
-                        .post(&url)
-                        .header("content-type", FORM_CT)
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                    let v: Value = r.json().await.unwrap();
+                    let v = post_ok(&client, &url, body).await;
                     if portal == P1 && event == "ONCRMACTIVITYADD" {
                         seqs.push(v["seq"].as_u64().unwrap());
                     }

@@ -612,6 +612,22 @@ impl Drop for TestServer {
     }
 }
 
+/// POSTs a form body with a bare client (for spawned writer tasks), requires
+/// 200 and returns the JSON answer.
+pub async fn post_ok(client: &reqwest::Client, url: &str, body: String) -> Value {
+    let r = client
+        .post(url)
+        .header("content-type", FORM_CT)
+        .body(body)
+        .send()
+        .await
+        .expect("HTTP request failed");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("read body");
+    assert_eq!(status, 200, "POST {url}: {text}");
+    serde_json::from_str(&text).expect("JSON answer")
+}
+
 pub fn tail(s: &str, n: usize) -> &str {
     if s.len() <= n {
         s
