@@ -239,15 +239,19 @@ impl Writer {
     }
 
     /// The portal record `member` has in this batch, creating it if new.
-    fn portal_for<'b>(&self, batch: &'b mut Batch, event: &NewEvent) -> &'b mut PortalRecord {
-        let member = event.member_id.as_str();
-        let ix = match self
-            .directory
+    /// The number of `member`'s portal, in the store or created in `batch`.
+    fn known_portal(&self, batch: &Batch, member: &str) -> Option<PortalIx> {
+        self.directory
             .by_member
             .get(member)
             .or_else(|| batch.new_members.get(member))
-        {
-            Some(&ix) => ix,
+            .copied()
+    }
+
+    fn portal_for<'b>(&self, batch: &'b mut Batch, event: &NewEvent) -> &'b mut PortalRecord {
+        let member = event.member_id.as_str();
+        let ix = match self.known_portal(batch, member) {
+            Some(ix) => ix,
             None => {
                 // Cannot overflow in practice: four billion portals.
                 let ix = u32::try_from(self.directory.portals.len() + batch.new_members.len())
@@ -325,12 +329,7 @@ impl Writer {
         // portal's domain point at its own events. Checked before anything
         // is staged, so a refused event changes nothing.
         let member = event.member_id.as_str();
-        let this = self
-            .directory
-            .by_member
-            .get(member)
-            .or_else(|| batch.new_members.get(member))
-            .copied();
+        let this = self.known_portal(batch, member);
         let domain = &event.profile.domain;
         let owner = self
             .directory
