@@ -337,12 +337,12 @@ fn stream(
         })?),
         None => query.cursor,
     };
+    // Unknown portals are refused before a stream slot is taken.
+    let newest = resolve(&app, &key)?.map_or(0, |p| p.last_seq());
     let after = match resume {
         Some(Cursor(seq)) => seq,
-        None => resolve(&app, &key)?.map_or(0, |p| p.last_seq()),
+        None => newest,
     };
-    // Unknown portals are refused before a stream slot is taken.
-    resolve(&app, &key)?;
     let permit = app
         .streams
         .clone()
