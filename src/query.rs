@@ -442,6 +442,8 @@ pub fn tail(
     if after >= upper {
         return Ok((out, after));
     }
+    // Retention may have deleted the oldest events.
+    let from = (after + 1).max(portal.first_seq());
     let visit = |seq: u64, bytes: &[u8], out: &mut Vec<Rendered>| -> Result<(), StoreError> {
         let (rec, duplicates) =
             EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -452,7 +454,7 @@ pub fn tail(
     };
     let mut looked = 0usize;
     if let Some(entity) = &q.entity_id {
-        for seq in reader.entity(ix, entity.as_str(), after + 1, upper) {
+        for seq in reader.entity(ix, entity.as_str(), from, upper) {
             let seq = seq?;
             let bytes = reader.event(ix, seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entity index names missing event {seq}"))
@@ -464,7 +466,7 @@ pub fn tail(
             }
         }
     } else {
-        for event in reader.events(ix, after + 1, upper) {
+        for event in reader.events(ix, from, upper) {
             let (seq, bytes) = event?;
             visit(seq, &bytes, &mut out)?;
             looked += 1;
@@ -724,7 +726,10 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
         return Ok(page.finish());
     }
     if let Some(entity) = &q.entity_id {
-        for seq in reader.entity(ix, entity.as_str(), 0, start).rev() {
+        for seq in reader
+            .entity(ix, entity.as_str(), portal.first_seq(), start)
+            .rev()
+        {
             let seq = seq?;
             let bytes = reader.event(ix, seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("entity index names missing event {seq}"))
@@ -740,7 +745,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
         );
         'blocks: for summary in reader.summaries_desc(ix, block_of(start)) {
             let summary = summary?;
-            let lo = summary.block * SUMMARY_SPAN + 1;
+            let lo = (summary.block * SUMMARY_SPAN + 1).max(portal.first_seq());
             let hi = ((summary.block + 1) * SUMMARY_SPAN).min(start);
             page.scanned += 1;
             if summary.max_ts < since || summary.min_ts > until {
@@ -757,7 +762,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
             }
         }
     } else {
-        for event in reader.events(ix, 1, start).rev() {
+        for event in reader.events(ix, portal.first_seq(), start).rev() {
             let (seq, bytes) = event?;
             if !page.offer(seq, &bytes)? {
                 break;

@@ -25,6 +25,13 @@ use crate::{admin, metrics, query, receive};
 
 /// Most connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Most bytes hyper buffers while reading a request head. hyper's default
+/// (~400 KiB) is only checked between reads, so a 500 KB header block that
+/// arrives in one read was sometimes accepted; 64 KiB is far above any real
+/// Bitrix24 request and small enough that an oversized head is always
+/// refused.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Time a client has to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight requests get to finish after a shutdown signal.
@@ -292,6 +299,7 @@ where
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_READ_BUFFER)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -233,7 +233,7 @@ async fn fill_up(fs: &SmallFs) -> Full {
 /// Disk full, then space freed and the service restarted: what works today.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_is_503_reads_work_and_nothing_acknowledged_is_lost() {
-    let fs = match SmallFs::mount("8m") {
+    let fs = match SmallFs::mount("32m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("SKIPPED disk_full test: cannot mount a small file system: {why}");
@@ -266,7 +266,7 @@ async fn disk_full_is_503_reads_work_and_nothing_acknowledged_is_lost() {
 // Store::reopen), so ingest resumes without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_ingest_resumes_without_restart_when_space_returns() {
-    let fs = match SmallFs::mount("8m") {
+    let fs = match SmallFs::mount("32m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("SKIPPED disk_full test: cannot mount a small file system: {why}");

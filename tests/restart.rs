@@ -184,11 +184,11 @@ fn format_file_is_written_and_unknown_version_refused() {
         );
     }
     // A version from a newer binary is refused as newer.
-    std::fs::write(&format_path, "b24-journal data format 2\n").unwrap();
+    std::fs::write(&format_path, "b24-journal data format 3\n").unwrap();
     let (status, out) = run_to_exit(&default_args(dir.path()), &[], Duration::from_secs(30));
     assert!(!status.success(), "newer FORMAT must exit non-zero");
     assert!(
-        out.contains("format version 2, newer than the 1"),
+        out.contains("format version 3, newer than the 2"),
         "message must name both versions; output:\n{out}"
     );
     std::fs::write(&format_path, "not-a-version\n").unwrap();

@@ -13,14 +13,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::pack;
 use super::record::{
     block_of, dedup_key_of_record, EventRecord, PortalIx, PortalRecord, Registration,
 };
 use super::store::{KeyKind, Store, StoreError, WriteBatch};
 use super::{check_format, read_format, Directory, JournalHandle, OpenError, ENGINE_DIR};
 
-/// Writes per intermediate apply during a copy.
-const COPY_CHUNK: usize = 10_000;
 /// sled cache for maintenance opens: they stream, caching buys nothing.
 const MAINTENANCE_CACHE: u64 = 32 * 1024 * 1024;
 
@@ -97,31 +96,54 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
         events: 0,
     };
     for portal in &portals {
-        let last = portal.last_seq();
+        let (first, last) = (portal.first_seq(), portal.last_seq());
         let mut copy = portal.clone();
         copy.duplicates = 0;
-        for item in reader.portal_keys(portal.ix) {
-            let (key, kind, value) = item?;
-            let keep = match &kind {
-                KeyKind::Event { seq, .. } if *seq <= last => {
-                    let (_, dups) = EventRecord::from_bytes(&value)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    copy.duplicates += u64::from(dups);
-                    stats.events += 1;
-                    true
+        copy.events = 0;
+        // Events are copied through the same layout code as the writer's,
+        // one block at a time; applying each step lets the next one read
+        // the entity chunks it extends.
+        let mut laid = first.saturating_sub(1);
+        let mut fresh = BTreeMap::new();
+        let mut events = reader.events(portal.ix, first, last).peekable();
+        while let Some(item) = events.next() {
+            let (seq, bytes) = item?;
+            let (rec, dups) =
+                EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            copy.duplicates += u64::from(dups);
+            copy.events += 1;
+            stats.events += 1;
+            if rec.entity_id.is_none() {
+                if let Some(key) = dedup_key_of_record(&rec, portal) {
+                    batch.put_dedup(portal.ix, &key, seq);
                 }
-                KeyKind::Entity { seq, .. } | KeyKind::Dedup { seq, .. } => *seq <= last,
-                KeyKind::Summary { summary, .. } => summary.block <= block_of(last),
-                // Written from the snapshot below.
-                _ => false,
-            };
-            if keep {
-                batch.copy(&key, &value);
             }
-            if batch.len() >= COPY_CHUNK {
+            fresh.insert(seq, bytes);
+            let block_full = seq % pack::BLOCK_SPAN == 0;
+            if block_full || events.peek().is_none() {
+                // `copy` as it stands after this step: seqs up to `seq`.
+                let step = PortalRecord {
+                    next_seq: seq + 1,
+                    events: copy.events,
+                    ..copy.clone()
+                };
                 out.apply(std::mem::take(&mut batch))?;
+                pack::lay_out(
+                    &mut batch,
+                    out.reader(),
+                    &step,
+                    laid,
+                    std::mem::take(&mut fresh),
+                )?;
+                laid = seq;
             }
         }
+        for item in reader.summaries_desc(portal.ix, block_of(last)) {
+            batch.put_summary(portal.ix, &item?);
+        }
+        // The next seq stays as it was, so seqs are never reused.
+        copy.next_seq = portal.next_seq;
+        out.apply(std::mem::take(&mut batch))?;
         batch.put_portal(&copy);
         stats.portals += usize::from(!copy.member_id.is_empty());
     }
@@ -209,63 +231,107 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
     let mut tallies: HashMap<PortalIx, PortalTally> = HashMap::new();
     let mut seen_dedup: BTreeMap<(PortalIx, u64), u32> = BTreeMap::new();
 
+    // Sealed entity events and the index entries for them, per portal:
+    // every entry is checked against its event below, so equal counts mean
+    // every sealed entity event is indexed exactly once.
+    let mut sealed_entity_events: HashMap<PortalIx, u64> = HashMap::new();
+    let mut index_entries: HashMap<PortalIx, u64> = HashMap::new();
+    let mut prev_chunk: Option<(PortalIx, String, u64)> = None;
     for item in reader.all_keys() {
         let (_, kind, value) = item?;
         match kind {
-            KeyKind::Event { portal: ix, seq } => {
-                report.events += 1;
+            KeyKind::Tail { portal: ix, seq } => {
                 let Some(p) = portal(ix) else {
                     report.problem(format!("event {ix}/{seq} of a portal without a record"));
                     continue;
                 };
-                let (rec, dups) = match EventRecord::from_bytes(&value) {
-                    Ok(r) => r,
+                if seq <= pack::sealed_upto(p.last_seq()) || seq < p.first_seq() {
+                    report.problem(format!("tail event {ix}/{seq} outside the portal's tail"));
+                }
+                check_event(&mut report, &mut tallies, reader, p, seq, &value, None)?;
+            }
+            KeyKind::Block { portal: ix, block } => {
+                let Some(p) = portal(ix) else {
+                    report.problem(format!("block {ix}/{block} of a portal without a record"));
+                    continue;
+                };
+                let first = pack::event_block_first(block);
+                if first + pack::BLOCK_SPAN - 1 > pack::sealed_upto(p.last_seq()) {
+                    report.problem(format!("block {ix}/{block} is past the portal's last seq"));
+                }
+                let entries = match pack::decode_block(&value) {
+                    Ok(e) => e,
                     Err(e) => {
-                        report.problem(format!("event {ix}/{seq} does not decode: {e}"));
+                        report.problem(format!("block {ix}/{block}: {e}"));
                         continue;
                     }
                 };
-                let t = tallies.entry(ix).or_default();
-                t.events += 1;
-                t.duplicates += u64::from(dups);
-                t.max_seq = t.max_seq.max(seq);
-                if seq > p.last_seq() {
-                    report.problem(format!(
-                        "event {ix}/{seq} is past the portal's last seq {}",
-                        p.last_seq()
-                    ));
-                }
-                if let Some(entity) = &rec.entity_id {
-                    if !reader.has_entity(ix, entity, seq)? {
-                        report.problem(format!("event {ix}/{seq} missing from the entity index"));
+                for (seq, bytes) in (first..).zip(entries) {
+                    if seq < p.first_seq() {
+                        continue;
                     }
-                }
-                match dedup_key_of_record(&rec, p) {
-                    Some(key) => match reader.dedup(ix, &key)? {
-                        Some(s) if s == seq => {}
-                        Some(s) => report
-                            .problem(format!("dedup key of event {ix}/{seq} points to seq {s}")),
-                        None => report.problem(format!("event {ix}/{seq} has no dedup key")),
-                    },
-                    None => report.problem(format!("event {ix}/{seq}: stored fields invalid")),
+                    if bytes.is_empty() {
+                        report.problem(format!("event {ix}/{seq} missing from its block"));
+                        continue;
+                    }
+                    let sealed = sealed_entity_events.entry(ix).or_default();
+                    check_event(
+                        &mut report,
+                        &mut tallies,
+                        reader,
+                        p,
+                        seq,
+                        bytes,
+                        Some(sealed),
+                    )?;
                 }
             }
-            KeyKind::Entity {
+            KeyKind::Chunk {
                 portal: ix,
                 entity,
-                seq,
+                first,
             } => {
-                report.entity_entries += 1;
-                match reader.event(ix, seq)? {
-                    Some(bytes) => match EventRecord::from_bytes(&bytes) {
-                        Ok((rec, _)) if rec.entity_id.as_deref() == Some(entity.as_str()) => {}
-                        _ => report.problem(format!(
-                            "entity index {ix}/{entity}/{seq} does not match its event"
-                        )),
-                    },
-                    None => report.problem(format!(
-                        "entity index {ix}/{entity}/{seq} points to a missing event"
-                    )),
+                let Some(p) = portal(ix) else {
+                    report.problem(format!("entity chunk of a portal without a record: {ix}"));
+                    continue;
+                };
+                let entries = match pack::decode_chunk(first, &value) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        report.problem(format!("entity chunk {ix}/{entity}/{first}: {e}"));
+                        continue;
+                    }
+                };
+                if let Some((pix, pentity, pmax)) = &prev_chunk {
+                    if *pix == ix && *pentity == entity && first <= *pmax {
+                        report.problem(format!("entity chunks of {ix}/{entity} overlap"));
+                    }
+                }
+                if let Some(last) = entries.last() {
+                    prev_chunk = Some((ix, entity.clone(), last.seq));
+                }
+                for e in entries.iter().filter(|e| e.seq >= p.first_seq()) {
+                    report.entity_entries += 1;
+                    *index_entries.entry(ix).or_default() += 1;
+                    let matches = match reader.event(ix, e.seq)? {
+                        Some(bytes) if e.seq <= pack::sealed_upto(p.last_seq()) => {
+                            match EventRecord::from_bytes(&bytes) {
+                                Ok((rec, _)) => {
+                                    rec.entity_id.as_deref() == Some(entity.as_str())
+                                        && rec.ts == e.ts
+                                        && pack::name_tag(rec.event_name(p)) == e.tag
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                        _ => false,
+                    };
+                    if !matches {
+                        report.problem(format!(
+                            "entity index {ix}/{entity}/{} does not match a sealed event",
+                            e.seq
+                        ));
+                    }
                 }
             }
             KeyKind::Dedup {
@@ -291,6 +357,16 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             }
             KeyKind::Portal(_) | KeyKind::Registration | KeyKind::Health => {}
             KeyKind::Unknown => report.problem("a key of unknown kind".into()),
+        }
+    }
+    for p in dir.portals() {
+        let sealed = sealed_entity_events.get(&p.ix).copied().unwrap_or(0);
+        let indexed = index_entries.get(&p.ix).copied().unwrap_or(0);
+        if sealed != indexed {
+            report.problem(format!(
+                "portal {}: {sealed} sealed entity events but {indexed} index entries",
+                p.member_id
+            ));
         }
     }
     for ((ix, seq), n) in seen_dedup {
@@ -320,6 +396,53 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
         }
     }
     Ok(report)
+}
+
+/// Checks one stored event and counts it; `sealed` counts sealed events
+/// with an entity id (they must be in the entity index).
+fn check_event(
+    report: &mut VerifyReport,
+    tallies: &mut HashMap<PortalIx, PortalTally>,
+    reader: &super::store::Reader,
+    p: &PortalRecord,
+    seq: u64,
+    bytes: &[u8],
+    sealed: Option<&mut u64>,
+) -> Result<(), StoreError> {
+    let ix = p.ix;
+    report.events += 1;
+    let (rec, dups) = match EventRecord::from_bytes(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            report.problem(format!("event {ix}/{seq} does not decode: {e}"));
+            return Ok(());
+        }
+    };
+    let t = tallies.entry(ix).or_default();
+    t.events += 1;
+    t.duplicates += u64::from(dups);
+    t.max_seq = t.max_seq.max(seq);
+    if seq > p.last_seq() {
+        report.problem(format!(
+            "event {ix}/{seq} is past the portal's last seq {}",
+            p.last_seq()
+        ));
+    }
+    if rec.entity_id.is_some() {
+        if let Some(n) = sealed {
+            *n += 1;
+        }
+        return Ok(());
+    }
+    match dedup_key_of_record(&rec, p) {
+        Some(key) => match reader.dedup(ix, &key)? {
+            Some(s) if s == seq => {}
+            Some(s) => report.problem(format!("dedup key of event {ix}/{seq} points to seq {s}")),
+            None => report.problem(format!("event {ix}/{seq} has no dedup key")),
+        },
+        None => report.problem(format!("event {ix}/{seq}: stored fields invalid")),
+    }
+    Ok(())
 }
 
 /// Opens a stopped data directory for an offline change.

@@ -8,6 +8,7 @@
 //! only once the event is on disk), `probe`, and read access for queries.
 
 pub mod maintain;
+pub mod pack;
 pub mod record;
 pub mod store;
 mod writer;
@@ -30,7 +31,7 @@ pub use writer::MAX_BATCH;
 
 /// The on-disk format this binary writes and reads. See
 /// `migrations-notes/` for what each version means.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Name of the file in the data directory that records the format.
 pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";

@@ -96,6 +96,12 @@ impl PortalRecord {
         self.next_seq - 1
     }
 
+    /// The lowest seq still stored: retention deletes oldest first, so the
+    /// stored events are exactly `first_seq()..=last_seq()`.
+    pub fn first_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(self.events).max(1)
+    }
+
     /// The position of `profile`, adding it if new; `None` once
     /// [`MAX_PROFILES`] are taken (the event then carries its profile).
     pub fn profile_index(&mut self, profile: &PortalProfile) -> Option<u32> {

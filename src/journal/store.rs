@@ -8,13 +8,16 @@
 //!
 //! | prefix | key                                       | value                 |
 //! |--------|-------------------------------------------|-----------------------|
-//! | `E`    | portal u32 BE, seq u64 BE                 | event record          |
-//! | `X`    | portal u32 BE, len u8, entity id, seq u64 | empty                 |
+//! | `T`    | portal u32 BE, seq u64 BE                 | event record (tail)   |
+//! | `B`    | portal u32 BE, block u64 BE               | sealed event block    |
+//! | `X`    | portal u32 BE, len u8, entity id, seq u64 | entity chunk          |
 //! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE |
-//! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE            |
+//! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE (events without an entity id) |
 //! | `P`    | portal u32 BE                             | portal record         |
 //! | `R`    | member id bytes                           | registration          |
 //! | `H`    | (none)                                    | last health probe, ms |
+//!
+//! How events are packed into blocks and chunks, and why: [`super::pack`].
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting.
@@ -29,10 +32,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
+use super::pack::{self, ChunkEntry};
+use super::record::{BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration};
 
-const EVENT: u8 = b'E';
-const ENTITY: u8 = b'X';
+const TAIL: u8 = b'T';
+const BLOCK: u8 = b'B';
+const CHUNK: u8 = b'X';
 const SUMMARY: u8 = b'S';
 const DEDUP: u8 = b'D';
 const PORTAL: u8 = b'P';
@@ -54,6 +59,15 @@ pub enum StoreError {
     /// The engine is being reopened after an I/O failure.
     #[error("storage is being reopened after an I/O error")]
     Reopening,
+    /// Too little free disk space to take a write safely; nothing was
+    /// written.
+    #[error("disk nearly full: {free} bytes free, writes need at least {needed}")]
+    DiskFull {
+        /// Bytes free.
+        free: u64,
+        /// Bytes a write needs free.
+        needed: u64,
+    },
 }
 
 impl From<sled::Error> for StoreError {
@@ -112,32 +126,48 @@ impl Engine {
 /// Free space needed before a broken engine is closed and reopened.
 const REOPEN_MIN_FREE: u64 = 2 * 1024 * 1024;
 
+/// Free space below which a commit is refused before sled sees it. sled
+/// 0.34.7 handles running out of space mid-write badly: part of a batch can
+/// stay linked in memory, a leaf it filled then needs a split that every
+/// later *read* retries and fails, and the engine keeps the error until it
+/// is reopened. Refusing early keeps reads working and lets writes resume
+/// by themselves once space is back. Several sled segments (512 KiB) plus
+/// the largest batch fit in this margin.
+const WRITE_MIN_FREE: u64 = 8 * 1024 * 1024;
+
 /// A stored key, opaque outside this module: scans hand them out so that
-/// maintenance (backup, erase, retention) can copy or delete exactly what
-/// they found without knowing the layout.
+/// maintenance (erase) can delete exactly what it found without knowing the
+/// layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key(Vec<u8>);
 
 /// What kind of record a key holds, with the numbers in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyKind {
-    /// An event.
-    Event {
+    /// An event of the unsealed tail.
+    Tail {
         /// Portal.
         portal: PortalIx,
         /// Seq.
         seq: u64,
     },
-    /// An entity index entry.
-    Entity {
+    /// A sealed block of events.
+    Block {
+        /// Portal.
+        portal: PortalIx,
+        /// Block number (see [`pack::event_block`]).
+        block: u64,
+    },
+    /// An entity index chunk.
+    Chunk {
         /// Portal.
         portal: PortalIx,
         /// Entity id.
         entity: String,
-        /// Seq.
-        seq: u64,
+        /// Seq of the chunk's first entry.
+        first: u64,
     },
-    /// A dedup key, pointing at `seq`.
+    /// A dedup key (events without an entity id), pointing at `seq`.
     Dedup {
         /// Portal.
         portal: PortalIx,
@@ -184,7 +214,13 @@ fn entity_prefix(portal: PortalIx, entity: &str) -> Vec<u8> {
     // Entity ids are at most 200 bytes (types::EntityId), so the length fits a
     // byte; the length prefix keeps "1" from matching "12".
     let len = [u8::try_from(entity.len()).unwrap_or(u8::MAX)];
-    key(ENTITY, portal, &[&len, entity.as_bytes()])
+    key(CHUNK, portal, &[&len, entity.as_bytes()])
+}
+
+fn chunk_key(portal: PortalIx, entity: &str, first: u64) -> Vec<u8> {
+    let mut k = entity_prefix(portal, entity);
+    k.extend_from_slice(&first.to_be_bytes());
+    k
 }
 
 fn seq_suffix(k: &[u8]) -> Result<u64, StoreError> {
@@ -199,18 +235,51 @@ fn seq_suffix(k: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl WriteBatch {
-    /// Stores an encoded event.
-    pub fn put_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
+    /// Stores an encoded event of the unsealed tail.
+    pub fn put_tail(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
         self.inner
-            .insert(key(EVENT, portal, &[&seq.to_be_bytes()]), value);
+            .insert(key(TAIL, portal, &[&seq.to_be_bytes()]), value);
         self.len += 1;
     }
 
-    /// Indexes an event under its entity id.
-    pub fn put_entity(&mut self, portal: PortalIx, entity: &str, seq: u64) {
-        let mut k = entity_prefix(portal, entity);
-        k.extend_from_slice(&seq.to_be_bytes());
-        self.inner.insert(k, &[][..]);
+    /// Deletes a tail event (sealed into a block, or retention).
+    pub fn delete_tail(&mut self, portal: PortalIx, seq: u64) {
+        self.inner.remove(key(TAIL, portal, &[&seq.to_be_bytes()]));
+        self.len += 1;
+    }
+
+    /// Stores an encoded block (see [`pack::encode_block`]).
+    pub fn put_block(&mut self, portal: PortalIx, block: u64, value: Vec<u8>) {
+        self.inner
+            .insert(key(BLOCK, portal, &[&block.to_be_bytes()]), value);
+        self.len += 1;
+    }
+
+    /// Deletes a block (retention).
+    pub fn delete_block(&mut self, portal: PortalIx, block: u64) {
+        self.inner
+            .remove(key(BLOCK, portal, &[&block.to_be_bytes()]));
+        self.len += 1;
+    }
+
+    /// Stores an entity chunk whose first entry is `first`.
+    pub fn put_chunk(
+        &mut self,
+        portal: PortalIx,
+        entity: &str,
+        first: u64,
+        entries: &[ChunkEntry],
+    ) {
+        self.inner.insert(
+            chunk_key(portal, entity, first),
+            pack::encode_chunk(first, entries),
+        );
+        self.len += 1;
+    }
+
+    /// Deletes an entity chunk (retention).
+    pub fn delete_chunk(&mut self, portal: PortalIx, entity: &str, first: u64) {
+        self.inner.remove(chunk_key(portal, entity, first));
         self.len += 1;
     }
 
@@ -262,20 +331,6 @@ impl WriteBatch {
     /// Deletes a key found by a scan.
     pub fn delete(&mut self, key: &Key) {
         self.inner.remove(key.0.clone());
-        self.len += 1;
-    }
-
-    /// Deletes event `seq` of `portal` (retention).
-    pub fn delete_event(&mut self, portal: PortalIx, seq: u64) {
-        self.inner.remove(key(EVENT, portal, &[&seq.to_be_bytes()]));
-        self.len += 1;
-    }
-
-    /// Deletes an entity index entry.
-    pub fn delete_entity(&mut self, portal: PortalIx, entity: &str, seq: u64) {
-        let mut k = entity_prefix(portal, entity);
-        k.extend_from_slice(&seq.to_be_bytes());
-        self.inner.remove(k);
         self.len += 1;
     }
 
@@ -393,6 +448,14 @@ impl Store {
     /// Applies `batch` atomically, flushes it and fsyncs the files that hold
     /// it. Only after `Ok` may its events be acknowledged.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+        let free = fs2::available_space(&self.dir)
+            .map_err(|e| CommitError::NotApplied(StoreError::Io(e)))?;
+        if free < WRITE_MIN_FREE {
+            return Err(CommitError::NotApplied(StoreError::DiskFull {
+                free,
+                needed: WRITE_MIN_FREE,
+            }));
+        }
         self.engine()
             .map_err(CommitError::NotApplied)?
             .tree
@@ -491,7 +554,7 @@ impl Reader {
         portal: PortalIx,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
         scan(self.tree(), move |tree| {
-            [EVENT, ENTITY, DEDUP, SUMMARY, PORTAL]
+            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, PORTAL]
                 .into_iter()
                 .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
                 .map(|kv| {
@@ -515,13 +578,6 @@ impl Reader {
         })
     }
 
-    /// Whether the entity index holds `(entity, seq)`.
-    pub fn has_entity(&self, portal: PortalIx, entity: &str, seq: u64) -> Result<bool, StoreError> {
-        let mut k = entity_prefix(portal, entity);
-        k.extend_from_slice(&seq.to_be_bytes());
-        Ok(self.tree()?.contains_key(k)?)
-    }
-
     /// Every registration, by member id.
     pub fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
         self.tree()?
@@ -542,49 +598,129 @@ impl Reader {
         }
     }
 
-    /// The encoded event `seq` of `portal`.
+    /// The encoded event `seq` of `portal`, wherever it lives.
     pub fn event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree()?
-            .get(key(EVENT, portal, &[&seq.to_be_bytes()]))?
-            .map(|v| v.to_vec()))
+        let mut scan = SeqScan::new(self.tree(), portal, seq, seq);
+        scan.next()
+            .transpose()
+            .map(|found| found.map(|(_, bytes)| bytes))
     }
 
     /// Events of `portal` with seq in `lo..=hi`, oldest first (`.rev()` for
-    /// newest first).
-    pub fn events(
+    /// newest first); seqs that are gone are skipped.
+    pub fn events(&self, portal: PortalIx, lo: u64, hi: u64) -> SeqScan {
+        SeqScan::new(self.tree(), portal, lo, hi)
+    }
+
+    /// Event `seq` of `portal` if it is in the unsealed tail.
+    pub fn tail_event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree()?
+            .get(key(TAIL, portal, &[&seq.to_be_bytes()]))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The unsealed tail of `portal`: (seq, encoded event), oldest first.
+    pub fn tail(&self, portal: PortalIx) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.tree()?
+            .scan_prefix(key(TAIL, portal, &[]))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((seq_suffix(&k)?, v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The raw bytes of sealed block `block` of `portal`.
+    pub fn block(&self, portal: PortalIx, block: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree()?
+            .get(key(BLOCK, portal, &[&block.to_be_bytes()]))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The chunks of `entity` in `portal` whose first seq is `<= hi`, oldest
+    /// first: (first seq, entries).
+    pub fn chunks(
         &self,
         portal: PortalIx,
-        lo: u64,
+        entity: &str,
         hi: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        let lo = key(EVENT, portal, &[&lo.to_be_bytes()]);
-        let hi = key(EVENT, portal, &[&hi.to_be_bytes()]);
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<ChunkEntry>), StoreError>> {
+        let lo = chunk_key(portal, entity, 0);
+        let hi = chunk_key(portal, entity, hi);
         scan(self.tree(), move |tree| {
             tree.range(lo..=hi).map(|kv| {
                 let (k, v) = kv?;
-                Ok((seq_suffix(&k)?, v.to_vec()))
+                let first = seq_suffix(&k)?;
+                Ok((first, pack::decode_chunk(first, &v)?))
             })
         })
     }
 
+    /// The newest chunk of `entity` in `portal`, if any.
+    pub fn newest_chunk(
+        &self,
+        portal: PortalIx,
+        entity: &str,
+    ) -> Result<Option<(u64, Vec<ChunkEntry>)>, StoreError> {
+        self.chunks(portal, entity, u64::MAX)
+            .next_back()
+            .transpose()
+    }
+
     /// Seqs of `portal`'s events about `entity` with seq in `lo..=hi`,
-    /// oldest first (`.rev()` for newest first).
+    /// oldest first (`.rev()` for newest first): the sealed ones from the
+    /// entity index, the rest from the tail.
     pub fn entity(
         &self,
         portal: PortalIx,
         entity: &str,
         lo: u64,
         hi: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<u64, StoreError>> + '_ {
-        let prefix = entity_prefix(portal, entity);
-        let mut lo_k = prefix.clone();
-        lo_k.extend_from_slice(&lo.to_be_bytes());
-        let mut hi_k = prefix;
-        hi_k.extend_from_slice(&hi.to_be_bytes());
-        scan(self.tree(), move |tree| {
-            tree.range(lo_k..=hi_k).map(|kv| seq_suffix(&kv?.0))
-        })
+    ) -> impl DoubleEndedIterator<Item = Result<u64, StoreError>> {
+        let found = self.entity_seqs(portal, entity, lo, hi);
+        let (err, seqs) = match found {
+            Ok(seqs) => (None, seqs),
+            Err(e) => (Some(Err(e)), Vec::new()),
+        };
+        err.into_iter().chain(seqs.into_iter().map(Ok))
+    }
+
+    fn entity_seqs(
+        &self,
+        portal: PortalIx,
+        entity: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        // The tail first: a block sealed meanwhile moves events from the tail
+        // into the index, so reading in this order can see an event twice
+        // (removed below) but never miss one.
+        let mut seqs = Vec::new();
+        for (seq, bytes) in self.tail(portal)? {
+            if (lo..=hi).contains(&seq) {
+                let (rec, _) = EventRecord::from_bytes(&bytes)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if rec.entity_id.as_deref() == Some(entity) {
+                    seqs.push(seq);
+                }
+            }
+        }
+        let mut sealed = Vec::new();
+        for chunk in self.chunks(portal, entity, hi) {
+            let (_, entries) = chunk?;
+            sealed.extend(
+                entries
+                    .into_iter()
+                    .map(|e| e.seq)
+                    .filter(|s| (lo..=hi).contains(s)),
+            );
+        }
+        sealed.extend(seqs);
+        sealed.sort_unstable();
+        sealed.dedup();
+        Ok(sealed)
     }
 
     /// `portal`'s summary blocks numbered `<= upper`, newest first.
@@ -615,6 +751,145 @@ impl Reader {
     }
 }
 
+/// Where one seq was found.
+enum Lookup {
+    Found(Vec<u8>),
+    /// An empty entry in a block: the event was deleted before sealing.
+    Gone,
+    /// Neither a tail item nor its block: deleted (retention keeps a prefix,
+    /// so everything below is gone too).
+    BlockGone(u64),
+}
+
+/// Iterator over a portal's events by seq, both directions. Each seq is
+/// looked up in the tail first and then in its block: a seal moves events
+/// from the tail into a block in one atomic batch, so in that order a
+/// concurrent seal cannot hide an event.
+pub struct SeqScan {
+    tree: Option<sled::Tree>,
+    err: Option<StoreError>,
+    portal: PortalIx,
+    lo: u64,
+    hi: u64,
+    /// The last block read.
+    cache: Option<CachedBlock>,
+}
+
+/// A block held by a [`SeqScan`]: its number, bytes, and the byte range of
+/// each entry.
+struct CachedBlock {
+    block: u64,
+    bytes: sled::IVec,
+    ranges: Vec<(usize, usize)>,
+}
+
+impl SeqScan {
+    fn new(tree: Result<sled::Tree, StoreError>, portal: PortalIx, lo: u64, hi: u64) -> Self {
+        let (tree, err) = match tree {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(e)),
+        };
+        SeqScan {
+            tree,
+            err,
+            portal,
+            lo: lo.max(1),
+            hi,
+            cache: None,
+        }
+    }
+
+    fn cached(&self, seq: u64) -> Option<Lookup> {
+        let c = self.cache.as_ref()?;
+        if c.block != pack::event_block(seq) {
+            return None;
+        }
+        // In range: decode_block checked there are BLOCK_SPAN entries.
+        let (from, to) = c.ranges[((seq - 1) % pack::BLOCK_SPAN) as usize];
+        Some(if from == to {
+            Lookup::Gone
+        } else {
+            Lookup::Found(c.bytes[from..to].to_vec())
+        })
+    }
+
+    fn lookup(&mut self, tree: &sled::Tree, seq: u64) -> Result<Lookup, StoreError> {
+        if let Some(found) = self.cached(seq) {
+            return Ok(found);
+        }
+        if let Some(v) = tree.get(key(TAIL, self.portal, &[&seq.to_be_bytes()]))? {
+            return Ok(Lookup::Found(v.to_vec()));
+        }
+        let block = pack::event_block(seq);
+        let Some(bytes) = tree.get(key(BLOCK, self.portal, &[&block.to_be_bytes()]))? else {
+            return Ok(Lookup::BlockGone(block));
+        };
+        let base = bytes.as_ptr() as usize;
+        let ranges = pack::decode_block(&bytes)?
+            .into_iter()
+            .map(|e| {
+                let from = e.as_ptr() as usize - base;
+                (from, from + e.len())
+            })
+            .collect();
+        self.cache = Some(CachedBlock {
+            block,
+            bytes,
+            ranges,
+        });
+        // Just cached: present.
+        Ok(self.cached(seq).unwrap_or(Lookup::Gone))
+    }
+
+    fn step(&mut self, forward: bool) -> Option<Result<(u64, Vec<u8>), StoreError>> {
+        if let Some(e) = self.err.take() {
+            self.lo = 1;
+            self.hi = 0;
+            return Some(Err(e));
+        }
+        let tree = self.tree.clone()?;
+        while self.lo <= self.hi {
+            let seq = if forward { self.lo } else { self.hi };
+            if forward {
+                self.lo += 1;
+            } else {
+                self.hi -= 1;
+            }
+            match self.lookup(&tree, seq) {
+                Ok(Lookup::Found(bytes)) => return Some(Ok((seq, bytes))),
+                Ok(Lookup::Gone) => {}
+                Ok(Lookup::BlockGone(block)) => {
+                    if forward {
+                        self.lo = self.lo.max(pack::event_block_first(block + 1));
+                    } else {
+                        self.hi = 0;
+                    }
+                }
+                Err(e) => {
+                    self.lo = 1;
+                    self.hi = 0;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for SeqScan {
+    type Item = Result<(u64, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(true)
+    }
+}
+
+impl DoubleEndedIterator for SeqScan {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(false)
+    }
+}
+
 fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
@@ -627,21 +902,24 @@ fn be_u32(b: &[u8]) -> Option<u32> {
 fn classify(k: &[u8], v: &[u8]) -> KeyKind {
     let portal = || be_u32(k.get(1..)?);
     let parsed = match k.first() {
-        Some(&EVENT) if k.len() == 13 => portal()
+        Some(&TAIL) if k.len() == 13 => portal()
             .zip(be_u64(&k[5..]))
-            .map(|(portal, seq)| KeyKind::Event { portal, seq }),
-        Some(&ENTITY) if k.len() >= 15 => {
+            .map(|(portal, seq)| KeyKind::Tail { portal, seq }),
+        Some(&BLOCK) if k.len() == 13 => portal()
+            .zip(be_u64(&k[5..]))
+            .map(|(portal, block)| KeyKind::Block { portal, block }),
+        Some(&CHUNK) if k.len() >= 15 => {
             let len = k[5] as usize;
             match (
                 portal(),
                 k.get(6..6 + len),
                 k.get(6 + len..).and_then(be_u64),
             ) {
-                (Some(portal), Some(entity), Some(seq)) if k.len() == 14 + len => {
-                    std::str::from_utf8(entity).ok().map(|e| KeyKind::Entity {
+                (Some(portal), Some(entity), Some(first)) if k.len() == 14 + len => {
+                    std::str::from_utf8(entity).ok().map(|e| KeyKind::Chunk {
                         portal,
                         entity: e.to_owned(),
-                        seq,
+                        first,
                     })
                 }
                 _ => None,

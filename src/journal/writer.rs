@@ -8,13 +8,14 @@
 //! and writes dedup keys, "check and append" is one atomic step without
 //! locks, and concurrent requests share one fsync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::pack;
 use super::record::{
     bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
     PortalIx, PortalRecord, Registration, Source, Status,
@@ -138,7 +139,13 @@ impl Writer {
     /// engine is reopened (see [`Writer::recover`]) before the next commit.
     fn commit_store(&mut self, writes: WriteBatch) -> Result<(), CommitError> {
         let result = self.store.commit(writes);
-        if result.is_err() {
+        // A refusal for lack of space touched nothing: no reopen needed.
+        if result.is_err()
+            && !matches!(
+                result,
+                Err(CommitError::NotApplied(StoreError::DiskFull { .. }))
+            )
+        {
             self.broken = true;
         }
         result
@@ -372,12 +379,7 @@ impl Writer {
             .by_member
             .contains_key(event.member_id.as_str())
         {
-            if let Some(seq) = self
-                .store
-                .reader()
-                .dedup(portal, &dedup)
-                .map_err(unavailable)?
-            {
+            if let Some(seq) = self.stored_duplicate(portal, &event, &dedup)? {
                 match self.bump_stored(batch, portal, seq) {
                     Ok(Some(id)) => {
                         if let Some(rec) = batch.portals.get_mut(&portal) {
@@ -452,6 +454,53 @@ impl Writer {
         Ok(AppendOutcome::Stored { id: now, seq })
     }
 
+    /// The seq of the stored event `event` duplicates, if any. The dedup
+    /// key is (event, entity, ts): an entity event is looked for among its
+    /// entity's index entries and the unsealed tail (see `pack`), an event
+    /// without an entity id by its dedup key.
+    fn stored_duplicate(
+        &self,
+        portal: PortalIx,
+        event: &NewEvent,
+        dedup: &DedupKey,
+    ) -> Result<Option<u64>, AppendError> {
+        let reader = self.store.reader();
+        let Some(entity) = event.entity_id.as_ref().map(|e| e.as_str()) else {
+            return reader.dedup(portal, dedup).map_err(unavailable);
+        };
+        // Stored events only name portal-table entries already committed.
+        let Some(rec) = self.directory.portals.get(portal as usize) else {
+            return Ok(None);
+        };
+        let (name, ts, first) = (event.event.as_str(), event.ts.secs(), rec.first_seq());
+        let same = |bytes: &[u8]| -> Result<bool, AppendError> {
+            let (stored, _) = EventRecord::from_bytes(bytes)
+                .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
+            Ok(stored.ts == ts
+                && stored.entity_id.as_deref() == Some(entity)
+                && stored.event_name(rec) == name)
+        };
+        for (seq, bytes) in reader.tail(portal).map_err(unavailable)? {
+            if seq >= first && same(&bytes)? {
+                return Ok(Some(seq));
+            }
+        }
+        let tag = pack::name_tag(name);
+        for chunk in reader.chunks(portal, entity, u64::MAX).rev() {
+            let (_, entries) = chunk.map_err(unavailable)?;
+            for e in entries.iter().rev() {
+                if e.seq >= first && e.ts == ts && e.tag == tag {
+                    if let Some(bytes) = reader.event(portal, e.seq).map_err(unavailable)? {
+                        if same(&bytes)? {
+                            return Ok(Some(e.seq));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Bumps the duplicate counter of stored event `seq`; returns its id, or
     /// `None` if it does not exist.
     fn bump_stored(
@@ -475,19 +524,74 @@ impl Writer {
         Ok(Some(record.uuid()))
     }
 
+    /// Puts the batch's new and rewritten events into `writes`, laid out
+    /// as `pack` describes.
+    fn lay_out(&self, batch: &mut Batch, writes: &mut WriteBatch) -> Result<(), StoreError> {
+        let committed_last = |portal: PortalIx| {
+            self.directory
+                .portals
+                .get(portal as usize)
+                .map_or(0, PortalRecord::last_seq)
+        };
+        let mut fresh: HashMap<PortalIx, BTreeMap<u64, Vec<u8>>> = HashMap::new();
+        for p in &batch.new_events {
+            fresh
+                .entry(p.portal)
+                .or_default()
+                .insert(p.seq, p.record.to_bytes(p.duplicates));
+            if p.record.entity_id.is_none() {
+                writes.put_dedup(p.portal, &p.dedup, p.seq);
+            }
+        }
+        // Duplicate counters: a tail event is rewritten (or sealed) with the
+        // rest; one in a sealed block rewrites its block.
+        let mut blocks: BTreeMap<(PortalIx, u64), Vec<Vec<u8>>> = BTreeMap::new();
+        for ((portal, seq), bytes) in batch.rewritten.drain() {
+            if seq > pack::sealed_upto(committed_last(portal)) {
+                fresh.entry(portal).or_default().insert(seq, bytes);
+                continue;
+            }
+            let block = pack::event_block(seq);
+            let entries = match blocks.entry((portal, block)) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let raw = self.store.reader().block(portal, block)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("block {portal}/{block} vanished"))
+                    })?;
+                    v.insert(
+                        pack::decode_block(&raw)?
+                            .into_iter()
+                            .map(<[u8]>::to_vec)
+                            .collect(),
+                    )
+                }
+            };
+            entries[((seq - 1) % pack::BLOCK_SPAN) as usize] = bytes;
+        }
+        for ((portal, block), entries) in blocks {
+            let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+            writes.put_block(portal, block, pack::encode_block(&refs));
+        }
+        for (portal, events) in fresh {
+            let rec = batch
+                .portals
+                .get(&portal)
+                .ok_or_else(|| StoreError::Corrupt(format!("portal {portal} not in batch")))?;
+            pack::lay_out(
+                writes,
+                self.store.reader(),
+                rec,
+                committed_last(portal),
+                events,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Applies, flushes and fsyncs the batch, then answers every waiter.
     fn commit(&mut self, mut batch: Batch) {
         let mut writes = WriteBatch::default();
-        for p in &batch.new_events {
-            writes.put_event(p.portal, p.seq, p.record.to_bytes(p.duplicates));
-            if let Some(entity) = &p.record.entity_id {
-                writes.put_entity(p.portal, entity, p.seq);
-            }
-            writes.put_dedup(p.portal, &p.dedup, p.seq);
-        }
-        for ((portal, seq), bytes) in batch.rewritten.drain() {
-            writes.put_event(portal, seq, bytes);
-        }
+        let laid_out = self.lay_out(&mut batch, &mut writes);
         for (portal, summary) in &batch.sealed {
             writes.put_summary(*portal, summary);
         }
@@ -509,11 +613,11 @@ impl Writer {
         let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
         touched.sort_by_key(|rec| rec.ix);
 
-        let result = if writes.is_empty() {
+        let result = match laid_out {
+            Err(e) => Err(CommitError::NotApplied(e)),
             // Only refused jobs (or nothing): no write to make durable.
-            Ok(())
-        } else {
-            self.commit_store(writes)
+            Ok(()) if writes.is_empty() => Ok(()),
+            Ok(()) => self.commit_store(writes),
         };
         let failure = match result {
             Ok(()) => {
@@ -663,30 +767,58 @@ impl Writer {
             let mut excess = policy
                 .per_portal
                 .map_or(0, |keep| rec.events.saturating_sub(keep));
-            let mut first_kept = None;
+            let (first, last) = (rec.first_seq(), rec.last_seq());
+            let mut first_kept = rec.next_seq;
+            let mut entities = HashSet::new();
             let reader = self.store.reader();
-            for item in reader.events(rec.ix, 1, rec.last_seq()) {
+            for item in reader.events(rec.ix, first, last) {
                 let (seq, bytes) = item.map_err(unavailable)?;
                 let (event, dups) = EventRecord::from_bytes(&bytes)
                     .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
                 let too_old = cutoff_ms.is_some_and(|c| event.received_ms() < c);
                 if (excess == 0 && !too_old) || deleted as usize >= budget {
-                    first_kept = Some(seq);
+                    first_kept = seq;
                     break;
                 }
-                writes.delete_event(rec.ix, seq);
-                if let Some(entity) = &event.entity_id {
-                    writes.delete_entity(rec.ix, entity, seq);
-                }
-                if let Some(key) = super::record::dedup_key_of_record(&event, &rec) {
-                    writes.delete_dedup(rec.ix, &key);
+                match &event.entity_id {
+                    Some(entity) => {
+                        entities.insert(entity.clone());
+                    }
+                    None => {
+                        if let Some(key) = super::record::dedup_key_of_record(&event, &rec) {
+                            writes.delete_dedup(rec.ix, &key);
+                        }
+                    }
                 }
                 rec.events -= 1;
                 rec.duplicates = rec.duplicates.saturating_sub(u64::from(dups));
                 excess = excess.saturating_sub(1);
                 deleted += 1;
             }
-            let first_kept = first_kept.unwrap_or(rec.next_seq);
+            if first_kept == first {
+                continue;
+            }
+            // Whole blocks below the first kept event go; a block still
+            // holding kept events stays (readers start at `first_seq`).
+            let sealed = pack::sealed_upto(last);
+            let mut block = pack::event_block(first);
+            while pack::event_block_first(block + 1) <= first_kept
+                && pack::event_block_first(block + 1) - 1 <= sealed
+            {
+                writes.delete_block(rec.ix, block);
+                block += 1;
+            }
+            for seq in first.max(sealed + 1)..first_kept {
+                writes.delete_tail(rec.ix, seq);
+            }
+            for entity in &entities {
+                for chunk in reader.chunks(rec.ix, entity, first_kept) {
+                    let (chunk_first, entries) = chunk.map_err(unavailable)?;
+                    if entries.last().is_some_and(|e| e.seq < first_kept) {
+                        writes.delete_chunk(rec.ix, entity, chunk_first);
+                    }
+                }
+            }
             let first_block = super::record::block_of(first_kept);
             for summary in reader.summaries_desc(rec.ix, first_block.saturating_sub(1)) {
                 let summary = summary.map_err(unavailable)?;
@@ -694,10 +826,8 @@ impl Writer {
                     writes.delete_summary(rec.ix, summary.block);
                 }
             }
-            if deleted > 0 {
-                writes.put_portal(&rec);
-                touched.push(rec);
-            }
+            writes.put_portal(&rec);
+            touched.push(rec);
         }
         if writes.is_empty() {
             return Ok(0);
