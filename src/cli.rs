@@ -88,6 +88,17 @@ pub fn verify(data_dir: &Path) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// `b24-journal migrate --data-dir DIR`: converts an older data directory
+/// in place and prints what it did as JSON.
+pub fn migrate(data_dir: &Path) -> Result<(), CommandError> {
+    let report = maintain::migrate(data_dir)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_else(|e| e.to_string())
+    );
+    Ok(())
+}
+
 /// `b24-journal portals …`.
 pub fn portals(args: PortalsArgs) -> Result<(), CommandError> {
     let invalid = |what: &str, why: &str| CommandError::Failed(format!("{what} {why}"));

@@ -85,6 +85,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 .await
                 .map_err(|e| cli::CommandError::Failed(e.to_string()))??;
         }
+        settings::Command::Migrate(args) => {
+            init_logging(false);
+            tokio::task::spawn_blocking(move || cli::migrate(&args.data_dir))
+                .await
+                .map_err(|e| cli::CommandError::Failed(e.to_string()))??;
+        }
         settings::Command::Portals(args) => {
             init_logging(false);
             tokio::task::spawn_blocking(move || cli::portals(args))

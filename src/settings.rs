@@ -54,6 +54,10 @@ pub enum Command {
     /// Check a stopped data directory: every tree and index, counts, seq
     /// ranges, format version. Exits non-zero on any problem.
     Verify(DataDirArgs),
+    /// Convert a stopped data directory written by an older b24-journal to
+    /// this binary's format (in place; the old engine files are kept beside
+    /// it until you delete them).
+    Migrate(DataDirArgs),
     /// List, add or remove portal tokens kept in a stopped data directory
     /// (as SHA-256 digests).
     Portals(PortalsArgs),

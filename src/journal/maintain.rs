@@ -96,56 +96,11 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
         events: 0,
     };
     for portal in &portals {
-        let (first, last) = (portal.first_seq(), portal.last_seq());
-        let mut copy = portal.clone();
-        copy.duplicates = 0;
-        copy.events = 0;
-        // Events are copied through the same layout code as the writer's,
-        // one block at a time; applying each step lets the next one read
-        // the entity chunks it extends.
-        let mut laid = first.saturating_sub(1);
-        let mut fresh = BTreeMap::new();
-        let mut events = reader.events(portal.ix, first, last).peekable();
-        while let Some(item) = events.next() {
-            let (seq, bytes) = item?;
-            let (rec, dups) =
-                EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            copy.duplicates += u64::from(dups);
-            copy.events += 1;
-            stats.events += 1;
-            if rec.entity_id.is_none() {
-                if let Some(key) = dedup_key_of_record(&rec, portal) {
-                    batch.put_dedup(portal.ix, &key, seq);
-                }
-            }
-            fresh.insert(seq, bytes);
-            let block_full = seq % pack::BLOCK_SPAN == 0;
-            if block_full || events.peek().is_none() {
-                // `copy` as it stands after this step: seqs up to `seq`.
-                let step = PortalRecord {
-                    next_seq: seq + 1,
-                    events: copy.events,
-                    ..copy.clone()
-                };
-                out.apply(std::mem::take(&mut batch))?;
-                pack::lay_out(
-                    &mut batch,
-                    out.reader(),
-                    &step,
-                    laid,
-                    std::mem::take(&mut fresh),
-                )?;
-                laid = seq;
-            }
-        }
-        for item in reader.summaries_desc(portal.ix, block_of(last)) {
-            batch.put_summary(portal.ix, &item?);
-        }
-        // The next seq stays as it was, so seqs are never reused.
-        copy.next_seq = portal.next_seq;
-        out.apply(std::mem::take(&mut batch))?;
-        batch.put_portal(&copy);
-        stats.portals += usize::from(!copy.member_id.is_empty());
+        let last = portal.last_seq();
+        let events = reader.events(portal.ix, portal.first_seq(), last);
+        let copied = copy_portal(&mut out, &mut batch, reader, portal, events)?;
+        stats.events += copied;
+        stats.portals += usize::from(!portal.member_id.is_empty());
     }
     for reg in &registrations {
         batch.put_registration(reg);
@@ -154,6 +109,186 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
         super::store::CommitError::NotApplied(e) | super::store::CommitError::NotDurable(e) => e,
     })?;
     Ok(stats)
+}
+
+/// Writes `portal` and its `events` (oldest first, none above its last
+/// seq) into `out` through the writer's layout code, one block at a time
+/// (applying each step lets the next read the entity chunks it extends),
+/// with its summaries from `source`. Counters are recomputed from what was
+/// copied; the next seq stays, so seqs are never reused. Returns the number
+/// of events copied.
+fn copy_portal(
+    out: &mut Store,
+    batch: &mut WriteBatch,
+    source: &super::store::Reader,
+    portal: &PortalRecord,
+    events: impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>>,
+) -> Result<u64, MaintainError> {
+    let last = portal.last_seq();
+    let mut copy = portal.clone();
+    copy.duplicates = 0;
+    copy.events = 0;
+    let mut laid = None;
+    let mut fresh = BTreeMap::new();
+    let mut events = events.peekable();
+    while let Some(item) = events.next() {
+        let (seq, bytes) = item?;
+        if seq > last {
+            break;
+        }
+        let (rec, dups) =
+            EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        copy.duplicates += u64::from(dups);
+        copy.events += 1;
+        if rec.entity_id.is_none() {
+            if let Some(key) = dedup_key_of_record(&rec, portal) {
+                batch.put_dedup(portal.ix, &key, seq);
+            }
+        }
+        let prev = *laid.get_or_insert(seq - 1);
+        fresh.insert(seq, bytes);
+        let step_done = seq % pack::BLOCK_SPAN == 0
+            || events
+                .peek()
+                .is_none_or(|next| next.as_ref().map_or(true, |(s, _)| *s > last));
+        if step_done {
+            // The portal as it stands after this step: seqs up to `seq`.
+            let step = PortalRecord {
+                next_seq: seq + 1,
+                events: copy.events,
+                ..copy.clone()
+            };
+            out.apply(std::mem::take(batch))?;
+            pack::lay_out(batch, out.reader(), &step, prev, std::mem::take(&mut fresh))?;
+            laid = Some(seq);
+        }
+    }
+    for item in source.summaries_desc(portal.ix, block_of(last)) {
+        let summary = item?;
+        // The open block's summary lives in the portal record.
+        if portal
+            .summary
+            .is_none_or(|open| open.block != summary.block)
+        {
+            batch.put_summary(portal.ix, &summary);
+        }
+    }
+    out.apply(std::mem::take(batch))?;
+    batch.put_portal(&copy);
+    Ok(copy.events)
+}
+
+/// What `migrate` did.
+#[derive(Debug, serde::Serialize)]
+pub struct MigrateReport {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Version found.
+    pub from: u32,
+    /// Version written.
+    pub to: u32,
+    /// Portals converted (not counting erased ones).
+    pub portals: usize,
+    /// Events converted.
+    pub events: u64,
+    /// The old engine files, kept until the operator deletes them.
+    pub old_files: Option<PathBuf>,
+}
+
+/// Converts a stopped version-1 data directory to the current version, in
+/// place. The new layout is written into a side directory first; the
+/// format file, rewritten last (fsynced rename), is the commit point. A
+/// crash at any step leaves version 1 readable and `migrate` can run again.
+/// Blocking.
+pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
+    let from = super::raw_format_version(data_dir)?;
+    let engine = data_dir.join(ENGINE_DIR);
+    let old = data_dir.join(format!("{ENGINE_DIR}.v1"));
+    let building = data_dir.join(format!("{ENGINE_DIR}.migrating"));
+    let mut report = MigrateReport {
+        data_dir: data_dir.to_owned(),
+        from,
+        to: super::FORMAT_VERSION,
+        portals: 0,
+        events: 0,
+        old_files: None,
+    };
+    if from == super::FORMAT_VERSION {
+        return Ok(report);
+    }
+    if from != 1 {
+        read_format(data_dir)?;
+        return Err(MaintainError::Target(format!(
+            "cannot migrate format version {from}"
+        )));
+    }
+    let io = |e: std::io::Error| MaintainError::Store(StoreError::Io(e));
+    // An earlier run that got as far as moving the old engine aside left
+    // the version-1 files there; anything in `sled` is then its output.
+    if old.exists() {
+        if engine.exists() {
+            std::fs::remove_dir_all(&engine).map_err(io)?;
+        }
+    } else {
+        // Opening takes sled's lock on the files: a running service makes
+        // this fail before anything is moved.
+        drop(
+            Store::open(&engine, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
+                dir: data_dir.to_owned(),
+                source,
+            })?,
+        );
+        std::fs::rename(&engine, &old).map_err(io)?;
+        sync_dir(data_dir).map_err(io)?;
+    }
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(io)?;
+    }
+    {
+        let src = Store::open(&old, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
+            dir: data_dir.to_owned(),
+            source,
+        })?;
+        let reader = src.reader();
+        let records = reader.portals()?;
+        let registrations = reader.registrations()?;
+        let mut out =
+            Store::open(&building, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
+                dir: data_dir.to_owned(),
+                source,
+            })?;
+        let mut batch = WriteBatch::default();
+        for portal in &records {
+            let copied = copy_portal(
+                &mut out,
+                &mut batch,
+                reader,
+                portal,
+                reader.v1_events(portal.ix),
+            )?;
+            if copied != portal.events {
+                return Err(MaintainError::Store(StoreError::Corrupt(format!(
+                    "portal {}: record says {} events, {copied} found",
+                    portal.member_id, portal.events
+                ))));
+            }
+            report.events += copied;
+            report.portals += usize::from(!portal.member_id.is_empty());
+        }
+        for reg in &registrations {
+            batch.put_registration(reg);
+        }
+        out.commit(batch).map_err(commit_error)?;
+    }
+    std::fs::rename(&building, &engine).map_err(io)?;
+    sync_dir(data_dir).map_err(io)?;
+    super::write_format(data_dir).map_err(io)?;
+    report.old_files = Some(old);
+    Ok(report)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What `verify` found.
@@ -493,5 +628,130 @@ fn commit_error(e: super::store::CommitError) -> MaintainError {
         super::store::CommitError::NotApplied(e) | super::store::CommitError::NotDurable(e) => {
             MaintainError::Store(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::PortalProfile;
+    use crate::journal::record::{Interned, StoredData};
+    use crate::types::MemberId;
+
+    const EVENTS: u64 = 150;
+
+    fn event(seq: u64, name: u32) -> EventRecord {
+        let entity = (!seq.is_multiple_of(10)).then(|| (seq % 7).to_string());
+        EventRecord {
+            id: uuid::Uuid::now_v7().into_bytes(),
+            ts: 1_700_000_000 + seq,
+            event: Interned::At(name),
+            data: match &entity {
+                Some(_) => StoredData::FieldsId,
+                None => StoredData::Json(format!("{{\"N\":{seq}}}").into_bytes()),
+            },
+            entity_id: entity,
+            event_handler_id: None,
+            profile: Interned::At(0),
+            auth: Vec::new(),
+        }
+    }
+
+    /// Writes a version-1 data directory: one portal, `EVENTS` events, a
+    /// few with duplicates; returns the stored event bytes by seq.
+    fn write_v1(data: &Path) -> Vec<Vec<u8>> {
+        std::fs::write(
+            data.join(super::super::FORMAT_FILE),
+            "b24-journal data format 1\n",
+        )
+        .unwrap();
+        let mut store = Store::open(&data.join(ENGINE_DIR), MAINTENANCE_CACHE).unwrap();
+        let mut batch = WriteBatch::default();
+        let mut p = PortalRecord::new(0, &MemberId::parse("m1").unwrap());
+        p.profile_index(&PortalProfile {
+            domain: "a.bitrix24.com".into(),
+            client_endpoint: None,
+            server_endpoint: None,
+            fixed: Vec::new(),
+        });
+        let name = p.name_index("ONCRMACTIVITYADD").unwrap();
+        let mut stored = Vec::new();
+        for seq in 1..=EVENTS {
+            let rec = event(seq, name);
+            let dups = u32::from(seq % 40 == 5);
+            let bytes = rec.to_bytes(dups);
+            batch.put_v1_event(0, seq, bytes.clone());
+            stored.push(bytes);
+            p.next_seq += 1;
+            p.events += 1;
+            p.duplicates += u64::from(dups);
+            if let Some(sealed) = p.summarise(seq, rec.ts) {
+                batch.put_summary(0, &sealed);
+            }
+        }
+        if let Some(s) = &p.summary {
+            batch.put_summary(0, s);
+        }
+        batch.put_portal(&p);
+        store.commit(batch).unwrap();
+        stored
+    }
+
+    #[test]
+    fn migrate_converts_a_version_1_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let stored = write_v1(data);
+        assert!(matches!(
+            check_format(data),
+            Err(OpenError::NeedsMigration { found: 1, .. })
+        ));
+
+        let report = migrate(data).unwrap();
+        assert_eq!((report.portals, report.events), (1, EVENTS));
+        assert!(report.old_files.as_ref().unwrap().exists());
+        let v = verify(data).unwrap();
+        assert_eq!(v.problem_count, 0, "{:?}", v.problems);
+        assert_eq!(v.events, EVENTS);
+
+        let store = Store::open(&data.join(ENGINE_DIR), MAINTENANCE_CACHE).unwrap();
+        let reader = store.reader();
+        let events: Vec<(u64, Vec<u8>)> = reader
+            .events(0, 1, EVENTS)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<(u64, Vec<u8>)> = (1..).zip(stored).collect();
+        assert_eq!(events, want, "every event, duplicates counters included");
+        let three: Vec<u64> = reader
+            .entity(0, "3", 1, EVENTS)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<u64> = (1..=EVENTS)
+            .filter(|s| !s.is_multiple_of(10) && s % 7 == 3)
+            .collect();
+        assert_eq!(three, want);
+        let portal = &reader.portals().unwrap()[0];
+        assert_eq!((portal.events, portal.duplicates), (EVENTS, 4));
+        drop(store);
+
+        // Already current: nothing to do.
+        assert_eq!(migrate(data).unwrap().events, 0);
+    }
+
+    #[test]
+    fn an_interrupted_migration_runs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        write_v1(data);
+        // As if a run had moved the old engine aside and crashed while
+        // building: a stray half-built engine and side directory.
+        std::fs::rename(data.join(ENGINE_DIR), data.join("sled.v1")).unwrap();
+        std::fs::create_dir(data.join(ENGINE_DIR)).unwrap();
+        std::fs::write(data.join(ENGINE_DIR).join("junk"), "x").unwrap();
+        std::fs::create_dir(data.join("sled.migrating")).unwrap();
+        let report = migrate(data).unwrap();
+        assert_eq!(report.events, EVENTS);
+        let v = verify(data).unwrap();
+        assert_eq!(v.problem_count, 0, "{:?}", v.problems);
     }
 }

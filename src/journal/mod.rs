@@ -146,6 +146,16 @@ pub enum OpenError {
         /// Version supported.
         supported: u32,
     },
+    /// The directory was written by an older binary and must be migrated.
+    #[error("data directory {dir} has format version {found}, older than the {current} this binary uses; stop the service, back up the directory, then run `b24-journal migrate --data-dir {dir}`")]
+    NeedsMigration {
+        /// The data directory.
+        dir: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this binary uses.
+        current: u32,
+    },
     /// The directory holds something we do not recognise.
     #[error("data directory {dir} has an unknown format version ({why}); refusing to open it")]
     Unknown {
@@ -477,6 +487,13 @@ pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
+            if version == 1 {
+                return Err(OpenError::NeedsMigration {
+                    dir: dir.to_owned(),
+                    found: version,
+                    current: FORMAT_VERSION,
+                });
+            }
             if version != FORMAT_VERSION {
                 return Err(unknown(format!(
                     "format version {version} is not supported"
@@ -491,17 +508,35 @@ pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
                     "no {FORMAT_FILE} file, but the directory is not empty"
                 )));
             }
-            // Write-then-rename so a crash never leaves a half-written file.
-            let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            writeln!(f, "{FORMAT_PREFIX}{FORMAT_VERSION}").map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-            Ok(())
+            write_format(dir).map_err(io)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes this binary's version into `dir`'s format file: write a temp
+/// file, fsync, rename, fsync the directory, so a crash leaves either the
+/// old file or the new one.
+pub(crate) fn write_format(dir: &Path) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{FORMAT_PREFIX}{FORMAT_VERSION}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FORMAT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The version named by `dir`'s format file, whatever it is.
+pub(crate) fn raw_format_version(dir: &Path) -> Result<u32, OpenError> {
+    let text = std::fs::read_to_string(dir.join(FORMAT_FILE)).map_err(|source| OpenError::Io {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let line = text.lines().next().unwrap_or("").trim();
+    line.strip_prefix(FORMAT_PREFIX)
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(|| OpenError::Unknown {
+            dir: dir.to_owned(),
+            why: format!("{FORMAT_FILE} says {line:?}"),
+        })
 }

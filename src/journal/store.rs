@@ -36,6 +36,8 @@ use super::pack::{self, ChunkEntry};
 use super::record::{BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration};
 
 const TAIL: u8 = b'T';
+/// Version 1's per-event key (see migrations-notes/): read by `migrate` only.
+const V1_EVENT: u8 = b'E';
 const BLOCK: u8 = b'B';
 const CHUNK: u8 = b'X';
 const SUMMARY: u8 = b'S';
@@ -350,6 +352,14 @@ impl WriteBatch {
     /// Copies a key and value found by a scan (for backups).
     pub fn copy(&mut self, key: &Key, value: &[u8]) {
         self.inner.insert(key.0.clone(), value);
+        self.len += 1;
+    }
+
+    /// Stores an event in the version-1 layout (tests of `migrate`).
+    #[cfg(test)]
+    pub(crate) fn put_v1_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
+        self.inner
+            .insert(key(V1_EVENT, portal, &[&seq.to_be_bytes()]), value);
         self.len += 1;
     }
 
@@ -721,6 +731,20 @@ impl Reader {
         sealed.sort_unstable();
         sealed.dedup();
         Ok(sealed)
+    }
+
+    /// Events of `portal` in the version-1 layout (one `E` item per event),
+    /// oldest first. Read only by `migrate`.
+    pub fn v1_events(
+        &self,
+        portal: PortalIx,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> {
+        scan(self.tree(), move |tree| {
+            tree.scan_prefix(key(V1_EVENT, portal, &[])).map(|kv| {
+                let (k, v) = kv?;
+                Ok((seq_suffix(&k)?, v.to_vec()))
+            })
+        })
     }
 
     /// `portal`'s summary blocks numbered `<= upper`, newest first.
