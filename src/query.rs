@@ -743,7 +743,16 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
             q.since.unwrap_or(Ts::MIN).secs(),
             q.until.unwrap_or(Ts::MAX).secs(),
         );
-        'blocks: for summary in reader.summaries_desc(ix, block_of(start)) {
+        // The open block's summary is in the portal record; full blocks'
+        // are stored.
+        let open = portal
+            .summary
+            .filter(|s| s.block <= block_of(start))
+            .map(Ok);
+        let stored = reader
+            .summaries_desc(ix, block_of(start))
+            .filter(|s| !matches!((s, &portal.summary), (Ok(s), Some(o)) if s.block == o.block));
+        'blocks: for summary in open.into_iter().chain(stored) {
             let summary = summary?;
             let lo = (summary.block * SUMMARY_SPAN + 1).max(portal.first_seq());
             let hi = ((summary.block + 1) * SUMMARY_SPAN).min(start);

@@ -44,6 +44,11 @@ const USAGE: &str = "usage:
   b24-bench load ADDR CONNS SECS [THREADS]   POST ingest bodies (ceiling mode: only 200 is checked)
   b24-bench fill --data-dir DIR --from A --to B --n N [--portals P] [--seed S] [--inflight K]";
 
+/// Same allocator as `b24-journal`'s binary: the fill runs the service's
+/// write path in this process and must allocate as it does in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

@@ -107,6 +107,43 @@ pub(super) struct Writer {
     commits: watch::Sender<u64>,
     /// A commit failed: the engine must be reopened before the next one.
     broken: bool,
+    /// Per portal, its unsealed tail as deduplication needs it. Loaded from
+    /// the store on first use, kept in step by every durable commit, and
+    /// dropped whenever the tail may have changed otherwise (a failed
+    /// commit, erase, retention, reopen). Scanning the tail items for every
+    /// entity event took a third of the writer's time.
+    tails: HashMap<PortalIx, Vec<TailEntry>>,
+}
+
+/// What deduplication needs to know about one event of a portal's
+/// unsealed tail; a candidate is confirmed by reading the event.
+#[derive(Debug, Clone, Copy)]
+struct TailEntry {
+    seq: u64,
+    ts: u64,
+    tag: u16,
+    /// Hash of the entity id (0 when none).
+    entity: u64,
+}
+
+impl TailEntry {
+    fn of(seq: u64, rec: &EventRecord, portal: &PortalRecord) -> TailEntry {
+        TailEntry {
+            seq,
+            ts: rec.ts,
+            tag: pack::name_tag(rec.event_name(portal)),
+            entity: rec.entity_id.as_deref().map_or(0, entity_hash),
+        }
+    }
+}
+
+/// A hash of an entity id for [`TailEntry`] (in memory only, so the
+/// process-stable std hasher is fine).
+fn entity_hash(entity: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    entity.hash(&mut h);
+    h.finish()
 }
 
 fn now_ms() -> u64 {
@@ -131,6 +168,7 @@ impl Writer {
             unpublished_registrations: Vec::new(),
             commits,
             broken: false,
+            tails: HashMap::new(),
         }
     }
 
@@ -172,6 +210,7 @@ impl Writer {
                 *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
                 self.unpublished.clear();
                 self.unpublished_registrations.clear();
+                self.tails.clear();
                 self.broken = false;
                 self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::info!("journal reopened after a storage error; accepting events again");
@@ -331,7 +370,7 @@ impl Writer {
     }
 
     /// Decides what one event is: new (staged) or a duplicate (counted).
-    fn stage(&self, batch: &mut Batch, event: NewEvent) -> Result<AppendOutcome, AppendError> {
+    fn stage(&mut self, batch: &mut Batch, event: NewEvent) -> Result<AppendOutcome, AppendError> {
         // A domain names one portal: a trusted portal must not make another
         // portal's domain point at its own events. Checked before anything
         // is staged, so a refused event changes nothing.
@@ -459,20 +498,24 @@ impl Writer {
     /// entity's index entries and the unsealed tail (see `pack`), an event
     /// without an entity id by its dedup key.
     fn stored_duplicate(
-        &self,
+        &mut self,
         portal: PortalIx,
         event: &NewEvent,
         dedup: &DedupKey,
     ) -> Result<Option<u64>, AppendError> {
-        let reader = self.store.reader();
         let Some(entity) = event.entity_id.as_ref().map(|e| e.as_str()) else {
-            return reader.dedup(portal, dedup).map_err(unavailable);
+            return self
+                .store
+                .reader()
+                .dedup(portal, dedup)
+                .map_err(unavailable);
         };
         // Stored events only name portal-table entries already committed.
         let Some(rec) = self.directory.portals.get(portal as usize) else {
             return Ok(None);
         };
         let (name, ts, first) = (event.event.as_str(), event.ts.secs(), rec.first_seq());
+        let tag = pack::name_tag(name);
         let same = |bytes: &[u8]| -> Result<bool, AppendError> {
             let (stored, _) = EventRecord::from_bytes(bytes)
                 .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
@@ -480,12 +523,31 @@ impl Writer {
                 && stored.entity_id.as_deref() == Some(entity)
                 && stored.event_name(rec) == name)
         };
-        for (seq, bytes) in reader.tail(portal).map_err(unavailable)? {
-            if seq >= first && same(&bytes)? {
-                return Ok(Some(seq));
+        if !self.tails.contains_key(&portal) {
+            let mut entries = Vec::new();
+            for (seq, bytes) in self.store.reader().tail(portal).map_err(unavailable)? {
+                let (stored, _) = EventRecord::from_bytes(&bytes)
+                    .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
+                entries.push(TailEntry::of(seq, &stored, rec));
+            }
+            self.tails.insert(portal, entries);
+        }
+        let reader = self.store.reader();
+        let hash = entity_hash(entity);
+        let candidates = self
+            .tails
+            .get(&portal)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.seq >= first && e.entity == hash && e.ts == ts && e.tag == tag);
+        for e in candidates {
+            // A candidate sealed meanwhile is found in the index below.
+            if let Some(bytes) = reader.tail_event(portal, e.seq).map_err(unavailable)? {
+                if same(&bytes)? {
+                    return Ok(Some(e.seq));
+                }
             }
         }
-        let tag = pack::name_tag(name);
         for chunk in reader.chunks(portal, entity, u64::MAX).rev() {
             let (_, entries) = chunk.map_err(unavailable)?;
             for e in entries.iter().rev() {
@@ -595,11 +657,10 @@ impl Writer {
         for (portal, summary) in &batch.sealed {
             writes.put_summary(*portal, summary);
         }
+        // The open summary block lives in the portal record (queries read it
+        // from there); its `S` key is written once, when the block is full.
         for rec in batch.portals.values() {
             writes.put_portal(rec);
-            if let Some(summary) = &rec.summary {
-                writes.put_summary(rec.ix, summary);
-            }
         }
         for reg in batch.registrations.values() {
             writes.put_registration(reg);
@@ -612,6 +673,16 @@ impl Writer {
         // the order their numbers were given.
         let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
         touched.sort_by_key(|rec| rec.ix);
+        // The tail index after this batch, used only if it is applied.
+        let mut tails_after = Vec::new();
+        for p in &batch.new_events {
+            if let (true, Ok(at)) = (
+                self.tails.contains_key(&p.portal),
+                touched.binary_search_by_key(&p.portal, |r| r.ix),
+            ) {
+                tails_after.push((p.portal, TailEntry::of(p.seq, &p.record, &touched[at])));
+            }
+        }
 
         let result = match laid_out {
             Err(e) => Err(CommitError::NotApplied(e)),
@@ -619,6 +690,22 @@ impl Writer {
             Ok(()) if writes.is_empty() => Ok(()),
             Ok(()) => self.commit_store(writes),
         };
+        match result {
+            Ok(()) | Err(CommitError::NotDurable(_)) => {
+                for (portal, entry) in tails_after {
+                    if let Some(tail) = self.tails.get_mut(&portal) {
+                        tail.push(entry);
+                    }
+                }
+                for rec in &touched {
+                    if let Some(tail) = self.tails.get_mut(&rec.ix) {
+                        let sealed = pack::sealed_upto(rec.last_seq());
+                        tail.retain(|e| e.seq > sealed);
+                    }
+                }
+            }
+            Err(CommitError::NotApplied(_)) => {}
+        }
         let failure = match result {
             Ok(()) => {
                 let mut ixs: Vec<PortalIx> = std::mem::take(&mut self.unpublished);
@@ -678,6 +765,7 @@ impl Writer {
             return Ok(None);
         };
         let erased = rec.events;
+        self.tails.remove(&rec.ix);
         let tombstone = PortalRecord {
             member_id: String::new(),
             ..PortalRecord::new(rec.ix, &event_member_placeholder())
@@ -747,6 +835,8 @@ impl Writer {
         policy: crate::settings::Retention,
         budget: usize,
     ) -> Result<u64, AppendError> {
+        // Retention may delete tail events: reload tails when next needed.
+        self.tails.clear();
         let cutoff_ms = policy
             .max_age
             .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
