@@ -100,14 +100,15 @@ pub struct Store {
     reader: Reader,
     dir: PathBuf,
     cache_bytes: u64,
-    synced_blobs: HashSet<std::ffi::OsString>,
+    /// Blob files already fsynced; shared with [`SyncHandle`]s.
+    synced_blobs: Arc<std::sync::Mutex<HashSet<std::ffi::OsString>>>,
 }
 
 /// The open sled database.
 struct Engine {
     db: sled::Db,
     tree: sled::Tree,
-    log: File,
+    log: Arc<File>,
 }
 
 impl Engine {
@@ -120,7 +121,7 @@ impl Engine {
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("journal")?;
-        let log = File::open(dir.join("db"))?;
+        let log = Arc::new(File::open(dir.join("db"))?);
         Ok(Engine { db, tree, log })
     }
 }
@@ -396,7 +397,7 @@ impl Store {
             engine: Some(engine),
             dir: dir.to_owned(),
             cache_bytes,
-            synced_blobs: HashSet::new(),
+            synced_blobs: Arc::default(),
         })
     }
 
@@ -458,37 +459,75 @@ impl Store {
     /// Applies `batch` atomically, flushes it and fsyncs the files that hold
     /// it. Only after `Ok` may its events be acknowledged.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
-        let free = fs2::available_space(&self.dir)
-            .map_err(|e| CommitError::NotApplied(StoreError::Io(e)))?;
+        self.apply_checked(batch).map_err(CommitError::NotApplied)?;
+        self.sync().map_err(CommitError::NotDurable)
+    }
+
+    /// Applies `batch` atomically without making it durable: readable by
+    /// this process at once, on disk only after a [`SyncHandle::sync`].
+    /// Refused (nothing applied) when the disk is nearly full.
+    pub fn apply_checked(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        let free = fs2::available_space(&self.dir)?;
         if free < WRITE_MIN_FREE {
-            return Err(CommitError::NotApplied(StoreError::DiskFull {
+            return Err(StoreError::DiskFull {
                 free,
                 needed: WRITE_MIN_FREE,
-            }));
+            });
         }
-        self.engine()
-            .map_err(CommitError::NotApplied)?
-            .tree
-            .apply_batch(batch.inner)
-            .map_err(|e| CommitError::NotApplied(e.into()))?;
-        self.sync().map_err(CommitError::NotDurable)
+        Ok(self.engine()?.tree.apply_batch(batch.inner)?)
     }
 
     /// Flushes everything applied so far and fsyncs it.
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.sync_handle()?.sync()
+    }
+
+    /// A handle that makes what was applied durable, usable from another
+    /// thread. It holds the engine open: drop it before [`Store::reopen`].
+    pub fn sync_handle(&self) -> Result<SyncHandle, StoreError> {
         let engine = self.engine()?;
-        engine.db.flush()?;
-        engine.log.sync_all()?;
+        Ok(SyncHandle {
+            db: engine.db.clone(),
+            log: Arc::clone(&engine.log),
+            blobs: self.dir.join("blobs"),
+            synced_blobs: Arc::clone(&self.synced_blobs),
+        })
+    }
+
+    /// The read side of the store.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+}
+
+/// Makes applied writes durable: sled's `flush()` (which syncs with
+/// `sync_file_range` only), then `fsync` of the log and of any new blob file
+/// (sled writes blobs without syncing them). One thread at a time may use
+/// it (concurrent sled flushes lock up, ../shared/SLED.md); applying
+/// batches meanwhile from another thread is what sled's own periodic
+/// flusher does too.
+pub struct SyncHandle {
+    db: sled::Db,
+    log: Arc<File>,
+    blobs: PathBuf,
+    synced_blobs: Arc<std::sync::Mutex<HashSet<std::ffi::OsString>>>,
+}
+
+impl SyncHandle {
+    /// Flushes and fsyncs everything applied before the call.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log.sync_all()?;
         self.sync_new_blobs()
     }
 
-    fn sync_new_blobs(&mut self) -> Result<(), StoreError> {
-        let blobs = self.dir.join("blobs");
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
         let mut new = false;
-        for entry in std::fs::read_dir(&blobs)? {
+        for entry in std::fs::read_dir(&self.blobs)? {
             let entry = entry?;
             let name = entry.file_name();
-            if !self.synced_blobs.contains(&name) {
+            if !synced.contains(&name) {
                 // A blob may be garbage-collected between listing and opening:
                 // then there is nothing left to sync.
                 match File::open(entry.path()) {
@@ -496,19 +535,14 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),
                 }
-                self.synced_blobs.insert(name);
+                synced.insert(name);
                 new = true;
             }
         }
         if new {
-            sync_dir(&blobs)?;
+            sync_dir(&self.blobs)?;
         }
         Ok(())
-    }
-
-    /// The read side of the store.
-    pub fn reader(&self) -> &Reader {
-        &self.reader
     }
 }
 

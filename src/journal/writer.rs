@@ -20,7 +20,7 @@ use super::record::{
     bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
     PortalIx, PortalRecord, Registration, Source, Status,
 };
-use super::store::{CommitError, KeyKind, Store, StoreError, WriteBatch};
+use super::store::{CommitError, KeyKind, Store, StoreError, SyncHandle, WriteBatch};
 use super::{AppendError, AppendOutcome, Directory, Lifecycle, NewEvent};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
@@ -99,14 +99,18 @@ pub(super) struct Writer {
     directory: Directory,
     /// What readers see: only portals whose state is known durable.
     published: Arc<RwLock<Directory>>,
-    /// Portals applied but not yet durable (a flush failed after apply).
-    unpublished: Vec<PortalIx>,
-    /// Registrations applied but not yet durable.
-    unpublished_registrations: Vec<Registration>,
     /// Bumped after every durable commit, waking live readers.
-    commits: watch::Sender<u64>,
+    commits: Arc<watch::Sender<u64>>,
     /// A commit failed: the engine must be reopened before the next one.
     broken: bool,
+    /// Applied batches go here to be made durable, published and answered.
+    sync_tx: std::sync::mpsc::SyncSender<Ticket>,
+    /// One message per ticket synced: whether it is durable.
+    done_rx: std::sync::mpsc::Receiver<bool>,
+    /// Tickets sent and not yet reported done.
+    in_flight: usize,
+    /// Bumped at every reopen of the engine (see [`Ticket::generation`]).
+    generation: u64,
     /// Per portal, its unsealed tail as deduplication needs it. Loaded from
     /// the store on first use, kept in step by every durable commit, and
     /// dropped whenever the tail may have changed otherwise (a failed
@@ -153,22 +157,142 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A batch applied to the store but not yet durable, on its way to the
+/// syncer thread with everything that must wait for durability.
+struct Ticket {
+    handle: SyncHandle,
+    /// The engine it was applied to: after a failed sync, every later
+    /// ticket of the same engine fails too (its log may not be recoverable
+    /// past the failed write), until the writer has reopened it.
+    generation: u64,
+    replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
+    probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Portal records and registrations to show readers once durable.
+    portals: Vec<PortalRecord>,
+    registrations: Vec<Registration>,
+}
+
+/// The syncer thread: makes applied batches durable (one flush and fsync
+/// for every ticket waiting), then publishes them and answers their
+/// waiters, in order. Running it beside the writer overlaps the disk's
+/// sync latency with staging and applying the next batch; it is the only
+/// thread that flushes while the writer runs (concurrent sled flushes
+/// lock up).
+fn syncer(
+    rx: std::sync::mpsc::Receiver<Ticket>,
+    done: std::sync::mpsc::Sender<bool>,
+    published: Arc<RwLock<Directory>>,
+    commits: Arc<watch::Sender<u64>>,
+) {
+    let mut failed_generation = None;
+    while let Ok(first) = rx.recv() {
+        let mut tickets = vec![first];
+        while let Ok(t) = rx.try_recv() {
+            tickets.push(t);
+        }
+        let mut failure = None;
+        for t in &tickets {
+            if failed_generation == Some(t.generation) {
+                failure = Some("an earlier journal flush failed".to_string());
+            }
+        }
+        if failure.is_none() {
+            // Every ticket waiting was applied before this call.
+            if let Some(last) = tickets.last() {
+                if let Err(e) = last.handle.sync() {
+                    tracing::error!(error = %e, "journal flush failed; answering 503");
+                    failed_generation = Some(last.generation);
+                    failure = Some(e.to_string());
+                }
+            }
+        }
+        if failure.is_none() {
+            let mut shared = published.write().unwrap_or_else(|p| p.into_inner());
+            for t in &mut tickets {
+                for rec in t.portals.drain(..) {
+                    shared.upsert(rec);
+                }
+                for reg in t.registrations.drain(..) {
+                    shared.set_registration(reg);
+                }
+            }
+            drop(shared);
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        let n = tickets.len();
+        for t in tickets {
+            for (reply, outcome) in t.replies {
+                let outcome = match (&failure, outcome) {
+                    (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
+                    (_, outcome) => outcome,
+                };
+                // The handler may have gone (client disconnected).
+                let _ = reply.send(outcome);
+            }
+            for probe in t.probes {
+                let _ = probe.send(match &failure {
+                    None => Ok(()),
+                    Some(e) => Err(AppendError::Unavailable(e.clone())),
+                });
+            }
+        }
+        for _ in 0..n {
+            // The writer gone means shutdown: nobody to tell.
+            let _ = done.send(failure.is_none());
+        }
+    }
+}
+
 impl Writer {
     pub(super) fn new(
         store: Store,
         directory: Directory,
         published: Arc<RwLock<Directory>>,
         commits: watch::Sender<u64>,
-    ) -> Self {
-        Writer {
+    ) -> std::io::Result<Self> {
+        let commits = Arc::new(commits);
+        // One ticket waiting while one is synced: enough to keep the disk
+        // busy, and the writer waits instead of running ahead.
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let (published, commits) = (published.clone(), commits.clone());
+            std::thread::Builder::new()
+                .name("journal-sync".into())
+                .spawn(move || syncer(sync_rx, done_tx, published, commits))?;
+        }
+        Ok(Writer {
             store,
             directory,
             published,
-            unpublished: Vec::new(),
-            unpublished_registrations: Vec::new(),
             commits,
             broken: false,
+            sync_tx,
+            done_rx,
+            in_flight: 0,
+            generation: 0,
             tails: HashMap::new(),
+        })
+    }
+
+    /// Takes the syncer's reports; with `wait`, until nothing is in flight
+    /// (before anything that must not overlap a flush: an inline commit,
+    /// a reopen, shutdown).
+    fn collect_done(&mut self, wait: bool) {
+        while self.in_flight > 0 {
+            let ok = if wait {
+                // A vanished syncer counts as a failed sync.
+                self.done_rx.recv().unwrap_or_default()
+            } else {
+                match self.done_rx.try_recv() {
+                    Ok(ok) => ok,
+                    Err(_) => return,
+                }
+            };
+            self.in_flight -= 1;
+            if !ok {
+                self.broken = true;
+            }
         }
     }
 
@@ -176,6 +300,7 @@ impl Writer {
     /// first I/O error for the life of the database object, so after one the
     /// engine is reopened (see [`Writer::recover`]) before the next commit.
     fn commit_store(&mut self, writes: WriteBatch) -> Result<(), CommitError> {
+        self.collect_done(true);
         let result = self.store.commit(writes);
         // A refusal for lack of space touched nothing: no reopen needed.
         if result.is_err()
@@ -195,6 +320,8 @@ impl Writer {
     /// in-memory counters cannot be trusted. Until this succeeds every job
     /// is answered 503; it is retried with every batch.
     fn recover(&mut self) {
+        // The syncer holds the engine open while it syncs.
+        self.collect_done(true);
         if let Err(e) = self.store.reopen() {
             tracing::warn!(error = %e, "journal still unavailable; will retry");
             return;
@@ -208,9 +335,8 @@ impl Writer {
             Ok(dir) => {
                 self.directory = dir.clone();
                 *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
-                self.unpublished.clear();
-                self.unpublished_registrations.clear();
                 self.tails.clear();
+                self.generation += 1;
                 self.broken = false;
                 self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::info!("journal reopened after a storage error; accepting events again");
@@ -244,6 +370,7 @@ impl Writer {
         while let Ok(job) = rx.try_recv() {
             refuse(job);
         }
+        self.collect_done(true);
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final journal flush failed");
         }
@@ -252,6 +379,7 @@ impl Writer {
 
     /// Commits one batch of jobs; returns whether a shutdown was requested.
     fn process(&mut self, jobs: &mut Vec<Job>) -> bool {
+        self.collect_done(false);
         if self.broken {
             self.recover();
         }
@@ -650,7 +778,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies, flushes and fsyncs the batch, then answers every waiter.
+    /// Applies the batch and hands it to the syncer, which answers every
+    /// waiter once it is on disk; a batch that cannot be applied is
+    /// answered 503 at once.
     fn commit(&mut self, mut batch: Batch) {
         let mut writes = WriteBatch::default();
         let laid_out = self.lay_out(&mut batch, &mut writes);
@@ -673,86 +803,75 @@ impl Writer {
         // the order their numbers were given.
         let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
         touched.sort_by_key(|rec| rec.ix);
-        // The tail index after this batch, used only if it is applied.
-        let mut tails_after = Vec::new();
+
+        if laid_out.is_ok() && writes.is_empty() {
+            // Only refused jobs (or nothing): no write to make durable.
+            for (reply, outcome) in batch.replies {
+                let _ = reply.send(outcome);
+            }
+            return;
+        }
+        let applied = laid_out
+            .and_then(|()| self.store.apply_checked(writes))
+            .and_then(|()| self.store.sync_handle());
+        let handle = match applied {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::error!(error = %e, "journal batch not applied; answering 503");
+                // A refusal for lack of space touched nothing; anything else
+                // may have left sled's in-memory state half-changed.
+                if !matches!(e, StoreError::DiskFull { .. }) {
+                    self.broken = true;
+                }
+                let e = e.to_string();
+                for (reply, outcome) in batch.replies {
+                    let _ = reply.send(outcome.and(Err(AppendError::Unavailable(e.clone()))));
+                }
+                for probe in batch.probes {
+                    let _ = probe.send(Err(AppendError::Unavailable(e.clone())));
+                }
+                return;
+            }
+        };
+        // Applied: the writer's own view moves on now (dedup and seqs of
+        // the next batch build on it); readers see it once it is durable.
         for p in &batch.new_events {
-            if let (true, Ok(at)) = (
-                self.tails.contains_key(&p.portal),
+            if let (Some(tail), Ok(at)) = (
+                self.tails.get_mut(&p.portal),
                 touched.binary_search_by_key(&p.portal, |r| r.ix),
             ) {
-                tails_after.push((p.portal, TailEntry::of(p.seq, &p.record, &touched[at])));
+                tail.push(TailEntry::of(p.seq, &p.record, &touched[at]));
             }
         }
-
-        let result = match laid_out {
-            Err(e) => Err(CommitError::NotApplied(e)),
-            // Only refused jobs (or nothing): no write to make durable.
-            Ok(()) if writes.is_empty() => Ok(()),
-            Ok(()) => self.commit_store(writes),
+        for rec in &touched {
+            if let Some(tail) = self.tails.get_mut(&rec.ix) {
+                let sealed = pack::sealed_upto(rec.last_seq());
+                tail.retain(|e| e.seq > sealed);
+            }
+            self.directory.upsert(rec.clone());
+        }
+        for reg in &registrations {
+            self.directory.set_registration(reg.clone());
+        }
+        let ticket = Ticket {
+            handle,
+            generation: self.generation,
+            replies: batch.replies,
+            probes: batch.probes,
+            portals: touched,
+            registrations,
         };
-        match result {
-            Ok(()) | Err(CommitError::NotDurable(_)) => {
-                for (portal, entry) in tails_after {
-                    if let Some(tail) = self.tails.get_mut(&portal) {
-                        tail.push(entry);
-                    }
-                }
-                for rec in &touched {
-                    if let Some(tail) = self.tails.get_mut(&rec.ix) {
-                        let sealed = pack::sealed_upto(rec.last_seq());
-                        tail.retain(|e| e.seq > sealed);
-                    }
+        match self.sync_tx.send(ticket) {
+            Ok(()) => self.in_flight += 1,
+            Err(std::sync::mpsc::SendError(ticket)) => {
+                // The syncer is gone (it only stops when the writer does).
+                self.broken = true;
+                for (reply, _) in ticket.replies {
+                    let _ = reply.send(Err(AppendError::Unavailable(
+                        "journal syncer stopped".into(),
+                    )));
                 }
             }
-            Err(CommitError::NotApplied(_)) => {}
-        }
-        let failure = match result {
-            Ok(()) => {
-                let mut ixs: Vec<PortalIx> = std::mem::take(&mut self.unpublished);
-                for rec in touched {
-                    ixs.push(rec.ix);
-                    self.directory.upsert(rec);
-                }
-                let mut regs = std::mem::take(&mut self.unpublished_registrations);
-                regs.extend(registrations);
-                for reg in &regs {
-                    self.directory.set_registration(reg.clone());
-                }
-                self.publish(&ixs, regs);
-                None
-            }
-            Err(CommitError::NotApplied(e)) => {
-                tracing::error!(error = %e, "journal batch not applied; answering 503");
-                Some(e.to_string())
-            }
-            Err(CommitError::NotDurable(e)) => {
-                tracing::error!(error = %e, "journal flush failed; answering 503");
-                // The store holds the batch now: keep counters in step with
-                // it, but show it to readers only once a flush succeeds.
-                for rec in touched {
-                    self.unpublished.push(rec.ix);
-                    self.directory.upsert(rec);
-                }
-                for reg in registrations {
-                    self.directory.set_registration(reg.clone());
-                    self.unpublished_registrations.push(reg);
-                }
-                Some(e.to_string())
-            }
-        };
-        for (reply, outcome) in batch.replies {
-            let outcome = match (&failure, outcome) {
-                (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
-                (_, outcome) => outcome,
-            };
-            // The handler may have gone (client disconnected): nothing to do.
-            let _ = reply.send(outcome);
-        }
-        for probe in batch.probes {
-            let _ = probe.send(match &failure {
-                None => Ok(()),
-                Some(e) => Err(AppendError::Unavailable(e.clone())),
-            });
         }
     }
 
