@@ -692,7 +692,7 @@ mod tests {
         if let Some(s) = &p.summary {
             batch.put_summary(0, s);
         }
-        batch.put_portal(&p);
+        batch.put_v1_portal(&p);
         store.commit(batch).unwrap();
         stored
     }

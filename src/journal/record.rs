@@ -132,11 +132,41 @@ impl PortalRecord {
         }
     }
 
-    /// Encodes for storage.
+    /// Encodes for storage (the whole record, as version 1 stored it).
     pub fn to_bytes(&self) -> Vec<u8> {
         // Cannot fail: postcard serialises plain structs of strings and
         // integers into a Vec without error.
         postcard::to_stdvec(self).expect("portal record serialises")
+    }
+
+    /// Encodes in two parts that concatenate to [`PortalRecord::to_bytes`]:
+    /// what rarely changes (member id, profile and name tables) and the
+    /// counters every batch changes, so that a batch rewrites ~40 bytes per
+    /// portal instead of the whole record (postcard encodes a struct as
+    /// its fields in order, so a tuple of the same fields in the same order
+    /// encodes the same).
+    pub fn to_split_bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        // Cannot fail: see to_bytes.
+        let fixed =
+            postcard::to_stdvec(&(&self.ix, &self.member_id, &self.profiles, &self.event_names))
+                .expect("portal tables serialise");
+        let counters = postcard::to_stdvec(&(
+            &self.next_seq,
+            &self.events,
+            &self.duplicates,
+            &self.first_received_ms,
+            &self.last_received_ms,
+            &self.summary,
+        ))
+        .expect("portal counters serialise");
+        (fixed, counters)
+    }
+
+    /// Whether `self` differs from `old` in more than its counters.
+    pub fn tables_differ(&self, old: &PortalRecord) -> bool {
+        self.member_id != old.member_id
+            || self.profiles.len() != old.profiles.len()
+            || self.event_names.len() != old.event_names.len()
     }
 
     /// Decodes from storage.
@@ -476,6 +506,20 @@ mod tests {
         };
         let len = common.to_bytes(0).len();
         assert!(len < 40, "{len} bytes");
+    }
+
+    #[test]
+    fn split_encoding_concatenates_to_the_whole_record() {
+        let mut p = PortalRecord::new(3, &MemberId::parse("m").unwrap());
+        p.name_index("ONCRMDEALADD");
+        p.next_seq = 77;
+        p.events = 70;
+        p.duplicates = 5;
+        p.last_received_ms = Some(1_700_000_000_000);
+        p.summarise(76, 12);
+        let (fixed, counters) = p.to_split_bytes();
+        assert_eq!([fixed, counters.clone()].concat(), p.to_bytes());
+        assert!(counters.len() < 40, "{} bytes", counters.len());
     }
 
     #[test]

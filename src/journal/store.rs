@@ -13,7 +13,8 @@
 //! | `X`    | portal u32 BE, len u8, entity id, seq u64 | entity chunk          |
 //! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE |
 //! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE (events without an entity id) |
-//! | `P`    | portal u32 BE                             | portal record         |
+//! | `P`    | portal u32 BE                             | portal record: tables |
+//! | `C`    | portal u32 BE                             | portal record: counters |
 //! | `R`    | member id bytes                           | registration          |
 //! | `H`    | (none)                                    | last health probe, ms |
 //!
@@ -43,6 +44,7 @@ const CHUNK: u8 = b'X';
 const SUMMARY: u8 = b'S';
 const DEDUP: u8 = b'D';
 const PORTAL: u8 = b'P';
+const COUNTERS: u8 = b'C';
 const HEALTH: u8 = b'H';
 const REGISTRATION: u8 = b'R';
 
@@ -186,7 +188,7 @@ pub enum KeyKind {
         /// The summary.
         summary: BlockSummary,
     },
-    /// A portal record.
+    /// A portal record (either part: tables `P` or counters `C`).
     Portal(PortalIx),
     /// A registration.
     Registration,
@@ -302,8 +304,24 @@ impl WriteBatch {
         self.len += 1;
     }
 
-    /// Stores a portal record.
+    /// Stores a portal record (tables and counters).
     pub fn put_portal(&mut self, record: &PortalRecord) {
+        let (fixed, counters) = record.to_split_bytes();
+        self.inner.insert(key(PORTAL, record.ix, &[]), fixed);
+        self.inner.insert(key(COUNTERS, record.ix, &[]), counters);
+        self.len += 2;
+    }
+
+    /// Stores only a portal record's counters (its tables are unchanged).
+    pub fn put_portal_counters(&mut self, record: &PortalRecord) {
+        let (_, counters) = record.to_split_bytes();
+        self.inner.insert(key(COUNTERS, record.ix, &[]), counters);
+        self.len += 1;
+    }
+
+    /// Stores a whole portal record as version 1 did (tests of `migrate`).
+    #[cfg(test)]
+    pub(crate) fn put_v1_portal(&mut self, record: &PortalRecord) {
         self.inner
             .insert(key(PORTAL, record.ix, &[]), record.to_bytes());
         self.len += 1;
@@ -580,13 +598,19 @@ impl Reader {
     }
 
     /// Every portal record, in portal-number order.
+    /// Every portal record, in portal-number order: its tables and its
+    /// counters concatenated (see [`PortalRecord::to_split_bytes`]); a
+    /// version-1 record is whole under `P`, with no counters key.
     pub fn portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
-        self.tree()?
-            .scan_prefix([PORTAL])
-            .values()
-            .map(|v| {
-                let v = v?;
-                PortalRecord::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+        let tree = self.tree()?;
+        tree.scan_prefix([PORTAL])
+            .map(|kv| {
+                let (k, fixed) = kv?;
+                let mut bytes = fixed.to_vec();
+                if let Some(c) = tree.get([&[COUNTERS][..], &k[1..]].concat())? {
+                    bytes.extend_from_slice(&c);
+                }
+                PortalRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
             })
             .collect()
     }
@@ -598,7 +622,7 @@ impl Reader {
         portal: PortalIx,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
         scan(self.tree(), move |tree| {
-            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, PORTAL]
+            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, PORTAL, COUNTERS]
                 .into_iter()
                 .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
                 .map(|kv| {
@@ -1008,7 +1032,7 @@ fn classify(k: &[u8], v: &[u8]) -> KeyKind {
                 _ => None,
             }
         }
-        Some(&PORTAL) if k.len() == 5 => portal().map(KeyKind::Portal),
+        Some(&PORTAL | &COUNTERS) if k.len() == 5 => portal().map(KeyKind::Portal),
         Some(&REGISTRATION) => Some(KeyKind::Registration),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         _ => None,

@@ -790,7 +790,10 @@ impl Writer {
         // The open summary block lives in the portal record (queries read it
         // from there); its `S` key is written once, when the block is full.
         for rec in batch.portals.values() {
-            writes.put_portal(rec);
+            match self.directory.portals.get(rec.ix as usize) {
+                Some(old) if !rec.tables_differ(old) => writes.put_portal_counters(rec),
+                _ => writes.put_portal(rec),
+            }
         }
         for reg in batch.registrations.values() {
             writes.put_registration(reg);
