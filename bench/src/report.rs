@@ -64,6 +64,8 @@ pub struct Report {
     pub ingest_disk: Option<(u64, u64)>,
     pub fills: Vec<FillRow>,
     pub startups: Vec<(u64, Duration)>,
+    /// (events, time) of the second start on the same journal.
+    pub restarts: Vec<(u64, Duration)>,
     pub query: Vec<QueryRow>,
     pub query_plan: Option<FillPlan>,
     pub wall: Duration,
@@ -258,6 +260,14 @@ fn targets(o: &Opts, r: &Report) -> Vec<Target> {
             pass: Some(d.as_secs_f64() <= 2.0),
         }),
         None => t.push(not_measured("start to healthy".into(), "≤ 2 s")),
+    }
+    if let Some((_, d)) = r.restarts.iter().find(|(at, _)| *at == o.n) {
+        t.push(Target {
+            what: format!("restart to healthy at N = {} (second start)", int(o.n)),
+            measured: dur(*d),
+            goal: "≤ 2 s",
+            pass: Some(d.as_secs_f64() <= 2.0),
+        });
     }
     t
 }
@@ -584,7 +594,15 @@ pub fn render(o: &Opts, r: &Report) -> String {
     for (at, d) in &r.startups {
         let _ = writeln!(
             w,
-            "- start to first healthy `GET /healthz` on the filled journal of {} events: **{}**",
+            "- start to first healthy `GET /healthz` on the filled journal of {} events: **{}** (first start after the fill: sled 0.34.7 writes its page-table snapshot only when it opens a database, so this start replays the whole log the fill wrote)",
+            int(*at),
+            dur(*d)
+        );
+    }
+    for (at, d) in &r.restarts {
+        let _ = writeln!(
+            w,
+            "- restart (second start) on the journal of {} events, after the first start wrote the snapshot: **{}**",
             int(*at),
             dur(*d)
         );
