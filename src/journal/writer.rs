@@ -2,11 +2,14 @@
 //!
 //! One OS thread owns every append. Request handlers send it a [`Job`] with a
 //! reply channel; it takes whatever is queued (up to [`MAX_BATCH`]), checks each
-//! event's dedup key against the store and against the batch itself, assigns
-//! per-portal seqs, applies the whole batch atomically, flushes and fsyncs
-//! once, and only then answers every waiter. Because only this thread reads
-//! and writes dedup keys, "check and append" is one atomic step without
-//! locks, and concurrent requests share one fsync.
+//! event against the store and against the batch itself for a duplicate,
+//! assigns per-portal seqs, lays the events out (`pack`) and applies the whole
+//! batch atomically. A second thread, the syncer, then flushes and fsyncs —
+//! once for every applied batch waiting — and only then shows the batch to
+//! readers and answers its waiters, while the writer goes on with the next
+//! batch. Because only the writer reads and writes what dedup looks at,
+//! "check and append" is one atomic step without locks, and concurrent
+//! requests share one fsync.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -756,6 +759,7 @@ impl Writer {
                     )
                 }
             };
+            // In range: decode_block checked the block has BLOCK_SPAN entries.
             entries[((seq - 1) % pack::BLOCK_SPAN) as usize] = bytes;
         }
         for ((portal, block), entries) in blocks {
