@@ -368,12 +368,6 @@ impl WriteBatch {
         self.len += 1;
     }
 
-    /// Copies a key and value found by a scan (for backups).
-    pub fn copy(&mut self, key: &Key, value: &[u8]) {
-        self.inner.insert(key.0.clone(), value);
-        self.len += 1;
-    }
-
     /// Stores an event in the version-1 layout (tests of `migrate`).
     #[cfg(test)]
     pub(crate) fn put_v1_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
