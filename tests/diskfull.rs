@@ -51,6 +51,23 @@ impl SmallFs {
     }
 }
 
+impl SmallFs {
+    /// The file system both tests use, or `None` (with a `SKIPPED` line)
+    /// when it cannot be mounted (the test needs root). 32 MiB leaves the
+    /// service room above the free-space margin below which the journal
+    /// refuses writes (8 MiB, `WRITE_MIN_FREE` in src/journal/store.rs)
+    /// before the filler takes the rest.
+    fn mount_or_skip() -> Option<SmallFs> {
+        match SmallFs::mount("32m") {
+            Ok(fs) => Some(fs),
+            Err(why) => {
+                eprintln!("SKIPPED disk_full test: cannot mount a small file system: {why}");
+                None
+            }
+        }
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
@@ -233,12 +250,8 @@ async fn fill_up(fs: &SmallFs) -> Full {
 /// Disk full, then space freed and the service restarted: what works today.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_is_503_reads_work_and_nothing_acknowledged_is_lost() {
-    let fs = match SmallFs::mount("32m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED disk_full test: cannot mount a small file system: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip() else {
+        return;
     };
     let Full {
         mut s,
@@ -261,17 +274,15 @@ async fn disk_full_is_503_reads_work_and_nothing_acknowledged_is_lost() {
     drop(fs);
 }
 
-// After ENOSPC sled 0.34.7 keeps the first I/O error until the database is
-// opened again; the writer reopens it once there is room (journal::store::
-// Store::reopen), so ingest resumes without a restart.
+// Ingest must resume without a restart once space is back: the journal
+// refuses writes below its free-space margin before sled runs out of space
+// (sled 0.34.7 keeps its first I/O error until the database is opened
+// again), and should sled hit an I/O error anyway, the writer reopens it once
+// there is room (journal::store::Store::reopen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_ingest_resumes_without_restart_when_space_returns() {
-    let fs = match SmallFs::mount("32m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED disk_full test: cannot mount a small file system: {why}");
-            return;
-        }
+    let Some(fs) = SmallFs::mount_or_skip() else {
+        return;
     };
     let Full {
         mut s,
