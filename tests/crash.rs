@@ -93,6 +93,10 @@ struct Tally {
     lost: usize,
     duplicated: usize,
     reopen_failures: usize,
+    /// Kills that came after at least one checkpoint of that run.
+    after_checkpoint: usize,
+    /// Restarts that applied records from the redo log.
+    replayed: usize,
     mismatches: Vec<String>,
 }
 
@@ -520,6 +524,15 @@ async fn run(cfg: Config) {
                 break;
             }
         };
+        // What the kill interrupted, from the two logs: a checkpoint done
+        // before it (the store flushed, older redo log dropped) and a
+        // replay of the redo log at the restart.
+        if logs.contains("journal checkpoint: store flushed") {
+            tally.after_checkpoint += 1;
+        }
+        if s.logs().contains("replayed the redo log") {
+            tally.replayed += 1;
+        }
         let max_seq = verify(&s, &ledger, cycle, &cfg, &mut rng, &mut tally).await;
         // New events continue above every stored seq.
         let c = client();
@@ -568,8 +581,14 @@ async fn run(cfg: Config) {
         eprintln!("crash-test: PROBLEM: {m}");
     }
     println!(
-        "crash-test: cycles={cycles_done} acked={} lost={} duplicated={} reopen_failures={}",
-        tally.acked, tally.lost, tally.duplicated, tally.reopen_failures
+        "crash-test: cycles={cycles_done} acked={} lost={} duplicated={} reopen_failures={} \
+         kills_after_a_checkpoint={} restarts_that_replayed={}",
+        tally.acked,
+        tally.lost,
+        tally.duplicated,
+        tally.reopen_failures,
+        tally.after_checkpoint,
+        tally.replayed
     );
     assert!(
         tally.acked > 0,

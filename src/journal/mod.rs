@@ -11,6 +11,7 @@ pub mod maintain;
 pub mod pack;
 pub mod record;
 pub mod store;
+pub mod wal;
 mod writer;
 
 use std::collections::HashMap;

@@ -17,16 +17,19 @@
 //! | `C`    | portal u32 BE                             | portal record: counters |
 //! | `R`    | member id bytes                           | registration          |
 //! | `H`    | (none)                                    | last health probe, ms |
+//! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE |
 //!
 //! How events are packed into blocks and chunks, and why: [`super::pack`].
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting.
 //!
-//! sled's `flush()` uses `sync_file_range` on Linux, which is not a full fsync
-//! (../shared/SLED.md), and it writes large values to `blobs/` without syncing
-//! them; [`Store::commit`] therefore follows it with `sync_all` on the log file
-//! and on any new blob file.
+//! A group commit is made durable by the redo log ([`super::wal`], in
+//! `wal/` beside sled's files), not by flushing sled. sled is flushed at
+//! checkpoints and by [`Store::sync`]; its `flush()` uses `sync_file_range`
+//! on Linux, which is not a full fsync (../shared/SLED.md), and it writes
+//! large values to `blobs/` without syncing them, so every flush here is
+//! followed by `sync_all` on the log file and on any new blob file.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -35,6 +38,7 @@ use std::sync::{Arc, RwLock};
 
 use super::pack::{self, ChunkEntry};
 use super::record::{BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration};
+use super::wal::{self, Wal};
 
 const TAIL: u8 = b'T';
 /// Version 1's per-event key (see migrations-notes/): read by `migrate` only.
@@ -47,6 +51,11 @@ const PORTAL: u8 = b'P';
 const COUNTERS: u8 = b'C';
 const HEALTH: u8 = b'H';
 const REGISTRATION: u8 = b'R';
+/// The LSN of the last logged batch applied (see [`wal`]).
+const LSN: u8 = b'L';
+
+/// The redo log's directory, inside the engine's.
+const WAL_DIR: &str = "wal";
 
 /// A storage failure. Never the client's fault: answered 503.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,10 @@ pub struct Store {
     cache_bytes: u64,
     /// Blob files already fsynced; shared with [`SyncHandle`]s.
     synced_blobs: Arc<std::sync::Mutex<HashSet<std::ffi::OsString>>>,
+    /// The redo log of the open engine.
+    wal: Arc<Wal>,
+    /// The LSN the next logged batch gets.
+    next_lsn: u64,
 }
 
 /// The open sled database.
@@ -118,13 +131,85 @@ impl Engine {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Our writer is the only flusher: sled's periodic flush thread
-            // would add a second, concurrent flusher for no benefit.
+            // Commits are made durable by the redo log, and sled is flushed
+            // at checkpoints by one thread at a time: sled's periodic flush
+            // thread would add a second, concurrent flusher.
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("journal")?;
         let log = Arc::new(File::open(dir.join("db"))?);
         Ok(Engine { db, tree, log })
+    }
+
+    /// The LSN of the last logged batch sled holds (0 before the first).
+    fn applied_lsn(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get([LSN])?
+            .map(|v| be_u64(&v).ok_or_else(|| StoreError::Corrupt("log sequence number".into())))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Applies the redo log's records that sled does not hold, in order,
+    /// and makes the result durable in sled's own files. Returns the next
+    /// LSN and the last segment number found.
+    fn replay(&self, wal_dir: &Path) -> Result<(u64, u64), StoreError> {
+        let mut lsn = self.applied_lsn()?;
+        let found = wal::read(wal_dir)?;
+        if found.after_hole > 0 {
+            let (path, at) = found.torn.unwrap_or_default();
+            return Err(StoreError::Corrupt(format!(
+                "redo log {} is damaged at byte {at} and {} whole records follow the damage; \
+                 they cannot be applied in order",
+                path.display(),
+                found.after_hole
+            )));
+        }
+        let mut replayed = 0u64;
+        for record in &found.records {
+            if record.lsn <= lsn {
+                continue;
+            }
+            if record.lsn != lsn + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "redo log jumps from LSN {lsn} (in the store) to {}",
+                    record.lsn
+                )));
+            }
+            let ops = wal::decode_ops(&record.writes).ok_or_else(|| {
+                StoreError::Corrupt(format!("redo log record {} does not decode", record.lsn))
+            })?;
+            let mut batch = sled::Batch::default();
+            for op in ops {
+                match op {
+                    wal::Op::Insert(k, v) => batch.insert(k, v),
+                    wal::Op::Remove(k) => batch.remove(k),
+                }
+            }
+            batch.insert(&[LSN][..], &record.lsn.to_be_bytes()[..]);
+            self.tree.apply_batch(batch)?;
+            lsn = record.lsn;
+            replayed += 1;
+        }
+        if let Some((path, at)) = &found.torn {
+            // Bytes of an append that a crash interrupted: never
+            // acknowledged.
+            tracing::warn!(segment = %path.display(), offset = at, "redo log ends in a torn record; ignored");
+        }
+        if replayed > 0 {
+            tracing::info!(records = replayed, "replayed the redo log");
+        }
+        self.flush()?;
+        Ok((lsn + 1, found.last_segment))
+    }
+
+    /// sled's flush, then fsync of its log (sled syncs with
+    /// `sync_file_range` only).
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log.sync_all()?;
+        Ok(())
     }
 }
 
@@ -194,6 +279,8 @@ pub enum KeyKind {
     Registration,
     /// The health probe.
     Health,
+    /// The LSN of the last logged batch (see [`wal`]).
+    Lsn,
     /// Anything else: corruption.
     Unknown,
 }
@@ -203,6 +290,8 @@ pub enum KeyKind {
 pub struct WriteBatch {
     inner: sled::Batch,
     len: usize,
+    /// The same writes, encoded for the redo log ([`wal`]).
+    log: Vec<u8>,
 }
 
 fn key(prefix: u8, portal: PortalIx, rest: &[&[u8]]) -> Vec<u8> {
@@ -240,31 +329,37 @@ fn seq_suffix(k: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl WriteBatch {
+    fn insert(&mut self, key: Vec<u8>, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        wal::encode_insert(&mut self.log, &key, value);
+        self.inner.insert(key, value);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        wal::encode_remove(&mut self.log, &key);
+        self.inner.remove(key);
+        self.len += 1;
+    }
+
     /// Stores an encoded event of the unsealed tail.
     pub fn put_tail(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
-        self.inner
-            .insert(key(TAIL, portal, &[&seq.to_be_bytes()]), value);
-        self.len += 1;
+        self.insert(key(TAIL, portal, &[&seq.to_be_bytes()]), value);
     }
 
     /// Deletes a tail event (sealed into a block, or retention).
     pub fn delete_tail(&mut self, portal: PortalIx, seq: u64) {
-        self.inner.remove(key(TAIL, portal, &[&seq.to_be_bytes()]));
-        self.len += 1;
+        self.remove(key(TAIL, portal, &[&seq.to_be_bytes()]));
     }
 
     /// Stores an encoded block (see [`pack::encode_block`]).
     pub fn put_block(&mut self, portal: PortalIx, block: u64, value: Vec<u8>) {
-        self.inner
-            .insert(key(BLOCK, portal, &[&block.to_be_bytes()]), value);
-        self.len += 1;
+        self.insert(key(BLOCK, portal, &[&block.to_be_bytes()]), value);
     }
 
     /// Deletes a block (retention).
     pub fn delete_block(&mut self, portal: PortalIx, block: u64) {
-        self.inner
-            .remove(key(BLOCK, portal, &[&block.to_be_bytes()]));
-        self.len += 1;
+        self.remove(key(BLOCK, portal, &[&block.to_be_bytes()]));
     }
 
     /// Stores an entity chunk whose first entry is `first`.
@@ -275,105 +370,86 @@ impl WriteBatch {
         first: u64,
         entries: &[ChunkEntry],
     ) {
-        self.inner.insert(
+        self.insert(
             chunk_key(portal, entity, first),
             pack::encode_chunk(first, entries),
         );
-        self.len += 1;
     }
 
     /// Deletes an entity chunk (retention).
     pub fn delete_chunk(&mut self, portal: PortalIx, entity: &str, first: u64) {
-        self.inner.remove(chunk_key(portal, entity, first));
-        self.len += 1;
+        self.remove(chunk_key(portal, entity, first));
     }
 
     /// Stores the `ts` range of a summary block.
     pub fn put_summary(&mut self, portal: PortalIx, s: &BlockSummary) {
         let mut v = s.min_ts.to_be_bytes().to_vec();
         v.extend_from_slice(&s.max_ts.to_be_bytes());
-        self.inner
-            .insert(key(SUMMARY, portal, &[&s.block.to_be_bytes()]), v);
-        self.len += 1;
+        self.insert(key(SUMMARY, portal, &[&s.block.to_be_bytes()]), v);
     }
 
     /// Records a dedup key as taken by `seq`.
     pub fn put_dedup(&mut self, portal: PortalIx, dedup: &DedupKey, seq: u64) {
-        self.inner
-            .insert(key(DEDUP, portal, &[dedup]), &seq.to_be_bytes()[..]);
-        self.len += 1;
+        self.insert(key(DEDUP, portal, &[dedup]), seq.to_be_bytes());
     }
 
     /// Stores a portal record (tables and counters).
     pub fn put_portal(&mut self, record: &PortalRecord) {
         let (fixed, counters) = record.to_split_bytes();
-        self.inner.insert(key(PORTAL, record.ix, &[]), fixed);
-        self.inner.insert(key(COUNTERS, record.ix, &[]), counters);
-        self.len += 2;
+        self.insert(key(PORTAL, record.ix, &[]), fixed);
+        self.insert(key(COUNTERS, record.ix, &[]), counters);
     }
 
     /// Stores only a portal record's counters (its tables are unchanged).
     pub fn put_portal_counters(&mut self, record: &PortalRecord) {
         let (_, counters) = record.to_split_bytes();
-        self.inner.insert(key(COUNTERS, record.ix, &[]), counters);
-        self.len += 1;
+        self.insert(key(COUNTERS, record.ix, &[]), counters);
     }
 
     /// Stores a whole portal record as version 1 did (tests of `migrate`).
     #[cfg(test)]
     pub(crate) fn put_v1_portal(&mut self, record: &PortalRecord) {
-        self.inner
-            .insert(key(PORTAL, record.ix, &[]), record.to_bytes());
-        self.len += 1;
+        self.insert(key(PORTAL, record.ix, &[]), record.to_bytes());
     }
 
     /// Stores a portal registration.
     pub fn put_registration(&mut self, reg: &Registration) {
         let mut k = vec![REGISTRATION];
         k.extend_from_slice(reg.member_id.as_bytes());
-        self.inner.insert(k, reg.to_bytes());
-        self.len += 1;
+        self.insert(k, reg.to_bytes());
     }
 
     /// Removes a portal registration.
     pub fn remove_registration(&mut self, member_id: &str) {
         let mut k = vec![REGISTRATION];
         k.extend_from_slice(member_id.as_bytes());
-        self.inner.remove(k);
-        self.len += 1;
+        self.remove(k);
     }
 
     /// Records a health probe (proves the journal takes writes).
     pub fn put_health(&mut self, now_ms: u64) {
-        self.inner.insert(&[HEALTH][..], &now_ms.to_be_bytes()[..]);
-        self.len += 1;
+        self.insert(vec![HEALTH], now_ms.to_be_bytes());
     }
 
     /// Deletes a key found by a scan.
     pub fn delete(&mut self, key: &Key) {
-        self.inner.remove(key.0.clone());
-        self.len += 1;
+        self.remove(key.0.clone());
     }
 
     /// Deletes a dedup key.
     pub fn delete_dedup(&mut self, portal: PortalIx, dedup: &DedupKey) {
-        self.inner.remove(key(DEDUP, portal, &[dedup]));
-        self.len += 1;
+        self.remove(key(DEDUP, portal, &[dedup]));
     }
 
     /// Deletes a summary block.
     pub fn delete_summary(&mut self, portal: PortalIx, block: u64) {
-        self.inner
-            .remove(key(SUMMARY, portal, &[&block.to_be_bytes()]));
-        self.len += 1;
+        self.remove(key(SUMMARY, portal, &[&block.to_be_bytes()]));
     }
 
     /// Stores an event in the version-1 layout (tests of `migrate`).
     #[cfg(test)]
     pub(crate) fn put_v1_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
-        self.inner
-            .insert(key(V1_EVENT, portal, &[&seq.to_be_bytes()]), value);
-        self.len += 1;
+        self.insert(key(V1_EVENT, portal, &[&seq.to_be_bytes()]), value);
     }
 
     /// Number of writes in the batch.
@@ -389,19 +465,22 @@ impl WriteBatch {
 
 impl Store {
     /// Opens (or creates) the store in `dir` with a page cache of
-    /// `cache_bytes`. sled's default cache is 1 GiB and its RSS can exceed
-    /// the setting, so it is always set explicitly.
+    /// `cache_bytes`, applying what the redo log holds beyond sled. sled's
+    /// default cache is 1 GiB and its RSS can exceed the setting, so it is
+    /// always set explicitly.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let engine = Engine::open(dir, cache_bytes)?;
+        let (next_lsn, last_segment) = engine.replay(&dir.join(WAL_DIR))?;
         // Make the freshly created files and their directory entries durable
         // before anything is acknowledged.
-        engine.db.flush()?;
-        engine.log.sync_all()?;
         File::open(dir.join("conf"))?.sync_all()?;
         sync_dir(dir)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
+        let wal = Arc::new(Wal::start(&dir.join(WAL_DIR), last_segment)?);
+        let synced_blobs = Arc::default();
+        sync_blobs(&dir.join("blobs"), &synced_blobs)?;
         Ok(Store {
             reader: Reader {
                 shared: Arc::new(RwLock::new(Some(engine.tree.clone()))),
@@ -409,7 +488,9 @@ impl Store {
             engine: Some(engine),
             dir: dir.to_owned(),
             cache_bytes,
-            synced_blobs: Arc::default(),
+            synced_blobs,
+            wal,
+            next_lsn,
         })
     }
 
@@ -417,13 +498,13 @@ impl Store {
         self.engine.as_ref().ok_or(StoreError::Reopening)
     }
 
-    /// Closes and reopens the engine. sled 0.34.7 remembers the first I/O
-    /// error (a full disk, say) for the life of the database object and fails
-    /// every later write with it; only a fresh open clears it. Every handle
-    /// must be gone first (sled locks its file), so readers see
-    /// [`StoreError::Reopening`] meanwhile; a reader still iterating keeps
-    /// the old database alive and the reopen fails until it is done: call
-    /// again later.
+    /// Closes and reopens the engine, replaying the redo log. sled 0.34.7
+    /// remembers the first I/O error (a full disk, say) for the life of the
+    /// database object and fails every later write with it; only a fresh
+    /// open clears it. Every handle must be gone first (sled locks its
+    /// file), so readers see [`StoreError::Reopening`] meanwhile; a reader
+    /// still iterating keeps the old database alive and the reopen fails
+    /// until it is done: call again later.
     pub fn reopen(&mut self) -> Result<(), StoreError> {
         // Reads keep working on the old engine until there is room for the
         // new one to start: closing it on a full disk would only take reads
@@ -435,18 +516,26 @@ impl Store {
                 format!("{free} bytes free, waiting for at least {REOPEN_MIN_FREE}"),
             )));
         }
+        // Records appended and not written were never acknowledged: the
+        // new engine starts from what is on disk.
+        self.wal.wait_idle();
+        self.wal.discard_pending();
         *self
             .reader
             .shared
             .write()
             .unwrap_or_else(|p| p.into_inner()) = None;
         self.engine = None;
-        // A reader still iterating holds the old database (and its file
-        // lock) for a moment: try a few times.
+        // A reader still iterating (or a checkpoint thread just finishing)
+        // holds the old database (and its file lock) for a moment: try a
+        // few times.
         let mut last = None;
         for _ in 0..20 {
             match Engine::open(&self.dir, self.cache_bytes) {
                 Ok(engine) => {
+                    let (next_lsn, last_segment) = engine.replay(&self.dir.join(WAL_DIR))?;
+                    self.wal = Arc::new(Wal::start(&self.dir.join(WAL_DIR), last_segment)?);
+                    self.next_lsn = next_lsn;
                     *self
                         .reader
                         .shared
@@ -462,23 +551,25 @@ impl Store {
         Err(last.unwrap_or(StoreError::Reopening))
     }
 
-    /// Applies `batch` atomically without flushing (bulk copies, which sync
-    /// once at the end).
+    /// Applies `batch` atomically without logging it (bulk copies into a
+    /// new store, which end with [`Store::sync`]).
     pub fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         Ok(self.engine()?.tree.apply_batch(batch.inner)?)
     }
 
-    /// Applies `batch` atomically, flushes it and fsyncs the files that hold
-    /// it. Only after `Ok` may its events be acknowledged.
+    /// Applies `batch` atomically and makes it and everything before it
+    /// durable in sled's own files. Only after `Ok` may its events be
+    /// acknowledged.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
         self.apply_checked(batch).map_err(CommitError::NotApplied)?;
         self.sync().map_err(CommitError::NotDurable)
     }
 
-    /// Applies `batch` atomically without making it durable: readable by
-    /// this process at once, on disk only after a [`SyncHandle::sync`].
-    /// Refused (nothing applied) when the disk is nearly full.
-    pub fn apply_checked(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+    /// Applies `batch` atomically and appends it to the redo log, without
+    /// making it durable: readable by this process at once, on disk only
+    /// after a [`SyncHandle::sync`]. Refused (nothing applied) when the
+    /// disk is nearly full.
+    pub fn apply_checked(&mut self, mut batch: WriteBatch) -> Result<(), StoreError> {
         let free = fs2::available_space(&self.dir)?;
         if free < WRITE_MIN_FREE {
             return Err(StoreError::DiskFull {
@@ -486,12 +577,28 @@ impl Store {
                 needed: WRITE_MIN_FREE,
             });
         }
-        Ok(self.engine()?.tree.apply_batch(batch.inner)?)
+        let lsn = self.next_lsn;
+        // The LSN goes into sled with the batch, so replay knows which
+        // records sled already holds.
+        batch.inner.insert(&[LSN][..], &lsn.to_be_bytes()[..]);
+        self.engine()?.tree.apply_batch(batch.inner)?;
+        // Logged only once applied: a record in the log is a batch sled
+        // took, and a failed apply leaves nothing to replay.
+        self.wal.append(lsn, &batch.log);
+        self.next_lsn += 1;
+        Ok(())
     }
 
-    /// Flushes everything applied so far and fsyncs it.
+    /// Flushes and fsyncs everything applied so far into sled's own files
+    /// (so the redo log is no longer needed), then starts a new log
+    /// segment. Waits for a background checkpoint first: sled must not be
+    /// flushed from two threads.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.sync_handle()?.sync()
+        self.wal.wait_idle();
+        let handle = self.sync_handle()?;
+        handle.flush_engine()?;
+        self.wal.reset()?;
+        Ok(())
     }
 
     /// A handle that makes what was applied durable, usable from another
@@ -503,6 +610,7 @@ impl Store {
             log: Arc::clone(&engine.log),
             blobs: self.dir.join("blobs"),
             synced_blobs: Arc::clone(&self.synced_blobs),
+            wal: Arc::clone(&self.wal),
         })
     }
 
@@ -512,50 +620,77 @@ impl Store {
     }
 }
 
-/// Makes applied writes durable: sled's `flush()` (which syncs with
-/// `sync_file_range` only), then `fsync` of the log and of any new blob file
-/// (sled writes blobs without syncing them). One thread at a time may use
-/// it (concurrent sled flushes lock up, ../shared/SLED.md); applying
-/// batches meanwhile from another thread is what sled's own periodic
-/// flusher does too.
+/// Makes applied writes durable by syncing the redo log, and flushes sled
+/// itself at checkpoints: sled's `flush()` (which syncs with
+/// `sync_file_range` only), then `fsync` of its log and of any new blob
+/// file (sled writes blobs without syncing them). One thread at a time may
+/// sync (concurrent sled flushes lock up, ../shared/SLED.md); the
+/// checkpoint thread it starts is the only sled flusher while it runs.
+#[derive(Clone)]
 pub struct SyncHandle {
     db: sled::Db,
     log: Arc<File>,
     blobs: PathBuf,
     synced_blobs: Arc<std::sync::Mutex<HashSet<std::ffi::OsString>>>,
+    wal: Arc<Wal>,
 }
 
 impl SyncHandle {
-    /// Flushes and fsyncs everything applied before the call.
+    /// Makes every batch applied before the call durable (in the redo
+    /// log). When the log's segment is full, starts a checkpoint in the
+    /// background: it flushes sled and then drops the older segments.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.log.sync_all()?;
-        self.sync_new_blobs()
-    }
-
-    fn sync_new_blobs(&self) -> Result<(), StoreError> {
-        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut new = false;
-        for entry in std::fs::read_dir(&self.blobs)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !synced.contains(&name) {
-                // A blob may be garbage-collected between listing and opening:
-                // then there is nothing left to sync.
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_all()?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                synced.insert(name);
-                new = true;
+        self.wal.sync()?;
+        if let Some(below) = self.wal.begin_checkpoint()? {
+            let handle = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("journal-checkpoint".into())
+                .spawn(move || {
+                    let flushed = handle.flush_engine().map_err(|e| e.to_string());
+                    handle.wal.finish_checkpoint(below, flushed);
+                });
+            if let Err(e) = spawned {
+                self.wal.finish_checkpoint(below, Err(e.to_string()));
             }
-        }
-        if new {
-            sync_dir(&self.blobs)?;
         }
         Ok(())
     }
+
+    /// Flushes and fsyncs sled's files: everything applied before the call
+    /// is then in them.
+    fn flush_engine(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log.sync_all()?;
+        sync_blobs(&self.blobs, &self.synced_blobs)
+    }
+}
+
+/// fsyncs blob files not synced yet (sled writes them without syncing).
+fn sync_blobs(
+    blobs: &Path,
+    synced_blobs: &std::sync::Mutex<HashSet<std::ffi::OsString>>,
+) -> Result<(), StoreError> {
+    let mut synced = synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+    let mut new = false;
+    for entry in std::fs::read_dir(blobs)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            // A blob may be garbage-collected between listing and opening:
+            // then there is nothing left to sync.
+            match File::open(entry.path()) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            synced.insert(name);
+            new = true;
+        }
+    }
+    if new {
+        sync_dir(blobs)?;
+    }
+    Ok(())
 }
 
 /// A read-only view of the store, cloneable into request handlers. It
@@ -1029,6 +1164,7 @@ fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&PORTAL | &COUNTERS) if k.len() == 5 => portal().map(KeyKind::Portal),
         Some(&REGISTRATION) => Some(KeyKind::Registration),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
+        Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
         _ => None,
     };
     parsed.unwrap_or(KeyKind::Unknown)
@@ -1037,4 +1173,101 @@ fn classify(k: &[u8], v: &[u8]) -> KeyKind {
 /// fsyncs a directory, making the entries of files created in it durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    const CACHE: u64 = 8 << 20;
+
+    #[test]
+    fn writes_sled_lost_come_back_from_the_redo_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let mut store = Store::open(&live, CACHE).unwrap();
+        let mut first = WriteBatch::default();
+        first.put_tail(7, 0, b"zero".to_vec());
+        store.commit(first).unwrap();
+        // sled's files as they are after a full flush: what a power cut
+        // leaves when nothing later reached them.
+        let crashed = dir.path().join("crashed");
+        copy_dir(&live, &crashed);
+        for seq in 1..=3u64 {
+            let mut b = WriteBatch::default();
+            b.put_tail(7, seq, vec![seq as u8; 3]);
+            if seq == 3 {
+                b.delete_tail(7, 0);
+            }
+            store.apply_checked(b).unwrap();
+        }
+        // Durable in the redo log only.
+        store.sync_handle().unwrap().sync().unwrap();
+        std::fs::remove_dir_all(crashed.join(WAL_DIR)).unwrap();
+        copy_dir(&live.join(WAL_DIR), &crashed.join(WAL_DIR));
+        drop(store);
+
+        let store = Store::open(&crashed, CACHE).unwrap();
+        let tail = store.reader().tail(7).unwrap();
+        assert_eq!(
+            tail,
+            vec![(1, vec![1; 3]), (2, vec![2; 3]), (3, vec![3; 3])]
+        );
+        assert_eq!(store.engine().unwrap().applied_lsn().unwrap(), 4);
+        assert_eq!(store.next_lsn, 5);
+        // Opening replayed, flushed and dropped the old log: a second open
+        // finds nothing to apply and the same state.
+        drop(store);
+        let found = wal::read(&crashed.join(WAL_DIR)).unwrap();
+        assert!(found.records.is_empty(), "{found:?}");
+        let store = Store::open(&crashed, CACHE).unwrap();
+        assert_eq!(store.reader().tail(7).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn replay_skips_what_sled_holds_and_refuses_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dir.path().join("sled");
+        let mut store = Store::open(&engine, CACHE).unwrap();
+        for value in [b"one", b"two"] {
+            let mut b = WriteBatch::default();
+            b.put_tail(1, 0, value.to_vec());
+            store.commit(b).unwrap();
+        }
+        drop(store);
+        // An older record than sled holds (LSN 1 of 2) must not undo the
+        // newer write.
+        let mut writes = Vec::new();
+        wal::encode_insert(&mut writes, &key(TAIL, 1, &[&0u64.to_be_bytes()]), b"one");
+        let log = Wal::start(&engine.join(WAL_DIR), 100).unwrap();
+        log.append(1, &writes);
+        log.sync().unwrap();
+        drop(log);
+        let store = Store::open(&engine, CACHE).unwrap();
+        assert_eq!(store.reader().tail(1).unwrap(), vec![(0, b"two".to_vec())]);
+        drop(store);
+
+        // A record past a hole (sled holds LSN 2, the log starts at 4).
+        let log = Wal::start(&engine.join(WAL_DIR), 200).unwrap();
+        log.append(4, &writes);
+        log.sync().unwrap();
+        drop(log);
+        let err = Store::open(&engine, CACHE)
+            .err()
+            .expect("a gap must not open");
+        assert!(err.to_string().contains("jumps from LSN 2"), "{err}");
+    }
 }

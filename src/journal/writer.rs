@@ -4,10 +4,10 @@
 //! reply channel; it takes whatever is queued (up to [`MAX_BATCH`]), checks each
 //! event against the store and against the batch itself for a duplicate,
 //! assigns per-portal seqs, lays the events out (`pack`) and applies the whole
-//! batch atomically. A second thread, the syncer, then flushes and fsyncs —
-//! once for every applied batch waiting — and only then shows the batch to
-//! readers and answers its waiters, while the writer goes on with the next
-//! batch. Because only the writer reads and writes what dedup looks at,
+//! batch atomically (which also appends it to the redo log, `wal`). A second
+//! thread, the syncer, then writes and fdatasyncs the log — once for every
+//! applied batch waiting — and only then shows the batch to readers and
+//! answers its waiters, while the writer goes on with the next batch. Because only the writer reads and writes what dedup looks at,
 //! "check and append" is one atomic step without locks, and concurrent
 //! requests share one fsync.
 
@@ -40,7 +40,7 @@ pub(super) enum Job {
         event: Box<NewEvent>,
         reply: AppendReply,
     },
-    /// Prove the journal takes a write and a flush.
+    /// Prove the journal takes a durable write.
     Probe {
         reply: oneshot::Sender<Result<(), AppendError>>,
     },
@@ -175,12 +175,13 @@ struct Ticket {
     registrations: Vec<Registration>,
 }
 
-/// The syncer thread: makes applied batches durable (one flush and fsync
-/// for every ticket waiting), then publishes them and answers their
-/// waiters, in order. Running it beside the writer overlaps the disk's
-/// sync latency with staging and applying the next batch; it is the only
-/// thread that flushes while the writer runs (concurrent sled flushes
-/// lock up).
+/// The syncer thread: makes applied batches durable (one redo-log write
+/// and fdatasync for every ticket waiting), then publishes them and answers
+/// their waiters, in order. Running it beside the writer overlaps the
+/// disk's sync latency with staging and applying the next batch. It also
+/// starts the background checkpoints that flush sled (see `wal`): one at a
+/// time, the only sled flusher while the writer runs (concurrent sled
+/// flushes lock up).
 fn syncer(
     rx: std::sync::mpsc::Receiver<Ticket>,
     done: std::sync::mpsc::Sender<bool>,
@@ -193,57 +194,72 @@ fn syncer(
         while let Ok(t) = rx.try_recv() {
             tickets.push(t);
         }
-        let mut failure = None;
-        for t in &tickets {
-            if failed_generation == Some(t.generation) {
-                failure = Some("an earlier journal flush failed".to_string());
-            }
-        }
-        if failure.is_none() {
-            // Every ticket waiting was applied before this call.
-            if let Some(last) = tickets.last() {
-                if let Err(e) = last.handle.sync() {
-                    tracing::error!(error = %e, "journal flush failed; answering 503");
-                    failed_generation = Some(last.generation);
-                    failure = Some(e.to_string());
-                }
-            }
-        }
-        if failure.is_none() {
-            let mut shared = published.write().unwrap_or_else(|p| p.into_inner());
-            for t in &mut tickets {
-                for rec in t.portals.drain(..) {
-                    shared.upsert(rec);
-                }
-                for reg in t.registrations.drain(..) {
-                    shared.set_registration(reg);
-                }
-            }
-            drop(shared);
-            commits.send_modify(|n| *n = n.wrapping_add(1));
-        }
         let n = tickets.len();
-        for t in tickets {
-            for (reply, outcome) in t.replies {
-                let outcome = match (&failure, outcome) {
-                    (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
-                    (_, outcome) => outcome,
-                };
-                // The handler may have gone (client disconnected).
-                let _ = reply.send(outcome);
-            }
-            for probe in t.probes {
-                let _ = probe.send(match &failure {
-                    None => Ok(()),
-                    Some(e) => Err(AppendError::Unavailable(e.clone())),
-                });
-            }
-        }
+        let ok = complete(tickets, &mut failed_generation, &published, &commits);
         for _ in 0..n {
             // The writer gone means shutdown: nobody to tell.
-            let _ = done.send(failure.is_none());
+            let _ = done.send(ok);
         }
     }
+}
+
+/// Makes `tickets` durable with one sync (each was applied before this
+/// call), then publishes them and answers their waiters — or, if the sync
+/// fails, answers 503 and remembers the engine generation as failed: its
+/// log may not be recoverable past the failed write. Returns whether the
+/// tickets are durable.
+fn complete(
+    mut tickets: Vec<Ticket>,
+    failed_generation: &mut Option<u64>,
+    published: &RwLock<Directory>,
+    commits: &watch::Sender<u64>,
+) -> bool {
+    let mut failure = None;
+    if tickets
+        .iter()
+        .any(|t| *failed_generation == Some(t.generation))
+    {
+        failure = Some("an earlier journal sync failed".to_string());
+    }
+    if failure.is_none() {
+        if let Some(last) = tickets.last() {
+            if let Err(e) = last.handle.sync() {
+                tracing::error!(error = %e, "journal sync failed; answering 503");
+                *failed_generation = Some(last.generation);
+                failure = Some(e.to_string());
+            }
+        }
+    }
+    if failure.is_none() {
+        let mut shared = published.write().unwrap_or_else(|p| p.into_inner());
+        for t in &mut tickets {
+            for rec in t.portals.drain(..) {
+                shared.upsert(rec);
+            }
+            for reg in t.registrations.drain(..) {
+                shared.set_registration(reg);
+            }
+        }
+        drop(shared);
+        commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    for t in tickets {
+        for (reply, outcome) in t.replies {
+            let outcome = match (&failure, outcome) {
+                (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
+                (_, outcome) => outcome,
+            };
+            // The handler may have gone (client disconnected).
+            let _ = reply.send(outcome);
+        }
+        for probe in t.probes {
+            let _ = probe.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(AppendError::Unavailable(e.clone())),
+            });
+        }
+    }
+    failure.is_none()
 }
 
 impl Writer {
@@ -868,6 +884,17 @@ impl Writer {
             portals: touched,
             registrations,
         };
+        if self.in_flight == 0 {
+            // The syncer is idle: syncing here saves two thread hand-offs
+            // (to the syncer and back), which cost more than the sync itself
+            // when events arrive one at a time. Jobs arriving meanwhile form
+            // the next batch.
+            let mut failed = None;
+            if !complete(vec![ticket], &mut failed, &self.published, &self.commits) {
+                self.broken = true;
+            }
+            return;
+        }
         match self.sync_tx.send(ticket) {
             Ok(()) => self.in_flight += 1,
             Err(std::sync::mpsc::SendError(ticket)) => {
