@@ -3,10 +3,12 @@
 //! Making a batch durable through sled costs two waits per commit — its
 //! `flush()` (about 0.66 ms measured at 64 connections, the single biggest
 //! cost of an acknowledgement) and the `fsync` that must follow it
-//! (../shared/SLED.md). Instead, every batch applied to sled is also
-//! appended here, as one checksummed record of the very writes it made, and
-//! a commit is durable once that record is: one `write` and one
-//! `fdatasync` of a file only we append to.
+//! (../shared/SLED.md). Instead, every batch is first appended here, as one
+//! checksummed record of the very writes it makes, and is durable once that
+//! record is: one `write` and one `fdatasync` of a file only we append to.
+//! Only then are its writes applied to sled (see
+//! [`Store::commit_logged`](super::store::Store::commit_logged) for why in
+//! that order).
 //!
 //! sled is flushed in the background at a *checkpoint*, when the current
 //! segment has grown past [`SEGMENT_MAX`]: new records go to a fresh
@@ -16,11 +18,13 @@
 //! so the log never holds more than a few segments.
 //!
 //! Records carry a log sequence number (LSN), and every batch writes its LSN
-//! into sled in the same atomic batch. After a crash sled holds a prefix of
-//! the batches applied to it (what sled had written of its own log, which
-//! may be *more* than this log holds durably); replay applies exactly the
-//! records past sled's LSN, so a batch is never applied on top of a later
-//! one.
+//! into sled after its other writes. After a crash sled holds a prefix of
+//! the writes applied to it (sled recovers its own log up to the first
+//! message that did not reach the disk: `clean_tail_tears` in sled's
+//! `pagecache/iterator.rs`), so the LSN it holds names the last
+//! whole batch; replay applies exactly the records after it — the first
+//! one possibly over part of itself, which rewrites the same values — and
+//! a batch is never applied on top of a later one.
 //!
 //! Record: `len u32 LE | crc32 u32 LE | lsn u64 LE | writes`, where `crc32`
 //! covers `lsn` and `writes`, and `writes` is a run of
@@ -29,6 +33,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -110,8 +115,9 @@ pub struct Recovered {
     /// Whole records found in segments *after* the damaged one: acknowledged
     /// data behind a hole, which replay cannot apply in order.
     pub after_hole: usize,
-    /// The highest segment number present.
-    pub last_segment: u64,
+    /// Where a new log starts: after every segment with content; a blank
+    /// last segment (prepared, never written to) is reused.
+    pub next_segment: u64,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -141,9 +147,15 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 pub fn read(dir: &Path) -> std::io::Result<Recovered> {
     fs::create_dir_all(dir)?;
     let mut found = Recovered::default();
+    // The first blank segment after the last one with content.
+    let (mut blank_since, mut after_content) = (None, 1);
     for (n, path) in segments(dir)? {
-        found.last_segment = n;
         let bytes = fs::read(&path)?;
+        if bytes.iter().all(|&b| b == 0) {
+            blank_since.get_or_insert(n);
+        } else {
+            (blank_since, after_content) = (None, n + 1);
+        }
         let mut at = 0usize;
         while at < bytes.len() {
             match parse_record(&bytes[at..]) {
@@ -156,7 +168,9 @@ pub fn read(dir: &Path) -> std::io::Result<Recovered> {
                     at += used;
                 }
                 None => {
-                    if found.torn.is_none() {
+                    // Zeros: the unused rest of a prepared segment.
+                    let clean_end = bytes[at..].iter().all(|&b| b == 0);
+                    if !clean_end && found.torn.is_none() {
                         found.torn = Some((path.clone(), at as u64));
                     }
                     break;
@@ -164,6 +178,7 @@ pub fn read(dir: &Path) -> std::io::Result<Recovered> {
             }
         }
     }
+    found.next_segment = blank_since.unwrap_or(after_content);
     Ok(found)
 }
 
@@ -184,9 +199,9 @@ fn parse_record(b: &[u8]) -> Option<(Record, usize)> {
     ))
 }
 
-/// The log of one open store, shared by the writer (which appends records
-/// in memory), the syncer (which writes and fdatasyncs them) and a
-/// checkpoint (which deletes segments sled no longer needs).
+/// The log of one open store, shared by the writer (which appends, writes
+/// and fdatasyncs records) and a checkpoint thread (which deletes segments
+/// sled no longer needs).
 pub struct Wal {
     dir: PathBuf,
     /// Records appended but not yet written to the segment file.
@@ -213,11 +228,16 @@ struct CheckpointState {
 }
 
 impl Wal {
-    /// Starts a fresh segment after `last` in `dir` and deletes every older
-    /// one: call only once sled holds everything the older ones do.
-    pub fn start(dir: &Path, last: u64) -> std::io::Result<Wal> {
-        let n = last + 1;
+    /// Starts the log in segment `n` of `dir` (blank or new) and deletes
+    /// every older one: call only once sled holds everything the older ones
+    /// do.
+    pub fn start(dir: &Path, n: u64) -> std::io::Result<Wal> {
         let file = create_segment(dir, n)?;
+        // The first rotation should not prepare its segment on the
+        // writer's path either.
+        if fs2::available_space(dir)? >= PREPARE_MIN_FREE && !segment_path(dir, n + 1).exists() {
+            prepare_segment(dir, n + 1)?;
+        }
         let wal = Wal {
             dir: dir.to_owned(),
             pending: Mutex::new(Vec::new()),
@@ -263,7 +283,7 @@ impl Wal {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if !bytes.is_empty() {
-            out.file.write_all(&bytes)?;
+            out.file.write_all_at(&bytes, out.len)?;
             out.len += bytes.len() as u64;
         }
         // Also after an empty write: a caller may be waiting for records an
@@ -276,8 +296,8 @@ impl Wal {
     /// running: starts a new segment for everything appended from now on
     /// and returns its number — every older segment may be deleted (with
     /// [`Wal::finish_checkpoint`]) once sled is flushed. Call only where
-    /// every record written so far is already applied to sled (the syncer,
-    /// right after a sync: records are appended after they are applied).
+    /// every record written so far is already applied to sled (the writer,
+    /// right after a commit).
     pub fn begin_checkpoint(&self) -> std::io::Result<Option<u64>> {
         let mut state = self.lock_checkpoint();
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -289,7 +309,7 @@ impl Wal {
         // covers it, and it must not be lost with the old segment if the
         // flush does not happen.
         let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        out.file.write_all(&bytes)?;
+        out.file.write_all_at(&bytes, out.len)?;
         out.file.sync_data()?;
         let n = out.n + 1;
         out.file = create_segment(&self.dir, n)?;
@@ -339,18 +359,44 @@ impl Wal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let n = out.n + 1;
-        out.file = create_segment(&self.dir, n)?;
-        out.n = n;
-        out.len = 0;
+        // An empty segment can stay (inline commits reset often: no need
+        // to prepare a segment each time).
+        if out.len > 0 {
+            let n = out.n + 1;
+            out.file = create_segment(&self.dir, n)?;
+            out.n = n;
+            out.len = 0;
+        }
+        let n = out.n;
         drop(out);
         self.drop_below(n)
+    }
+
+    /// Prepares segment `n` (see [`prepare_segment`]): a checkpoint does
+    /// this for the segment after the one it started, so that the next
+    /// rotation does not write 16 MiB of zeros on the writer's path.
+    pub fn prepare(&self, n: u64) {
+        if fs2::available_space(&self.dir).unwrap_or(0) < PREPARE_MIN_FREE {
+            return;
+        }
+        if let Err(e) = prepare_segment(&self.dir, n) {
+            // The rotation prepares it itself then.
+            tracing::warn!(error = %e, "could not prepare the next redo log segment");
+        }
     }
 
     fn drop_below(&self, n: u64) -> std::io::Result<()> {
         let mut removed = false;
         for (m, path) in segments(&self.dir)? {
             if m < n {
+                fs::remove_file(path)?;
+                removed = true;
+            }
+        }
+        // A preparation a crash interrupted.
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "prep") {
                 fs::remove_file(path)?;
                 removed = true;
             }
@@ -368,13 +414,58 @@ impl Wal {
 
 /// Creates segment `n` and makes its directory entry durable before any
 /// record in it is acknowledged.
+/// record in it is acknowledged. A segment is written full of zeros first
+/// (unless a checkpoint already prepared it, see [`prepare_segment`]):
+/// records then overwrite allocated blocks, so an fdatasync has no file size
+/// or extent change to commit to the file system journal. Measured on this
+/// VM's ext4 (700-byte writes): 4.9–6.0k fdatasyncs/s instead of 3.2–4.1k
+/// when appending.
+///
+/// On a nearly full disk the segment is created empty and grows with its
+/// records instead (slower syncs, but the journal still opens and reads
+/// keep working: see [`PREPARE_MIN_FREE`]).
 fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
+    let path = segment_path(dir, n);
+    let prepared = fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_MAX);
+    if !prepared && fs2::available_space(dir)? >= PREPARE_MIN_FREE {
+        if let Err(e) = prepare_segment(dir, n) {
+            // Not needed for correctness: go on with a growing segment.
+            tracing::warn!(error = %e, "could not prepare a redo log segment");
+            let _ = fs::remove_file(dir.join(format!("{n:020}.prep")));
+        }
+    }
     let file = OpenOptions::new()
+        .write(true)
         .create(true)
-        .append(true)
-        .open(segment_path(dir, n))?;
+        .truncate(false)
+        .open(&path)?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Free space below which a new segment is not filled with zeros first:
+/// the zeros of two segments must never be what fills the disk.
+pub const PREPARE_MIN_FREE: u64 = 4 * SEGMENT_MAX;
+
+/// Writes segment `n` full of zeros and makes it durable, so that
+/// [`create_segment`] finds it ready. A checkpoint prepares the next
+/// segment this way, off the writer's path.
+pub fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
+    let path = segment_path(dir, n);
+    let tmp = dir.join(format!("{n:020}.prep"));
+    let mut file = File::create(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = SEGMENT_MAX;
+    while left > 0 {
+        let chunk = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..chunk])?;
+        left -= chunk as u64;
+    }
+    file.sync_all()?;
+    // Renamed when complete: a crash mid-way leaves only a `.prep` file,
+    // which is not a segment.
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -399,7 +490,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 0).unwrap();
+        let wal = Wal::start(dir.path(), 1).unwrap();
         let a = writes(&[Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]);
         let b = writes(&[Op::Insert(b"", b"")]);
         wal.append(7, &a);
@@ -407,9 +498,15 @@ mod tests {
         wal.sync().unwrap();
         drop(wal);
         let seg = segment_path(dir.path(), 1);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), SEGMENT_MAX);
+        // A clean end: the rest of the prepared segment is zeros.
+        let found = read(dir.path()).unwrap();
+        assert_eq!(found.records.len(), 2);
+        assert!(found.torn.is_none(), "{found:?}");
         // A crash in the middle of the next append.
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[40, 0, 0, 0, 1, 2]).unwrap();
+        let end = (2 * (HEADER + 8) + a.len() + b.len()) as u64;
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[40, 0, 0, 0, 1, 2], end).unwrap();
         drop(f);
 
         let found = read(dir.path()).unwrap();
@@ -426,22 +523,26 @@ mod tests {
         );
         let (path, at) = found.torn.unwrap();
         assert_eq!(path, seg);
-        assert_eq!(at, fs::metadata(&seg).unwrap().len() - 6);
+        assert_eq!(at, end);
         assert_eq!(found.after_hole, 0);
-        assert_eq!(found.last_segment, 1);
+        // Segment 2 is the blank one prepared for the first rotation.
+        assert!(segment_path(dir.path(), 2).exists());
+        assert_eq!(found.next_segment, 2);
 
-        // Starting again deletes what replay consumed.
-        let wal = Wal::start(dir.path(), found.last_segment).unwrap();
+        // Starting again deletes what replay consumed and reuses the blank
+        // segment.
+        let wal = Wal::start(dir.path(), found.next_segment).unwrap();
         drop(wal);
+        assert!(!seg.exists());
         let found = read(dir.path()).unwrap();
         assert!(found.records.is_empty() && found.torn.is_none());
-        assert_eq!(found.last_segment, 2);
+        assert_eq!(found.next_segment, 2);
     }
 
     #[test]
     fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 0).unwrap();
+        let wal = Wal::start(dir.path(), 1).unwrap();
         wal.append(1, &writes(&[Op::Insert(b"a", b"1")]));
         wal.append(2, &writes(&[Op::Insert(b"b", b"2")]));
         wal.sync().unwrap();
@@ -450,8 +551,9 @@ mod tests {
         let next = File::create(segment_path(dir.path(), 2)).unwrap();
         drop(next);
         let mut bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
+        // A bit of the second record's body.
+        let second = HEADER + 8 + writes(&[Op::Insert(b"a", b"1")]).len();
+        bytes[second + HEADER + 9] ^= 1;
         fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
         let wal2 = Wal {
             dir: dir.path().to_owned(),

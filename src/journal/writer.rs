@@ -3,13 +3,13 @@
 //! One OS thread owns every append. Request handlers send it a [`Job`] with a
 //! reply channel; it takes whatever is queued (up to [`MAX_BATCH`]), checks each
 //! event against the store and against the batch itself for a duplicate,
-//! assigns per-portal seqs, lays the events out (`pack`) and applies the whole
-//! batch atomically (which also appends it to the redo log, `wal`). A second
-//! thread, the syncer, then writes and fdatasyncs the log — once for every
-//! applied batch waiting — and only then shows the batch to readers and
-//! answers its waiters, while the writer goes on with the next batch. Because only the writer reads and writes what dedup looks at,
-//! "check and append" is one atomic step without locks, and concurrent
-//! requests share one fsync.
+//! assigns per-portal seqs, lays the events out (`pack`) and commits the whole
+//! batch: one record in the redo log, one fdatasync, then the writes into
+//! sled (`Store::commit_logged`). Only then does it show the batch to readers
+//! and answer its waiters; jobs that arrive meanwhile form the next batch.
+//! Because only the writer reads and writes what dedup looks at, "check and
+//! append" is one atomic step without locks, and concurrent requests share
+//! one fsync.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -23,7 +23,7 @@ use super::record::{
     bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
     PortalIx, PortalRecord, Registration, Source, Status,
 };
-use super::store::{CommitError, KeyKind, Store, StoreError, SyncHandle, WriteBatch};
+use super::store::{CommitError, KeyKind, Store, StoreError, WriteBatch};
 use super::{AppendError, AppendOutcome, Directory, Lifecycle, NewEvent};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
@@ -106,14 +106,6 @@ pub(super) struct Writer {
     commits: Arc<watch::Sender<u64>>,
     /// A commit failed: the engine must be reopened before the next one.
     broken: bool,
-    /// Applied batches go here to be made durable, published and answered.
-    sync_tx: std::sync::mpsc::SyncSender<Ticket>,
-    /// One message per ticket synced: whether it is durable.
-    done_rx: std::sync::mpsc::Receiver<bool>,
-    /// Tickets sent and not yet reported done.
-    in_flight: usize,
-    /// Bumped at every reopen of the engine (see [`Ticket::generation`]).
-    generation: u64,
     /// Per portal, its unsealed tail as deduplication needs it. Loaded from
     /// the store on first use, kept in step by every durable commit, and
     /// dropped whenever the tail may have changed otherwise (a failed
@@ -160,108 +152,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A batch applied to the store but not yet durable, on its way to the
-/// syncer thread with everything that must wait for durability.
-struct Ticket {
-    handle: SyncHandle,
-    /// The engine it was applied to: after a failed sync, every later
-    /// ticket of the same engine fails too (its log may not be recoverable
-    /// past the failed write), until the writer has reopened it.
-    generation: u64,
-    replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
-    probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
-    /// Portal records and registrations to show readers once durable.
-    portals: Vec<PortalRecord>,
-    registrations: Vec<Registration>,
-}
-
-/// The syncer thread: makes applied batches durable (one redo-log write
-/// and fdatasync for every ticket waiting), then publishes them and answers
-/// their waiters, in order. Running it beside the writer overlaps the
-/// disk's sync latency with staging and applying the next batch. It also
-/// starts the background checkpoints that flush sled (see `wal`): one at a
-/// time, the only sled flusher while the writer runs (concurrent sled
-/// flushes lock up).
-fn syncer(
-    rx: std::sync::mpsc::Receiver<Ticket>,
-    done: std::sync::mpsc::Sender<bool>,
-    published: Arc<RwLock<Directory>>,
-    commits: Arc<watch::Sender<u64>>,
-) {
-    let mut failed_generation = None;
-    while let Ok(first) = rx.recv() {
-        let mut tickets = vec![first];
-        while let Ok(t) = rx.try_recv() {
-            tickets.push(t);
-        }
-        let n = tickets.len();
-        let ok = complete(tickets, &mut failed_generation, &published, &commits);
-        for _ in 0..n {
-            // The writer gone means shutdown: nobody to tell.
-            let _ = done.send(ok);
-        }
-    }
-}
-
-/// Makes `tickets` durable with one sync (each was applied before this
-/// call), then publishes them and answers their waiters — or, if the sync
-/// fails, answers 503 and remembers the engine generation as failed: its
-/// log may not be recoverable past the failed write. Returns whether the
-/// tickets are durable.
-fn complete(
-    mut tickets: Vec<Ticket>,
-    failed_generation: &mut Option<u64>,
-    published: &RwLock<Directory>,
-    commits: &watch::Sender<u64>,
-) -> bool {
-    let mut failure = None;
-    if tickets
-        .iter()
-        .any(|t| *failed_generation == Some(t.generation))
-    {
-        failure = Some("an earlier journal sync failed".to_string());
-    }
-    if failure.is_none() {
-        if let Some(last) = tickets.last() {
-            if let Err(e) = last.handle.sync() {
-                tracing::error!(error = %e, "journal sync failed; answering 503");
-                *failed_generation = Some(last.generation);
-                failure = Some(e.to_string());
-            }
-        }
-    }
-    if failure.is_none() {
-        let mut shared = published.write().unwrap_or_else(|p| p.into_inner());
-        for t in &mut tickets {
-            for rec in t.portals.drain(..) {
-                shared.upsert(rec);
-            }
-            for reg in t.registrations.drain(..) {
-                shared.set_registration(reg);
-            }
-        }
-        drop(shared);
-        commits.send_modify(|n| *n = n.wrapping_add(1));
-    }
-    for t in tickets {
-        for (reply, outcome) in t.replies {
-            let outcome = match (&failure, outcome) {
-                (Some(e), Ok(_)) => Err(AppendError::Unavailable(e.clone())),
-                (_, outcome) => outcome,
-            };
-            // The handler may have gone (client disconnected).
-            let _ = reply.send(outcome);
-        }
-        for probe in t.probes {
-            let _ = probe.send(match &failure {
-                None => Ok(()),
-                Some(e) => Err(AppendError::Unavailable(e.clone())),
-            });
-        }
-    }
-    failure.is_none()
-}
-
 impl Writer {
     pub(super) fn new(
         store: Store,
@@ -269,57 +159,20 @@ impl Writer {
         published: Arc<RwLock<Directory>>,
         commits: watch::Sender<u64>,
     ) -> std::io::Result<Self> {
-        let commits = Arc::new(commits);
-        // One ticket waiting while one is synced: enough to keep the disk
-        // busy, and the writer waits instead of running ahead.
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(1);
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        {
-            let (published, commits) = (published.clone(), commits.clone());
-            std::thread::Builder::new()
-                .name("journal-sync".into())
-                .spawn(move || syncer(sync_rx, done_tx, published, commits))?;
-        }
         Ok(Writer {
             store,
             directory,
             published,
-            commits,
+            commits: Arc::new(commits),
             broken: false,
-            sync_tx,
-            done_rx,
-            in_flight: 0,
-            generation: 0,
             tails: HashMap::new(),
         })
-    }
-
-    /// Takes the syncer's reports; with `wait`, until nothing is in flight
-    /// (before anything that must not overlap a flush: an inline commit,
-    /// a reopen, shutdown).
-    fn collect_done(&mut self, wait: bool) {
-        while self.in_flight > 0 {
-            let ok = if wait {
-                // A vanished syncer counts as a failed sync.
-                self.done_rx.recv().unwrap_or_default()
-            } else {
-                match self.done_rx.try_recv() {
-                    Ok(ok) => ok,
-                    Err(_) => return,
-                }
-            };
-            self.in_flight -= 1;
-            if !ok {
-                self.broken = true;
-            }
-        }
     }
 
     /// Commits through the store, remembering a failure: sled keeps the
     /// first I/O error for the life of the database object, so after one the
     /// engine is reopened (see [`Writer::recover`]) before the next commit.
     fn commit_store(&mut self, writes: WriteBatch) -> Result<(), CommitError> {
-        self.collect_done(true);
         let result = self.store.commit(writes);
         // A refusal for lack of space touched nothing: no reopen needed.
         if result.is_err()
@@ -339,8 +192,6 @@ impl Writer {
     /// in-memory counters cannot be trusted. Until this succeeds every job
     /// is answered 503; it is retried with every batch.
     fn recover(&mut self) {
-        // The syncer holds the engine open while it syncs.
-        self.collect_done(true);
         if let Err(e) = self.store.reopen() {
             tracing::warn!(error = %e, "journal still unavailable; will retry");
             return;
@@ -355,7 +206,6 @@ impl Writer {
                 self.directory = dir.clone();
                 *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
                 self.tails.clear();
-                self.generation += 1;
                 self.broken = false;
                 self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::info!("journal reopened after a storage error; accepting events again");
@@ -389,7 +239,6 @@ impl Writer {
         while let Ok(job) = rx.try_recv() {
             refuse(job);
         }
-        self.collect_done(true);
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final journal flush failed");
         }
@@ -398,7 +247,6 @@ impl Writer {
 
     /// Commits one batch of jobs; returns whether a shutdown was requested.
     fn process(&mut self, jobs: &mut Vec<Job>) -> bool {
-        self.collect_done(false);
         if self.broken {
             self.recover();
         }
@@ -798,9 +646,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies the batch and hands it to the syncer, which answers every
-    /// waiter once it is on disk; a batch that cannot be applied is
-    /// answered 503 at once.
+    /// Commits the batch, then publishes it and answers every waiter; a
+    /// batch that cannot be committed is answered 503.
     fn commit(&mut self, mut batch: Batch) {
         let mut writes = WriteBatch::default();
         let laid_out = self.lay_out(&mut batch, &mut writes);
@@ -834,30 +681,30 @@ impl Writer {
             }
             return;
         }
-        let applied = laid_out
-            .and_then(|()| self.store.apply_checked(writes))
-            .and_then(|()| self.store.sync_handle());
-        let handle = match applied {
-            Ok(handle) => handle,
-            Err(e) => {
-                tracing::error!(error = %e, "journal batch not applied; answering 503");
-                // A refusal for lack of space touched nothing; anything else
-                // may have left sled's in-memory state half-changed.
-                if !matches!(e, StoreError::DiskFull { .. }) {
-                    self.broken = true;
-                }
-                let e = e.to_string();
-                for (reply, outcome) in batch.replies {
-                    let _ = reply.send(outcome.and(Err(AppendError::Unavailable(e.clone()))));
-                }
-                for probe in batch.probes {
-                    let _ = probe.send(Err(AppendError::Unavailable(e.clone())));
-                }
-                return;
+        let committed = laid_out
+            .map_err(CommitError::NotApplied)
+            .and_then(|()| self.store.commit_logged(writes));
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "journal batch not committed; answering 503");
+            // A refusal for lack of space touched nothing; anything else
+            // may have left sled's in-memory state half-changed, or the
+            // batch may or may not be durable: reopen before the next.
+            if !matches!(e, CommitError::NotApplied(StoreError::DiskFull { .. })) {
+                self.broken = true;
             }
-        };
-        // Applied: the writer's own view moves on now (dedup and seqs of
-        // the next batch build on it); readers see it once it is durable.
+            let e = match e {
+                CommitError::NotApplied(e) | CommitError::NotDurable(e) => e.to_string(),
+            };
+            for (reply, outcome) in batch.replies {
+                let _ = reply.send(outcome.and(Err(AppendError::Unavailable(e.clone()))));
+            }
+            for probe in batch.probes {
+                let _ = probe.send(Err(AppendError::Unavailable(e.clone())));
+            }
+            return;
+        }
+        // Durable: the writer's view moves on (dedup and seqs of the next
+        // batch build on it), then readers see it, then waiters hear.
         for p in &batch.new_events {
             if let (Some(tail), Ok(at)) = (
                 self.tails.get_mut(&p.portal),
@@ -866,46 +713,24 @@ impl Writer {
                 tail.push(TailEntry::of(p.seq, &p.record, &touched[at]));
             }
         }
-        for rec in &touched {
+        let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
+        for rec in touched {
             if let Some(tail) = self.tails.get_mut(&rec.ix) {
                 let sealed = pack::sealed_upto(rec.last_seq());
                 tail.retain(|e| e.seq > sealed);
             }
-            self.directory.upsert(rec.clone());
+            self.directory.upsert(rec);
         }
         for reg in &registrations {
             self.directory.set_registration(reg.clone());
         }
-        let ticket = Ticket {
-            handle,
-            generation: self.generation,
-            replies: batch.replies,
-            probes: batch.probes,
-            portals: touched,
-            registrations,
-        };
-        if self.in_flight == 0 {
-            // The syncer is idle: syncing here saves two thread hand-offs
-            // (to the syncer and back), which cost more than the sync itself
-            // when events arrive one at a time. Jobs arriving meanwhile form
-            // the next batch.
-            let mut failed = None;
-            if !complete(vec![ticket], &mut failed, &self.published, &self.commits) {
-                self.broken = true;
-            }
-            return;
+        self.publish(&ixs, registrations);
+        for (reply, outcome) in batch.replies {
+            // The handler may have gone (client disconnected).
+            let _ = reply.send(outcome);
         }
-        match self.sync_tx.send(ticket) {
-            Ok(()) => self.in_flight += 1,
-            Err(std::sync::mpsc::SendError(ticket)) => {
-                // The syncer is gone (it only stops when the writer does).
-                self.broken = true;
-                for (reply, _) in ticket.replies {
-                    let _ = reply.send(Err(AppendError::Unavailable(
-                        "journal syncer stopped".into(),
-                    )));
-                }
-            }
+        for probe in batch.probes {
+            let _ = probe.send(Ok(()));
         }
     }
 
