@@ -179,11 +179,19 @@ async fn events(
         ));
     };
     let reader = app.journal.reader().clone();
-    // Range scans are synchronous sled calls: keep them off the async workers.
-    let page = tokio::task::spawn_blocking(move || run(&reader, &portal, &query))
-        .await
-        .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
-        .map_err(storage_unavailable)?;
+    let page = if query.is_plain_page() {
+        // One page of consecutive events: a few cached block reads, less
+        // work than handing it to another thread and back (harness,
+        // latest-50 on 5 events per portal: 22.6k -> 30.1k req/s).
+        run(&reader, &portal, &query)
+    } else {
+        // Filters may scan far: synchronous sled range scans stay off the
+        // async workers.
+        tokio::task::spawn_blocking(move || run(&reader, &portal, &query))
+            .await
+            .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
+    }
+    .map_err(storage_unavailable)?;
     Ok(json_response(StatusCode::OK, &page))
 }
 
@@ -544,6 +552,15 @@ pub struct EventsQuery {
 }
 
 impl EventsQuery {
+    /// Whether the query reads just one page of consecutive events (no
+    /// filter): at most `limit` events, from a handful of blocks.
+    pub fn is_plain_page(&self) -> bool {
+        self.events.is_none()
+            && self.entity_id.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
     /// The page size: `limit`, or [`DEFAULT_LIMIT`].
     pub fn page_size(&self) -> usize {
         self.limit.unwrap_or(DEFAULT_LIMIT)
