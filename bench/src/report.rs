@@ -54,6 +54,8 @@ pub struct Report {
     pub git: String,
     pub versions: Vec<(String, String)>,
     pub fsync_rate: Option<f64>,
+    /// The same, appending to the file instead.
+    pub fsync_append_rate: Option<f64>,
     pub ceiling_post: Vec<Measured>,
     pub ceiling_get: Option<Measured>,
     pub wrk: Option<Wrk>,
@@ -342,9 +344,18 @@ pub fn render(o: &Opts, r: &Report) -> String {
         let _ = writeln!(w, "| kernel | {} |", m.kernel);
     }
     if let Some(f) = r.fsync_rate {
+        let appending = r
+            .fsync_append_rate
+            .map(|a| {
+                format!(
+                    "; appending to the file instead: {} fsyncs/s",
+                    int(a as u64)
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             w,
-            "| fsync rate | **{} fsyncs/s** ({} × write 200 B + fdatasync, in the run's temp dir, same file system as the data dirs) |",
+            "| fsync rate | **{} fsyncs/s** ({} × write 200 B + fdatasync over a zero-filled file, as the service's redo log writes, in the run's temp dir, same file system as the data dirs{appending}) |",
             int(f as u64),
             o.fsync_count
         );
@@ -675,7 +686,7 @@ const METHOD: &str = r#"## Method
 - **The load generator shares the 2 cores with the server.** It is a raw HTTP/1.1 client on a single-threaded tokio runtime (about one core at most); the wrk line under the ceiling table shows what a C load generator gets from the same bare server with the same body. Client and server CPU (cores, from /proc/PID/stat) are given per phase so a saturated client would be visible. `scripts/bench.sh` runs the harness, and so every server it starts, at nice -10 where allowed, so that background work on a shared machine disturbs the measurement less; the "other" CPU share shows what other processes still got.
 - **1 connection is wake-up bound.** With one connection nothing keeps the vCPUs busy, so every request pays the wake-up of an idle vCPU on both sides; on this VM that makes the 1-connection ceiling vary several-fold from run to run depending on whether anything else keeps the CPUs awake (see the "other" CPU share). wrk behaves the same. Compare 1-connection ratios with that in mind.
 - **Ceiling.** All throughput ratios divide by the bare server's rate at the same concurrency (POST for ingest, GET at the query concurrency for queries) measured in the same run.
-- **Durable acks.** The ingest server is the unmodified binary: a `200` means the batch was flushed and fsynced. At 1 connection every event waits for its own fsync, so ingest at 1 connection is bounded by the fsync rate above.
+- **Durable acks.** The ingest server is the unmodified binary: a `200` means the batch's record in the redo log was written and fdatasynced (sled itself is flushed at background checkpoints). At 1 connection every event waits for its own fdatasync, so ingest at 1 connection is bounded by the fsync rate above.
 - **Bulk fill.** The query journal is filled by `b24-bench fill`, a separate process that links `b24-journal` and calls `decode::decode(BodyKind::Form, body)` → `NewEvent::from` → `JournalHandle::append` with 512 appends in flight (group commit), then `Journal::shutdown`; first up to the 100k stage, then (same data dir) up to N. The real server binary is then started on that data dir.
 - **Resources.** Bytes per event = allocated blocks under the data dir (like `du`) after the fill process closed the journal ÷ events. Start-up = from spawning the process to the first `GET /healthz` answered 200 (polled every 2 ms).
 - **Targets never fail the run**; only correctness errors do (lost or mismatched counts, non-200 other than 503, crashes, unclean exits).

@@ -450,8 +450,13 @@ impl Harness {
             &["warp", "hyper", "hyper-util", "tokio", "sled"],
         );
         eprintln!("== fsync rate ({} × 200 B + fdatasync)", self.o.fsync_count);
+        self.r.fsync_append_rate = Some(
+            sys::fsync_rate(&self.o.tmp, self.o.fsync_count, false)
+                .map_err(|e| format!("fsync: {e}"))?,
+        );
         self.r.fsync_rate = Some(
-            sys::fsync_rate(&self.o.tmp, self.o.fsync_count).map_err(|e| format!("fsync: {e}"))?,
+            sys::fsync_rate(&self.o.tmp, self.o.fsync_count, true)
+                .map_err(|e| format!("fsync: {e}"))?,
         );
         Ok(())
     }

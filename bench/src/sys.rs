@@ -1,6 +1,5 @@
 //! The machine and the processes: /proc readings, disk usage, fsync rate.
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -39,18 +38,26 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// `count` × (write 200 bytes at the end of a file + fdatasync) in `dir`;
-/// returns fsyncs per second.
-pub fn fsync_rate(dir: &Path, count: u32) -> std::io::Result<f64> {
+/// `count` × (write 200 bytes + fdatasync) in `dir`; returns fsyncs per
+/// second. `prepared`: the writes overwrite a file already written full of
+/// zeros, as the service's redo log does (no size change to commit);
+/// otherwise they append.
+pub fn fsync_rate(dir: &Path, count: u32, prepared: bool) -> std::io::Result<f64> {
+    use std::os::unix::fs::FileExt;
     let path = dir.join("fsync-probe");
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(true)
+        .write(true)
         .open(&path)?;
     let block = [b'x'; 200];
+    if prepared {
+        f.write_all_at(&vec![0u8; block.len() * count as usize], 0)?;
+        f.sync_all()?;
+    }
     let t = Instant::now();
-    for _ in 0..count {
-        f.write_all(&block)?;
+    for i in 0..count as u64 {
+        f.write_all_at(&block, i * block.len() as u64)?;
         f.sync_data()?;
     }
     let secs = t.elapsed().as_secs_f64();
