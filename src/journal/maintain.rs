@@ -216,6 +216,11 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
     if from == super::FORMAT_VERSION {
         return Ok(report);
     }
+    if from == super::UPGRADES_IN_PLACE_FROM {
+        // Nothing to rebuild: rewriting the format file is the upgrade.
+        check_format(data_dir)?;
+        return Ok(report);
+    }
     if from != 1 {
         read_format(data_dir)?;
         return Err(MaintainError::Target(format!(

@@ -32,7 +32,13 @@ pub use writer::MAX_BATCH;
 
 /// The on-disk format this binary writes and reads. See
 /// `migrations-notes/` for what each version means.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest version upgraded in place on open: version 3 only adds the
+/// redo log (`sled/wal/`) and the `L` key to version 2's layout. The
+/// version still moves, so that a version-2 binary refuses a directory
+/// whose acknowledged writes may be in the redo log only.
+pub(crate) const UPGRADES_IN_PLACE_FROM: u32 = 2;
 /// Name of the file in the data directory that records the format.
 pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";
@@ -496,6 +502,16 @@ pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
                     found: version,
                     current: FORMAT_VERSION,
                 });
+            }
+            if version == UPGRADES_IN_PLACE_FROM {
+                write_format(dir).map_err(io)?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    from = version,
+                    to = FORMAT_VERSION,
+                    "data format upgraded in place"
+                );
+                return Ok(());
             }
             if version != FORMAT_VERSION {
                 return Err(unknown(format!(
