@@ -89,6 +89,11 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
     .unwrap();
     assert!(ok, "backup failed: {out}");
     assert!(out.contains("\"status\":\"ok\""), "{out}");
+    // Everything is in sled's files: the copy carries no redo log.
+    assert!(
+        !target.join("sled").join("wal").exists(),
+        "a backup must not carry redo log segments"
+    );
     stop.store(true, Ordering::SeqCst);
     let mut posted_during = 0;
     for w in writers {

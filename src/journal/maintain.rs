@@ -108,6 +108,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     out.commit(batch).map_err(|e| match e {
         super::store::CommitError::NotApplied(e) | super::store::CommitError::NotDurable(e) => e,
     })?;
+    out.close()?;
     Ok(stats)
 }
 
@@ -237,12 +238,12 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
     } else {
         // Opening takes sled's lock on the files: a running service makes
         // this fail before anything is moved.
-        drop(
-            Store::open(&engine, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
+        Store::open(&engine, MAINTENANCE_CACHE)
+            .map_err(|source| OpenError::Store {
                 dir: data_dir.to_owned(),
                 source,
-            })?,
-        );
+            })?
+            .close()?;
         std::fs::rename(&engine, &old).map_err(io)?;
         sync_dir(data_dir).map_err(io)?;
     }
@@ -284,6 +285,8 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
             batch.put_registration(reg);
         }
         out.commit(batch).map_err(commit_error)?;
+        out.close()?;
+        src.close()?;
     }
     std::fs::rename(&building, &engine).map_err(io)?;
     sync_dir(data_dir).map_err(io)?;

@@ -708,6 +708,21 @@ impl Store {
         Ok(())
     }
 
+    /// Flushes everything into sled's files and closes the store, removing
+    /// its redo log (then empty): for stores written once, backups and
+    /// migrations, whose copies need not carry prepared log segments
+    /// (32 MiB of zeros). Opening it again starts a new log.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        let wal_dir = self.dir.join(WAL_DIR);
+        drop(self);
+        std::fs::remove_dir_all(&wal_dir)?;
+        if let Some(parent) = wal_dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
     /// The read side of the store.
     pub fn reader(&self) -> &Reader {
         &self.reader
