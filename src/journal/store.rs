@@ -180,15 +180,17 @@ impl Engine {
             let ops = wal::decode_ops(&record.writes).ok_or_else(|| {
                 StoreError::Corrupt(format!("redo log record {} does not decode", record.lsn))
             })?;
-            let mut batch = sled::Batch::default();
-            for op in ops {
-                match op {
-                    wal::Op::Insert(k, v) => batch.insert(k, v),
-                    wal::Op::Remove(k) => batch.remove(k),
-                }
-            }
-            batch.insert(&[LSN][..], &record.lsn.to_be_bytes()[..]);
-            self.tree.apply_batch(batch)?;
+            // As a commit applies them (see `Store::commit_logged`): one
+            // atomic sled batch per record made a replay of one 16 MiB
+            // segment (15k records) take 2.1 s.
+            apply_in_order(
+                &self.tree,
+                ops.into_iter().map(|op| match op {
+                    wal::Op::Insert(k, v) => (k, Some(v)),
+                    wal::Op::Remove(k) => (k, None),
+                }),
+                record.lsn,
+            )?;
             lsn = record.lsn;
             replayed += 1;
         }
@@ -622,21 +624,7 @@ impl Store {
             .sync()
             .map_err(|e| CommitError::NotDurable(e.into()))?;
         self.next_lsn += 1;
-        let (inserts, removes): (Vec<_>, Vec<_>) =
-            batch.writes.into_iter().partition(|(_, v)| v.is_some());
-        let applied = (|| -> Result<(), sled::Error> {
-            for (k, v) in inserts {
-                if let Some(v) = v {
-                    tree.insert(k, v)?;
-                }
-            }
-            for (k, _) in removes {
-                tree.remove(k)?;
-            }
-            tree.insert([LSN], &lsn.to_be_bytes()[..])?;
-            Ok(())
-        })();
-        applied.map_err(|e| CommitError::NotDurable(e.into()))?;
+        apply_in_order(&tree, batch.writes, lsn).map_err(CommitError::NotDurable)?;
         self.maybe_checkpoint();
         Ok(())
     }
@@ -748,6 +736,34 @@ impl Flusher {
         self.log.sync_all()?;
         sync_blobs(&self.blobs, &self.synced_blobs)
     }
+}
+
+/// Applies one logged batch's writes to sled one by one: inserts, then
+/// removes, then the batch's LSN (see [`Store::commit_logged`] for why in
+/// this order and not as one sled batch).
+fn apply_in_order<K, V>(
+    tree: &sled::Tree,
+    writes: impl IntoIterator<Item = (K, Option<V>)>,
+    lsn: u64,
+) -> Result<(), StoreError>
+where
+    K: AsRef<[u8]>,
+    V: Into<sled::IVec>,
+{
+    let mut removes = Vec::new();
+    for (k, v) in writes {
+        match v {
+            Some(v) => {
+                tree.insert(k.as_ref(), v)?;
+            }
+            None => removes.push(k),
+        }
+    }
+    for k in removes {
+        tree.remove(k.as_ref())?;
+    }
+    tree.insert([LSN], &lsn.to_be_bytes()[..])?;
+    Ok(())
 }
 
 /// fsyncs blob files not synced yet (sled writes them without syncing).
