@@ -328,8 +328,7 @@ impl Journal {
             dir: data_dir.to_owned(),
             source,
         };
-        let mut writer =
-            writer::Writer::new(store, directory, published.clone(), commits_tx).map_err(io_err)?;
+        let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())

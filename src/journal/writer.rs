@@ -103,7 +103,7 @@ pub(super) struct Writer {
     /// What readers see: only portals whose state is known durable.
     published: Arc<RwLock<Directory>>,
     /// Bumped after every durable commit, waking live readers.
-    commits: Arc<watch::Sender<u64>>,
+    commits: watch::Sender<u64>,
     /// A commit failed: the engine must be reopened before the next one.
     broken: bool,
     /// Per portal, its unsealed tail as deduplication needs it. Loaded from
@@ -158,15 +158,15 @@ impl Writer {
         directory: Directory,
         published: Arc<RwLock<Directory>>,
         commits: watch::Sender<u64>,
-    ) -> std::io::Result<Self> {
-        Ok(Writer {
+    ) -> Self {
+        Writer {
             store,
             directory,
             published,
-            commits: Arc::new(commits),
+            commits,
             broken: false,
             tails: HashMap::new(),
-        })
+        }
     }
 
     /// Commits through the store, remembering a failure: sled keeps the
