@@ -151,9 +151,9 @@ impl Engine {
             .unwrap_or(0))
     }
 
-    /// Applies the redo log's records that sled does not hold, in order,
-    /// and makes the result durable in sled's own files. Returns the next
-    /// LSN and the segment a new log starts in.
+    /// Applies the redo log's records that sled does not hold, in order.
+    /// Returns the next LSN and the segment a new log starts in; the log
+    /// may go only after a [`Flusher::flush`].
     fn replay(&self, wal_dir: &Path) -> Result<(u64, u64), StoreError> {
         let mut lsn = self.applied_lsn()?;
         let found = wal::read(wal_dir)?;
@@ -202,16 +202,7 @@ impl Engine {
         if replayed > 0 {
             tracing::info!(records = replayed, "replayed the redo log");
         }
-        self.flush()?;
         Ok((lsn + 1, found.next_segment))
-    }
-
-    /// sled's flush, then fsync of its log (sled syncs with
-    /// `sync_file_range` only).
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.log.sync_all()?;
-        Ok(())
     }
 }
 
@@ -497,6 +488,8 @@ impl Store {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let engine = Engine::open(dir, cache_bytes)?;
         let (next_lsn, segment) = engine.replay(&dir.join(WAL_DIR))?;
+        let synced_blobs = Arc::default();
+        Flusher::new(&engine, dir, &synced_blobs).flush()?;
         // Make the freshly created files and their directory entries durable
         // before anything is acknowledged.
         File::open(dir.join("conf"))?.sync_all()?;
@@ -505,8 +498,6 @@ impl Store {
             sync_dir(parent)?;
         }
         let wal = Arc::new(Wal::start(&dir.join(WAL_DIR), segment)?);
-        let synced_blobs = Arc::default();
-        sync_blobs(&dir.join("blobs"), &synced_blobs)?;
         Ok(Store {
             reader: Reader {
                 shared: Arc::new(RwLock::new(Some(engine.tree.clone()))),
@@ -560,6 +551,7 @@ impl Store {
             match Engine::open(&self.dir, self.cache_bytes) {
                 Ok(engine) => {
                     let (next_lsn, segment) = engine.replay(&self.dir.join(WAL_DIR))?;
+                    Flusher::new(&engine, &self.dir, &self.synced_blobs).flush()?;
                     self.wal = Arc::new(Wal::start(&self.dir.join(WAL_DIR), segment)?);
                     self.next_lsn = next_lsn;
                     *self
@@ -656,12 +648,7 @@ impl Store {
                 return;
             }
         };
-        let flusher = Flusher {
-            db: engine.db.clone(),
-            log: Arc::clone(&engine.log),
-            blobs: self.dir.join("blobs"),
-            synced_blobs: Arc::clone(&self.synced_blobs),
-        };
+        let flusher = Flusher::new(engine, &self.dir, &self.synced_blobs);
         let wal = Arc::clone(&self.wal);
         let spawned = std::thread::Builder::new()
             .name("journal-checkpoint".into())
@@ -684,14 +671,7 @@ impl Store {
     /// flushed from two threads.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.wal.wait_idle();
-        let engine = self.engine()?;
-        Flusher {
-            db: engine.db.clone(),
-            log: Arc::clone(&engine.log),
-            blobs: self.dir.join("blobs"),
-            synced_blobs: Arc::clone(&self.synced_blobs),
-        }
-        .flush()?;
+        Flusher::new(self.engine()?, &self.dir, &self.synced_blobs).flush()?;
         self.wal.reset()?;
         Ok(())
     }
@@ -730,6 +710,20 @@ struct Flusher {
 }
 
 impl Flusher {
+    /// A flusher of `engine`, whose files are in `dir`.
+    fn new(
+        engine: &Engine,
+        dir: &Path,
+        synced_blobs: &Arc<std::sync::Mutex<HashSet<std::ffi::OsString>>>,
+    ) -> Flusher {
+        Flusher {
+            db: engine.db.clone(),
+            log: Arc::clone(&engine.log),
+            blobs: dir.join("blobs"),
+            synced_blobs: Arc::clone(synced_blobs),
+        }
+    }
+
     /// Everything applied before the call is then in sled's files.
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -827,7 +821,6 @@ impl Reader {
             .ok_or(StoreError::Reopening)
     }
 
-    /// Every portal record, in portal-number order.
     /// Every portal record, in portal-number order: its tables and its
     /// counters concatenated (see [`PortalRecord::to_split_bytes`]); a
     /// version-1 record is whole under `P`, with no counters key.
