@@ -235,7 +235,7 @@ impl Wal {
         let file = create_segment(dir, n)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
-        if fs2::available_space(dir)? >= PREPARE_MIN_FREE && !segment_path(dir, n + 1).exists() {
+        if !segment_path(dir, n + 1).exists() {
             prepare_segment(dir, n + 1)?;
         }
         let wal = Wal {
@@ -375,9 +375,6 @@ impl Wal {
     /// this for the segment after the one it started, so that the next
     /// rotation does not write 16 MiB of zeros on the writer's path.
     pub fn prepare(&self, n: u64) {
-        if fs2::available_space(&self.dir).unwrap_or(0) < PREPARE_MIN_FREE {
-            return;
-        }
         if let Err(e) = prepare_segment(&self.dir, n) {
             // The rotation prepares it itself then.
             tracing::warn!(error = %e, "could not prepare the next redo log segment");
@@ -425,11 +422,10 @@ impl Wal {
 fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
     let path = segment_path(dir, n);
     let prepared = fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_MAX);
-    if !prepared && fs2::available_space(dir)? >= PREPARE_MIN_FREE {
+    if !prepared {
         if let Err(e) = prepare_segment(dir, n) {
             // Not needed for correctness: go on with a growing segment.
             tracing::warn!(error = %e, "could not prepare a redo log segment");
-            let _ = fs::remove_file(dir.join(format!("{n:020}.prep")));
         }
     }
     let file = OpenOptions::new()
@@ -447,22 +443,31 @@ pub const PREPARE_MIN_FREE: u64 = 4 * SEGMENT_MAX;
 
 /// Writes segment `n` full of zeros and makes it durable, so that
 /// [`create_segment`] finds it ready. A checkpoint prepares the next
-/// segment this way, off the writer's path.
-pub fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
-    let path = segment_path(dir, n);
-    let tmp = dir.join(format!("{n:020}.prep"));
-    let mut file = File::create(&tmp)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = SEGMENT_MAX;
-    while left > 0 {
-        let chunk = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..chunk])?;
-        left -= chunk as u64;
+/// segment this way, off the writer's path. Does nothing while less than
+/// [`PREPARE_MIN_FREE`] is free (the segment then grows as it is written).
+fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
+    if fs2::available_space(dir)? < PREPARE_MIN_FREE {
+        return Ok(());
     }
-    file.sync_all()?;
+    let tmp = dir.join(format!("{n:020}.prep"));
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = SEGMENT_MAX;
+        while left > 0 {
+            let chunk = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..chunk])?;
+            left -= chunk as u64;
+        }
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     // Renamed when complete: a crash mid-way leaves only a `.prep` file,
-    // which is not a segment.
-    fs::rename(&tmp, &path)?;
+    // which is not a segment (and `drop_below` removes it).
+    fs::rename(&tmp, segment_path(dir, n))?;
     sync_dir(dir)
 }
 
