@@ -324,16 +324,15 @@ impl Journal {
         let reader = store.reader().clone();
         let (tx, rx) = mpsc::channel(queue.max(1));
         let (commits_tx, commits) = watch::channel(0);
-        let io_err = |source| OpenError::Io {
-            dir: data_dir.to_owned(),
-            source,
-        };
         let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(io_err)?;
+            .map_err(|source| OpenError::Io {
+                dir: data_dir.to_owned(),
+                source,
+            })?;
         Ok(Journal {
             handle: JournalHandle {
                 tx,
