@@ -17,7 +17,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::http::{json_response, recover};
-use crate::journal::{Journal, JournalHandle, OpenError};
+use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
 use crate::settings::{Retention, Settings};
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
@@ -185,7 +185,14 @@ pub async fn serve(
     let started = Instant::now();
     let data_dir = settings.data_dir.clone();
     let journal = tokio::task::spawn_blocking(move || {
-        Journal::open(&data_dir, settings.cache_bytes, settings.queue)
+        Journal::open(
+            &data_dir,
+            JournalOptions {
+                cache_bytes: settings.cache_bytes,
+                queue: settings.queue,
+                snapshot_every_bytes: settings.snapshot_every_bytes,
+            },
+        )
     })
     .await
     .expect("journal open task does not panic")?;

@@ -19,6 +19,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default sled page cache, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 64;
+/// Default redo-log volume between engine reopens, in MiB (why: see
+/// [`SNAPSHOT_AFTER_LOGGED`](crate::journal::store::SNAPSHOT_AFTER_LOGGED)).
+pub const DEFAULT_SNAPSHOT_EVERY_MB: u64 =
+    crate::journal::store::SNAPSHOT_AFTER_LOGGED / (1024 * 1024);
 /// Default number of appends that may wait for the writer.
 pub const DEFAULT_QUEUE: usize = 8192;
 /// Default limit of concurrent live streams (SSE and long-polls).
@@ -143,7 +147,8 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// TOML config file with the same settings (`listen`, `data_dir`,
-    /// `read_token`, `admin_token`, `cache_mb`, `queue`, `body_timeout`,
+    /// `read_token`, `admin_token`, `cache_mb`, `snapshot_every_mb`, `queue`,
+    /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, and a `[portals]` table of
     /// member_id = "application_token"). See config.example.toml.
@@ -174,6 +179,13 @@ pub struct ServeArgs {
     /// sled page cache size in MiB [default: 64].
     #[arg(long, env = "B24J_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
+
+    /// MiB written to the redo log between reopens of the storage engine,
+    /// which make sled write a fresh snapshot: a start after a crash scans
+    /// at most about this much of sled's log; each reopen pauses reads and
+    /// writes for about one restart's length [default: 512].
+    #[arg(long, env = "B24J_SNAPSHOT_EVERY_MB", value_name = "MIB")]
+    pub snapshot_every_mb: Option<u64>,
 
     /// Appends that may wait for the writer before ingest answers 503
     /// [default: 8192].
@@ -238,6 +250,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     read_token: Option<String>,
     cache_mb: Option<u64>,
+    snapshot_every_mb: Option<u64>,
     queue: Option<usize>,
     body_timeout: Option<u64>,
     #[serde(default)]
@@ -265,6 +278,8 @@ pub struct Settings {
     pub read_token: Option<Secret>,
     /// sled page cache in bytes.
     pub cache_bytes: u64,
+    /// Redo-log bytes between engine reopens (fresh sled snapshots).
+    pub snapshot_every_bytes: u64,
     /// Writer queue capacity.
     pub queue: usize,
     /// Time an ingest request body has to arrive in.
@@ -375,6 +390,16 @@ impl Settings {
                 why: "must be at least 1".into(),
             });
         }
+        let snapshot_every_mb = args
+            .snapshot_every_mb
+            .or(file.snapshot_every_mb)
+            .unwrap_or(DEFAULT_SNAPSHOT_EVERY_MB);
+        if snapshot_every_mb == 0 {
+            return Err(SettingsError::Invalid {
+                setting: "snapshot_every_mb",
+                why: "must be at least 1".into(),
+            });
+        }
         let queue = args.queue.or(file.queue).unwrap_or(DEFAULT_QUEUE);
         if queue == 0 {
             return Err(SettingsError::Invalid {
@@ -449,7 +474,8 @@ impl Settings {
             data_dir,
             portals,
             read_token,
-            cache_bytes: cache_mb * 1024 * 1024,
+            cache_bytes: cache_mb.saturating_mul(1024 * 1024),
+            snapshot_every_bytes: snapshot_every_mb.saturating_mul(1024 * 1024),
             queue,
             body_timeout,
             install_domains,
@@ -522,6 +548,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.portals[0].0.as_str(), "m1");
         assert_eq!(s.cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.snapshot_every_bytes, 512 * 1024 * 1024);
         assert_eq!(s.body_timeout, Duration::from_secs(30));
 
         let s = Settings::resolve(ServeArgs {
@@ -544,6 +571,22 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("body_timeout"), "{err}");
         }
+    }
+
+    #[test]
+    fn snapshot_every_mb_is_at_least_one() {
+        let err = Settings::resolve(ServeArgs {
+            snapshot_every_mb: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("snapshot_every_mb"), "{err}");
+        let s = Settings::resolve(ServeArgs {
+            snapshot_every_mb: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.snapshot_every_bytes, 3 * 1024 * 1024);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use b24_journal::decode::{decode, BodyKind};
-use b24_journal::journal::{AppendError, AppendOutcome, Journal, NewEvent};
+use b24_journal::journal::store::SNAPSHOT_AFTER_LOGGED;
+use b24_journal::journal::{AppendError, AppendOutcome, Journal, JournalOptions, NewEvent};
 
 use crate::gen::{portals, write_body, FillPlan, Rng};
 use crate::sys;
@@ -27,6 +28,7 @@ pub struct FillArgs {
     pub inflight: usize,
     pub cache_mb: u64,
     pub queue: usize,
+    pub snapshot_every_mb: u64,
 }
 
 /// Parses `fill` flags.
@@ -41,6 +43,7 @@ pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
         inflight: 512,
         cache_mb: 64,
         queue: 8192,
+        snapshot_every_mb: SNAPSHOT_AFTER_LOGGED / (1024 * 1024),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
             "--inflight" => a.inflight = num(val()?)? as usize,
             "--cache-mb" => a.cache_mb = num(val()?)?,
             "--queue" => a.queue = num(val()?)? as usize,
+            "--snapshot-every-mb" => a.snapshot_every_mb = num(val()?)?,
             other => return Err(format!("fill: unknown flag {other}")),
         }
     }
@@ -70,8 +74,15 @@ pub fn run(a: FillArgs) -> Result<(), String> {
     let plan = FillPlan::new(a.portals, a.n);
     let portals = Arc::new(portals(a.portals as usize, a.seed));
     let started = Instant::now();
-    let journal = Journal::open(&a.data_dir, a.cache_mb * 1024 * 1024, a.queue)
-        .map_err(|e| format!("open journal: {e}"))?;
+    let journal = Journal::open(
+        &a.data_dir,
+        JournalOptions {
+            cache_bytes: a.cache_mb * 1024 * 1024,
+            queue: a.queue,
+            snapshot_every_bytes: a.snapshot_every_mb * 1024 * 1024,
+        },
+    )
+    .map_err(|e| format!("open journal: {e}"))?;
     let opened = started.elapsed();
     let handle = journal.handle();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -605,7 +605,7 @@ pub fn render(o: &Opts, r: &Report) -> String {
     for (at, d) in &r.startups {
         let _ = writeln!(
             w,
-            "- start to first healthy `GET /healthz` on the filled journal of {} events: **{}** (first start after the fill: sled 0.34.7 writes its page-table snapshot only when it opens a database, so this start replays the whole log the fill wrote)",
+            "- start to first healthy `GET /healthz` on the filled journal of {} events: **{}** (first start after the fill: sled 0.34.7 writes its page-table snapshot only when it opens a database, so this start scans sled's log written since the fill's last engine reopen — the journal reopens every `--snapshot-every-mb` (512) MiB of redo log, in the fill as in the service)",
             int(*at),
             dur(*d)
         );

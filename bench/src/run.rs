@@ -842,9 +842,10 @@ impl Harness {
             self.stop_service(svc, &format!("query server at {at}"));
             res?;
             // sled 0.34.7 writes its page-table snapshot only when it opens a
-            // database, so the first start after a fill replays the whole log
-            // the fill wrote; a restart shows what a service that has been
-            // started before pays.
+            // database, so the first start after a fill scans sled's log
+            // written since the fill's last engine reopen (every 512 MiB of
+            // redo log, as in the service); a restart shows what a clean
+            // start right after another pays.
             let again = self.start_service(&format!("query-server-{at}-restart"), &cfg)?;
             self.r.restarts.push((at, again.startup));
             self.stop_service(again, &format!("query server at {at} (restarted)"));

@@ -298,6 +298,19 @@ pub struct Journal {
     writer: std::thread::JoinHandle<()>,
 }
 
+/// How a journal is opened and run.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// sled page cache in bytes (sled's own default is 1 GiB, and its RSS
+    /// can exceed the setting, so it is always given).
+    pub cache_bytes: u64,
+    /// Appends that may wait for the writer before more are refused.
+    pub queue: usize,
+    /// Redo-log bytes between engine reopens, which bound how much of
+    /// sled's log a start scans (see [`store::SNAPSHOT_AFTER_LOGGED`]).
+    pub snapshot_every_bytes: u64,
+}
+
 /// A cheap, cloneable handle for request handlers.
 #[derive(Clone)]
 pub struct JournalHandle {
@@ -308,21 +321,22 @@ pub struct JournalHandle {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal in `data_dir`, with a sled
-    /// page cache of `cache_bytes` and room for `queue` waiting appends.
-    pub fn open(data_dir: &Path, cache_bytes: u64, queue: usize) -> Result<Journal, OpenError> {
+    /// Opens (creating if needed) the journal in `data_dir`.
+    pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Journal, OpenError> {
         check_format(data_dir)?;
         let store_err = |source| OpenError::Store {
             dir: data_dir.to_owned(),
             source,
         };
-        let store = Store::open(&data_dir.join(ENGINE_DIR), cache_bytes).map_err(store_err)?;
+        let mut store =
+            Store::open(&data_dir.join(ENGINE_DIR), options.cache_bytes).map_err(store_err)?;
+        store.set_snapshot_every(options.snapshot_every_bytes);
         let records = store.reader().portals().map_err(store_err)?;
         let registrations = store.reader().registrations().map_err(store_err)?;
         let directory = Directory::from_records(records, registrations).map_err(store_err)?;
         let published = Arc::new(RwLock::new(directory.clone()));
         let reader = store.reader().clone();
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
         let (commits_tx, commits) = watch::channel(0);
         let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
         writer.finish_erasures().map_err(store_err)?;

@@ -276,7 +276,29 @@ impl Writer {
             }
         }
         self.commit(batch);
+        if !stop && !self.broken && self.store.snapshot_due() {
+            self.refresh_snapshot();
+        }
         stop
+    }
+
+    /// Reopens the engine so that sled writes a fresh page-table snapshot
+    /// (see [`Store::snapshot_due`]); readers and appends wait meanwhile.
+    /// The directory and the tails stay valid: every logged batch is
+    /// applied, and the reopened engine holds exactly what the old one did.
+    fn refresh_snapshot(&mut self) {
+        let started = std::time::Instant::now();
+        match self.store.refresh_snapshot() {
+            Ok(()) => tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "journal reopened so that sled writes a fresh snapshot"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reopen the journal for a fresh snapshot");
+                // Closed and not reopened: recover before the next commit.
+                self.broken = !self.store.is_open();
+            }
+        }
     }
 
     /// The portal record `member` has in this batch, creating it if new.
