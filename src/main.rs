@@ -10,10 +10,21 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Threads for blocking work: filtered queries (sled scans, CPU-bound on
+/// cached pages), live-stream reads, backups, start and shutdown. Tokio's
+/// default of 512 let 16 connections of `entity_id` queries spread over ~40
+/// threads, each keeping its own allocator pages: measured on a 1M-event
+/// journal (wrk, 16 connections), capping at 4 on 2 cores took that load
+/// from 14.1k to 22–25k req/s and peak RSS from 223 to 139 MiB.
+fn blocking_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
 fn main() -> ExitCode {
     let cli = b24_journal::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking_threads())
         .build()
     {
         Ok(rt) => rt,
