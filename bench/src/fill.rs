@@ -41,7 +41,7 @@ pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
         portals: 1000,
         seed: 1,
         inflight: 512,
-        cache_mb: 64,
+        cache_mb: b24_journal::settings::DEFAULT_CACHE_MB,
         queue: 8192,
         snapshot_every_mb: SNAPSHOT_AFTER_LOGGED / (1024 * 1024),
     };
