@@ -94,6 +94,11 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     // Cannot fail: our bodies are serde_json values and derived structs of
     // strings and numbers, which always serialise.
     let bytes = serde_json::to_vec(body).expect("JSON body serialises");
+    json_bytes_response(status, bytes)
+}
+
+/// A response with `bytes`, already JSON, as its body.
+pub fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut res = Response::new(bytes.into());
     *res.status_mut() = status;
     res.headers_mut().insert(

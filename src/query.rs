@@ -18,13 +18,12 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::decode::PortalProfile;
-use crate::http::{check_bearer, json_response, respond, ApiError};
+use crate::http::{check_bearer, json_bytes_response, json_response, respond, ApiError};
 use crate::journal::record::{
     block_of, EventRecord, PortalRecord, Source, Status, StoredData, SUMMARY_SPAN,
 };
@@ -170,13 +169,11 @@ async fn events(
     }
     let Some(portal) = resolve(&app, portal)? else {
         // Known, but nothing journaled yet.
-        return Ok(json_response(
-            StatusCode::OK,
-            &Page {
-                events: Vec::new(),
-                next_cursor: None,
-            },
-        ));
+        return Ok(Page {
+            events: Vec::new(),
+            next_cursor: None,
+        }
+        .into_response());
     };
     let reader = app.journal.reader().clone();
     let page = if query.is_plain_page() {
@@ -192,7 +189,7 @@ async fn events(
             .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
     }
     .map_err(storage_unavailable)?;
-    Ok(json_response(StatusCode::OK, &page))
+    Ok(page.into_response())
 }
 
 /// The durable record of a portal named by member id or domain: `Ok(None)`
@@ -257,7 +254,7 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
                     events: events.into_iter().map(|(_, v)| v).collect(),
                     next_cursor: Some(Cursor(after).encode()),
                 };
-                return Ok(json_response(StatusCode::OK, &page));
+                return Ok(page.into_response());
             }
         }
         let mut stopping = app.stopping.clone();
@@ -275,7 +272,7 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
         events: Vec::new(),
         next_cursor: Some(Cursor(after).encode()),
     };
-    Ok(json_response(StatusCode::OK, &page))
+    Ok(page.into_response())
 }
 
 fn too_many_streams() -> ApiError {
@@ -402,7 +399,7 @@ async fn next_stream_event(
                         st.ready.push_back(
                             warp::sse::Event::default()
                                 .id(Cursor(seq).encode())
-                                .data(value.get()),
+                                .data(value.as_str()),
                         );
                     }
                     if !st.ready.is_empty() {
@@ -432,7 +429,19 @@ async fn next_stream_event(
 }
 
 /// An event rendered for the API, with its seq.
-pub type Rendered = (u64, Box<RawValue>);
+pub type Rendered = (u64, EventJson);
+
+/// One event object of the API as JSON text, written once by [`render`]
+/// and spliced as it is into pages and stream messages.
+#[derive(Debug)]
+pub struct EventJson(String);
+
+impl EventJson {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Matching events with seq above `after`, oldest first, at most `max` (and
 /// at most [`SCAN_BUDGET`] looked at); returns them with the highest seq
@@ -456,7 +465,7 @@ pub fn tail(
         let (rec, duplicates) =
             EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if q.matches(&rec, portal) {
-            out.push((seq, render(portal, seq, &rec, duplicates)));
+            out.push((seq, render(portal, seq, &rec, duplicates)?));
         }
         Ok(())
     };
@@ -663,12 +672,36 @@ impl EventsQuery {
 }
 
 /// One page of results.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 pub struct Page {
     /// Event objects, newest first.
-    pub events: Vec<Box<RawValue>>,
+    pub events: Vec<EventJson>,
     /// Where the next page starts; `null` when there is nothing more.
     pub next_cursor: Option<String>,
+}
+
+impl Page {
+    /// `{"events":[…],"next_cursor":…}`, the events spliced in as rendered.
+    fn to_json(&self) -> Vec<u8> {
+        let size = self.events.iter().map(|e| e.0.len() + 1).sum::<usize>();
+        let mut out = Vec::with_capacity(size + 64);
+        out.extend_from_slice(b"{\"events\":[");
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(event.0.as_bytes());
+        }
+        out.extend_from_slice(b"],\"next_cursor\":");
+        json_opt_str(&mut out, self.next_cursor.as_deref());
+        out.push(b'}');
+        out
+    }
+
+    /// The page as a 200 response.
+    fn into_response(self) -> Response {
+        json_bytes_response(StatusCode::OK, self.to_json())
+    }
 }
 
 /// Collects one page from candidates offered newest first, enforcing the
@@ -676,7 +709,7 @@ pub struct Page {
 struct Collector<'a> {
     q: &'a EventsQuery,
     portal: &'a PortalRecord,
-    events: Vec<Box<RawValue>>,
+    events: Vec<EventJson>,
     last_returned: Option<u64>,
     scanned: usize,
     /// Set when the page is complete: `Some(cursor)` or `None` for "no more".
@@ -706,7 +739,8 @@ impl<'a> Collector<'a> {
                 self.done = Some(self.last_returned.map(|s| Cursor(s).encode()));
                 return Ok(false);
             }
-            self.events.push(render(self.portal, seq, &rec, duplicates));
+            self.events
+                .push(render(self.portal, seq, &rec, duplicates)?);
             self.last_returned = Some(seq);
         }
         Ok(self.budget_left(seq))
@@ -798,126 +832,127 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
     Ok(page.finish())
 }
 
-/// The public JSON form of a stored event, serialised once, straight from
-/// the stored record: `data` is copied as stored JSON, never rebuilt as a
-/// tree (building `serde_json::Value`s dominated query CPU).
-fn render(portal: &PortalRecord, seq: u64, rec: &EventRecord, duplicates: u32) -> Box<RawValue> {
+/// The public JSON form of a stored event, written once as text straight
+/// from the stored record: stored JSON (`data`, the rest of `auth`) is
+/// checked and spliced in, never rebuilt as a tree, and nothing goes
+/// through an intermediate `serde_json::Value` or map (building those, and
+/// serialising every field through serde, dominated query CPU). Keys come
+/// in the order the API documents. Fails only on a corrupt record.
+fn render(
+    portal: &PortalRecord,
+    seq: u64,
+    rec: &EventRecord,
+    duplicates: u32,
+) -> Result<EventJson, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event {seq}: stored {what}"));
     let profile = rec.profile(portal);
-    let out = EventOut {
-        id: rec.uuid().hyphenated().to_string(),
-        seq,
-        cursor: Cursor(seq).encode(),
-        member_id: &portal.member_id,
-        domain: profile.map(|p| p.domain.as_str()),
-        event: rec.event_name(portal),
-        entity_id: rec.entity_id.as_deref(),
-        // Cannot fail: ts was checked to be within 1970..=9999 when received.
-        ts: Ts::from_secs(rec.ts)
+    let domain = profile.map(|p| p.domain.as_str());
+    let mut out = Vec::with_capacity(768);
+    let mut uuid = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(rec.uuid().hyphenated().encode_lower(&mut uuid).as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    json_u64(&mut out, seq);
+    out.extend_from_slice(b",\"cursor\":");
+    json_str(&mut out, &Cursor(seq).encode());
+    out.extend_from_slice(b",\"member_id\":");
+    json_str(&mut out, &portal.member_id);
+    out.extend_from_slice(b",\"domain\":");
+    json_opt_str(&mut out, domain);
+    out.extend_from_slice(b",\"event\":");
+    json_str(&mut out, rec.event_name(portal));
+    out.extend_from_slice(b",\"entity_id\":");
+    json_opt_str(&mut out, rec.entity_id.as_deref());
+    out.extend_from_slice(b",\"ts\":");
+    // Cannot fail: ts was checked to be within 1970..=9999 when received.
+    json_str(
+        &mut out,
+        &Ts::from_secs(rec.ts)
             .map(Ts::to_rfc3339)
             .unwrap_or_default(),
-        ts_unix: rec.ts,
-        received_at: millis_to_rfc3339(rec.received_ms()),
-        duplicates,
-        event_handler_id: rec.event_handler_id.as_deref(),
-        data: DataOut(rec),
-        auth: AuthOut {
-            member_id: &portal.member_id,
-            profile,
-            rest: &rec.auth,
-        },
-    };
-    // Cannot fail: every field serialises (strings, integers, stored JSON
-    // that was produced by serde_json itself).
-    serde_json::value::to_raw_value(&out).expect("event object serialises")
-}
-
-/// The event object of the API.
-#[derive(serde::Serialize)]
-struct EventOut<'a> {
-    id: String,
-    seq: u64,
-    cursor: String,
-    member_id: &'a str,
-    domain: Option<&'a str>,
-    event: &'a str,
-    entity_id: Option<&'a str>,
-    ts: String,
-    ts_unix: u64,
-    received_at: String,
-    duplicates: u32,
-    event_handler_id: Option<&'a str>,
-    data: DataOut<'a>,
-    auth: AuthOut<'a>,
-}
-
-/// `data` as received.
-struct DataOut<'a>(&'a EventRecord);
-
-impl serde::Serialize for DataOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match &self.0.data {
-            StoredData::Absent => s.serialize_none(),
-            StoredData::FieldsId => {
-                let mut fields = s.serialize_map(Some(1))?;
-                fields.serialize_entry(
-                    "FIELDS",
-                    &IdOnly {
-                        id: self.0.entity_id.as_deref().unwrap_or_default(),
-                    },
-                )?;
-                fields.end()
-            }
-            StoredData::Json(bytes) => match serde_json::from_slice::<&RawValue>(bytes) {
-                Ok(raw) => raw.serialize(s),
-                Err(e) => Err(serde::ser::Error::custom(format!("stored data: {e}"))),
-            },
+    );
+    out.extend_from_slice(b",\"ts_unix\":");
+    json_u64(&mut out, rec.ts);
+    out.extend_from_slice(b",\"received_at\":");
+    json_str(&mut out, &millis_to_rfc3339(rec.received_ms()));
+    out.extend_from_slice(b",\"duplicates\":");
+    json_u64(&mut out, u64::from(duplicates));
+    out.extend_from_slice(b",\"event_handler_id\":");
+    json_opt_str(&mut out, rec.event_handler_id.as_deref());
+    out.extend_from_slice(b",\"data\":");
+    match &rec.data {
+        StoredData::Absent => out.extend_from_slice(b"null"),
+        StoredData::FieldsId => {
+            out.extend_from_slice(b"{\"FIELDS\":{\"ID\":");
+            json_str(&mut out, rec.entity_id.as_deref().unwrap_or_default());
+            out.extend_from_slice(b"}}");
         }
+        StoredData::Json(bytes) => {
+            serde_json::from_slice::<&RawValue>(bytes).map_err(|_| corrupt("data"))?;
+            out.extend_from_slice(bytes);
+        }
+    }
+    // The non-secret `auth` fields: the portal-constant ones from the
+    // profile, then the ones stored with the event.
+    out.extend_from_slice(b",\"auth\":{\"domain\":");
+    json_opt_str(&mut out, domain);
+    out.extend_from_slice(b",\"member_id\":");
+    json_str(&mut out, &portal.member_id);
+    if let Some(p) = profile {
+        let fields = [
+            ("client_endpoint", p.client_endpoint.as_deref()),
+            ("server_endpoint", p.server_endpoint.as_deref()),
+        ];
+        let fixed = p.fixed.iter().map(|(k, v)| (k.as_str(), Some(v.as_str())));
+        for (key, value) in fields.into_iter().chain(fixed) {
+            if let Some(value) = value {
+                out.push(b',');
+                json_str(&mut out, key);
+                out.push(b':');
+                json_str(&mut out, value);
+            }
+        }
+    }
+    if !rec.auth.is_empty() {
+        // A JSON object written by serde_json at receipt: its members go in
+        // as they are.
+        let raw = serde_json::from_slice::<&RawValue>(&rec.auth).map_err(|_| corrupt("auth"))?;
+        let members = raw
+            .get()
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .ok_or_else(|| corrupt("auth"))?;
+        if !members.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(members.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"}}");
+    String::from_utf8(out)
+        .map(EventJson)
+        .map_err(|_| corrupt("text"))
+}
+
+/// Writes `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Cannot fail: a str always serialises and writing to a Vec does not
+    // fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+/// Writes `s` as a JSON string, or `null`.
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-#[derive(serde::Serialize)]
-struct IdOnly<'a> {
-    #[serde(rename = "ID")]
-    id: &'a str,
-}
-
-/// The non-secret `auth` fields: the portal-constant ones from the profile,
-/// then the ones stored with the event.
-struct AuthOut<'a> {
-    member_id: &'a str,
-    profile: Option<&'a PortalProfile>,
-    rest: &'a [u8],
-}
-
-impl serde::Serialize for AuthOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let rest: Map<String, Value> = if self.rest.is_empty() {
-            Map::new()
-        } else {
-            serde_json::from_slice(self.rest)
-                .map_err(|e| serde::ser::Error::custom(format!("stored auth: {e}")))?
-        };
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("domain", &self.profile.map(|p| p.domain.as_str()))?;
-        map.serialize_entry("member_id", self.member_id)?;
-        if let Some(p) = self.profile {
-            if let Some(c) = &p.client_endpoint {
-                map.serialize_entry("client_endpoint", c)?;
-            }
-            if let Some(sv) = &p.server_endpoint {
-                map.serialize_entry("server_endpoint", sv)?;
-            }
-            for (k, v) in &p.fixed {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        for (k, v) in &rest {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
+/// Writes `n` as a JSON number.
+fn json_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write as _;
+    // Cannot fail: writing to a Vec does not fail.
+    let _ = write!(out, "{n}");
 }
 
 #[cfg(test)]

@@ -848,3 +848,51 @@ async fn time_range_spanning_many_summary_blocks() {
     }
     s.stop();
 }
+
+/// Event objects are written as JSON text, not through serde: strings that
+/// need escaping come back exactly as sent, in a body that is valid JSON,
+/// in pages and in long-poll answers (the stream sends the same text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strings_that_need_escaping_come_back_exactly() {
+    let dir = tempdir();
+    let mut s = TestServer::start(dir.path(), &[]);
+    let awkward = "q\"uote \\ back/slash \u{1} ctl \t tab — тест 😀 </script> \u{2028}";
+    let entity = "id \"1\" \\ тест";
+    let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some(entity), 1700000000)
+        .with("data[FIELDS][TITLE]", awkward)
+        .with("data[FIELDS][LIST][0]", "x")
+        .with("auth[note]", awkward);
+    let (id, _) = s.store(&ev).await;
+    let check = |e: &serde_json::Value| {
+        assert_eq!(e["id"], id.as_str());
+        assert_eq!(e["entity_id"], entity);
+        assert_eq!(e["data"], expected_data(&ev));
+        assert_eq!(e["data"]["FIELDS"]["TITLE"], awkward);
+        assert_eq!(e["auth"]["note"], awkward);
+        assert_eq!(e["auth"]["member_id"], P1.member);
+    };
+    // A page (`json()` panics unless the body is valid JSON).
+    let r = s
+        .get(&format!("/v1/portals/{}/events", P1.member), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    check(&r.json()["events"][0]);
+    // A long-poll answer from the start.
+    let r = s
+        .get(
+            &format!("/v1/portals/{}/events", P1.member),
+            &[("wait", "1"), ("cursor", &first_cursor())],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    check(&r.json()["events"][0]);
+    s.stop();
+}
+
+/// The cursor that starts before the first event.
+fn first_cursor() -> String {
+    use base64::Engine as _;
+    let mut b = vec![1u8, b's'];
+    b.extend_from_slice(&0u64.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
