@@ -21,6 +21,9 @@ fn blocking_threads() -> usize {
 }
 
 fn main() -> ExitCode {
+    // A kernel without the flag only keeps the old behaviour: nothing to
+    // report before logging is even set up.
+    let _ = b24_journal::disable_transparent_huge_pages();
     let cli = b24_journal::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
