@@ -8,7 +8,9 @@
 #   scripts/crash-test.sh 100        # 100 cycles
 #   CRASH_SEED=123 scripts/crash-test.sh   # replay a run (the seed is printed)
 #
-# Other knobs: CRASH_CONNS (64), CRASH_MIN_MS (200), CRASH_MAX_MS (2000).
+# Other knobs: CRASH_CONNS (64), CRASH_MIN_MS (200), CRASH_MAX_MS (2000),
+# CRASH_SNAPSHOT_EVERY_MB (the service's --snapshot-every-mb; 1 makes kills
+# land around engine reopens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_CYCLES="${1:-${CRASH_CYCLES:-20}}"

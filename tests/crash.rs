@@ -97,6 +97,8 @@ struct Tally {
     after_checkpoint: usize,
     /// Restarts that applied records from the redo log.
     replayed: usize,
+    /// Kills that came after at least one snapshot reopen of that run.
+    after_snapshot_reopen: usize,
     mismatches: Vec<String>,
 }
 
@@ -326,9 +328,15 @@ async fn portal_counters(s: &TestServer) -> HashMap<String, u64> {
 }
 
 fn start(dir: &std::path::Path) -> Result<TestServer, String> {
+    let mut args = default_args(dir);
+    // CRASH_SNAPSHOT_EVERY_MB=1 makes the writer reopen the engine every MiB
+    // of redo log, so that kills land around those reopens too.
+    if let Ok(mb) = std::env::var("CRASH_SNAPSHOT_EVERY_MB") {
+        args.extend(["--snapshot-every-mb".to_owned(), mb]);
+    }
     // `info` (the listen line is info): per-request trace lines would make
     // the log pipe the bottleneck.
-    TestServer::try_spawn(default_args(dir), &[("RUST_LOG", "info")])
+    TestServer::try_spawn(args, &[("RUST_LOG", "info")])
 }
 
 /// Checks the restarted server against the ledger; returns the highest seq
@@ -533,6 +541,9 @@ async fn run(cfg: Config) {
         if s.logs().contains("replayed the redo log") {
             tally.replayed += 1;
         }
+        if logs.contains("sled writes a fresh snapshot") {
+            tally.after_snapshot_reopen += 1;
+        }
         let max_seq = verify(&s, &ledger, cycle, &cfg, &mut rng, &mut tally).await;
         // New events continue above every stored seq.
         let c = client();
@@ -582,13 +593,15 @@ async fn run(cfg: Config) {
     }
     println!(
         "crash-test: cycles={cycles_done} acked={} lost={} duplicated={} reopen_failures={} \
-         kills_after_a_checkpoint={} restarts_that_replayed={}",
+         kills_after_a_checkpoint={} restarts_that_replayed={} \
+         kills_after_a_snapshot_reopen={}",
         tally.acked,
         tally.lost,
         tally.duplicated,
         tally.reopen_failures,
         tally.after_checkpoint,
-        tally.replayed
+        tally.replayed,
+        tally.after_snapshot_reopen
     );
     assert!(
         tally.acked > 0,
