@@ -453,6 +453,7 @@ pub fn tail(
     after: u64,
     max: usize,
 ) -> Result<(Vec<Rendered>, u64), StoreError> {
+    let reader = &reader.pinned()?;
     let ix = portal.ix;
     let upper = portal.last_seq();
     let mut out = Vec::new();
@@ -766,6 +767,7 @@ impl<'a> Collector<'a> {
 
 /// Runs a query against a durable snapshot of `portal`.
 pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Page, StoreError> {
+    let reader = &reader.pinned()?;
     let ix = portal.ix;
     // Only events known durable; below the cursor when continuing.
     let start = match q.cursor {

@@ -377,8 +377,9 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_event() {
 
 /// With `--snapshot-every-mb 1` the writer reopens the storage engine every
 /// MiB of redo log (so that sled writes a fresh snapshot and a start scans
-/// little of its log). Under load: reads keep answering 200 through the
-/// reopens, and every acknowledged event survives a SIGKILL afterwards.
+/// little of its log). Under load: reads (plain and filtered) keep
+/// answering 200 through the reopens, and every acknowledged event survives
+/// a SIGKILL afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_reopens_under_load_keep_reads_and_lose_nothing() {
     let dir = tempdir();
@@ -388,8 +389,13 @@ async fn snapshot_reopens_under_load_keep_reads_and_lose_nothing() {
     let started = std::time::Instant::now();
     let mut pages = 0u64;
     loop {
-        // Asserts 200 and a well-formed page.
+        // Each asserts 200 and a well-formed page: a plain page, and
+        // filtered ones that read an index and then the events it names.
         s.page(P1.member, &[("limit", "50")]).await;
+        let entity = format!("t{}-{}", pages % 8, pages % 50);
+        s.page(P1.member, &[("entity_id", entity.as_str())]).await;
+        s.page(P1.member, &[("since", "1700000010"), ("limit", "20")])
+            .await;
         pages += 1;
         if s.logs().matches("sled writes a fresh snapshot").count() >= 2 {
             break;

@@ -90,6 +90,8 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
         }
     })?;
     let reader = handle.reader();
+    // Keeps the writer from reopening the engine under the copy.
+    let _long_read = reader.long_read();
     let mut batch = WriteBatch::default();
     let mut stats = BackupStats {
         portals: 0,

@@ -34,6 +34,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::pack::{self, ChunkEntry};
@@ -515,6 +516,7 @@ impl Store {
         Ok(Store {
             reader: Reader {
                 shared: Arc::new(RwLock::new(Some(engine.tree.clone()))),
+                long_reads: Arc::default(),
             },
             engine: Some(engine),
             dir: dir.to_owned(),
@@ -569,7 +571,15 @@ impl Store {
     /// first, so the new engine normally holds every logged batch and the
     /// redo log carries on as it is; should it hold less, the log's records
     /// are replayed (they stay until a checkpoint has flushed them).
-    pub fn refresh_snapshot(&mut self) -> Result<(), StoreError> {
+    ///
+    /// Returns `Ok(false)`, touching nothing, while a long read (a backup)
+    /// is in progress: it keeps the old database open for longer than a
+    /// reopen may wait, and a reopen that cannot open leaves the journal
+    /// refusing events until it can.
+    pub fn refresh_snapshot(&mut self) -> Result<bool, StoreError> {
+        if self.reader.long_reads.load(Ordering::SeqCst) > 0 {
+            return Ok(false);
+        }
         // No checkpoint thread may hold the engine, and every logged batch
         // is applied (commits apply before they return).
         self.wal.wait_idle();
@@ -586,14 +596,16 @@ impl Store {
                 }
             }
             Ok(engine)
-        })
+        })?;
+        Ok(true)
     }
 
     /// Closes the engine and opens it again; `start` readies the opened
     /// engine (replay, log) before anyone sees it. Every handle must be
-    /// gone first (sled locks its file): readers wait for the first
-    /// attempt; a reader still iterating keeps the old database alive and
-    /// makes that attempt fail, so later attempts let readers go on in
+    /// gone first (sled locks its file). New readers wait while a query
+    /// still iterating on the old database finishes (attempts every 5 ms
+    /// for up to 200 ms); a reader that needs a second handle while holding
+    /// one cannot finish that way, so later attempts let readers go on in
     /// between (they see [`StoreError::Reopening`]).
     fn cycle_engine(
         &mut self,
@@ -605,7 +617,7 @@ impl Store {
         *readers = None;
         self.engine = None;
         let mut last = None;
-        for _ in 0..20 {
+        for attempt in 0..60 {
             match Engine::open(&self.dir, self.cache_bytes).and_then(|e| start(self, e)) {
                 Ok(engine) => {
                     *readers = Some(engine.tree.clone());
@@ -617,6 +629,10 @@ impl Store {
             }
             // A reader still iterating (or a checkpoint thread just
             // finishing) holds the old database for a moment.
+            if attempt < 40 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
             drop(readers);
             std::thread::sleep(std::time::Duration::from_millis(50));
             readers = lock();
@@ -864,6 +880,19 @@ fn sync_blobs(
 #[derive(Clone)]
 pub struct Reader {
     shared: Arc<RwLock<Option<sled::Tree>>>,
+    /// Long reads in progress (see [`Reader::long_read`]).
+    long_reads: Arc<AtomicUsize>,
+}
+
+/// A long read (a backup) in progress, until dropped: meanwhile the engine
+/// is not reopened for a fresh snapshot, which could not close a database
+/// the long read keeps open (see [`Store::refresh_snapshot`]).
+pub struct LongRead(Arc<AtomicUsize>);
+
+impl Drop for LongRead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An iterator over the results of a scan, or over the one error that kept
@@ -883,6 +912,24 @@ where
 }
 
 impl Reader {
+    /// A reader fixed to the current engine: it does not follow a reopen,
+    /// so a query that makes several reads (an index scan, then the events
+    /// it names) sees one database and never waits for a reopen halfway;
+    /// a reopen in turn waits the few milliseconds until it is dropped
+    /// (see [`Store::refresh_snapshot`]).
+    pub fn pinned(&self) -> Result<Reader, StoreError> {
+        Ok(Reader {
+            shared: Arc::new(RwLock::new(Some(self.tree()?))),
+            long_reads: Arc::clone(&self.long_reads),
+        })
+    }
+
+    /// Marks a long read in progress until the guard is dropped.
+    pub fn long_read(&self) -> LongRead {
+        self.long_reads.fetch_add(1, Ordering::SeqCst);
+        LongRead(Arc::clone(&self.long_reads))
+    }
+
     /// The current tree (a cheap handle).
     fn tree(&self) -> Result<sled::Tree, StoreError> {
         self.shared
@@ -1459,7 +1506,13 @@ mod tests {
         let before = snapshots(&live);
         // A reader handed out before the refresh follows the new engine.
         let reader = store.reader().clone();
-        store.refresh_snapshot().unwrap();
+        // Postponed while a long read (a backup) is in progress.
+        let long = store.reader().long_read();
+        assert!(!store.refresh_snapshot().unwrap());
+        assert!(store.snapshot_due());
+        assert_eq!(snapshots(&live), before);
+        drop(long);
+        assert!(store.refresh_snapshot().unwrap());
         assert!(!store.snapshot_due());
         let after = snapshots(&live);
         assert_ne!(before, after, "sled wrote a new snapshot");
@@ -1482,5 +1535,42 @@ mod tests {
             vec![(0, b"zero".to_vec()), (1, b"one".to_vec())]
         );
         assert_eq!(store.next_lsn, 3);
+    }
+
+    #[test]
+    fn a_pinned_reader_finishes_its_reads_across_a_snapshot_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let mut store = Store::open(&live, CACHE).unwrap();
+        store.set_snapshot_every(1);
+        let mut b = WriteBatch::default();
+        b.put_tail(7, 0, b"zero".to_vec());
+        store.commit_logged(b).unwrap();
+        // A query: pins the engine, reads, pauses while the refresh starts,
+        // then reads again (as an index scan followed by the events it
+        // names does).
+        let reader = store.reader().clone();
+        let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+        let query = std::thread::spawn(move || {
+            let pinned = reader.pinned().unwrap();
+            // An open scan holds the engine, like an index scan in flight.
+            let scan = pinned.events(7, 0, 10);
+            let first = pinned.tail(7).unwrap();
+            pinned_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            let second = pinned.tail(7);
+            drop(scan);
+            (first, second)
+        });
+        pinned_rx.recv().unwrap();
+        assert!(store.refresh_snapshot().unwrap());
+        let (first, second) = query.join().unwrap();
+        assert_eq!(first, vec![(0, b"zero".to_vec())]);
+        assert_eq!(
+            second.unwrap(),
+            first,
+            "the second read saw the same engine"
+        );
+        assert_eq!(store.reader().tail(7).unwrap(), first);
     }
 }

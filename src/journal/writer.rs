@@ -289,10 +289,12 @@ impl Writer {
     fn refresh_snapshot(&mut self) {
         let started = std::time::Instant::now();
         match self.store.refresh_snapshot() {
-            Ok(()) => tracing::info!(
+            Ok(true) => tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
                 "journal reopened so that sled writes a fresh snapshot"
             ),
+            // A backup is running: tried again after the next batch.
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not reopen the journal for a fresh snapshot");
                 // Closed and not reopened: recover before the next commit.
