@@ -1492,10 +1492,10 @@ mod tests {
         names
     }
 
-    #[test]
-    fn a_snapshot_refresh_keeps_every_write_and_the_redo_log_carries_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("live");
+    /// A store in `dir/live` that is due a snapshot refresh after its one
+    /// logged batch (portal 7, seq 0, "zero").
+    fn store_due_a_refresh(dir: &Path) -> (PathBuf, Store) {
+        let live = dir.join("live");
         let mut store = Store::open(&live, CACHE).unwrap();
         store.set_snapshot_every(1);
         assert!(!store.snapshot_due());
@@ -1503,6 +1503,13 @@ mod tests {
         b.put_tail(7, 0, b"zero".to_vec());
         store.commit_logged(b).unwrap();
         assert!(store.snapshot_due());
+        (live, store)
+    }
+
+    #[test]
+    fn a_snapshot_refresh_keeps_every_write_and_the_redo_log_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, mut store) = store_due_a_refresh(dir.path());
         let before = snapshots(&live);
         // A reader handed out before the refresh follows the new engine.
         let reader = store.reader().clone();
@@ -1540,12 +1547,7 @@ mod tests {
     #[test]
     fn a_pinned_reader_finishes_its_reads_across_a_snapshot_refresh() {
         let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("live");
-        let mut store = Store::open(&live, CACHE).unwrap();
-        store.set_snapshot_every(1);
-        let mut b = WriteBatch::default();
-        b.put_tail(7, 0, b"zero".to_vec());
-        store.commit_logged(b).unwrap();
+        let (_, mut store) = store_due_a_refresh(dir.path());
         // A query: pins the engine, reads, pauses while the refresh starts,
         // then reads again (as an index scan followed by the events it
         // names does).
