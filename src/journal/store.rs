@@ -580,10 +580,8 @@ impl Store {
         if self.reader.long_reads.load(Ordering::SeqCst) > 0 {
             return Ok(false);
         }
-        // No checkpoint thread may hold the engine, and every logged batch
-        // is applied (commits apply before they return).
-        self.wal.wait_idle();
-        Flusher::new(self.engine()?, &self.dir, &self.synced_blobs).flush()?;
+        // Every logged batch is applied (commits apply before they return).
+        self.flush_engine()?;
         self.cycle_engine(|store, engine| {
             if engine.applied_lsn()? + 1 != store.next_lsn {
                 let (next_lsn, _) = engine.replay(&store.dir.join(WAL_DIR))?;
@@ -757,10 +755,16 @@ impl Store {
     /// segment. Waits for a background checkpoint first: sled must not be
     /// flushed from two threads.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.wal.wait_idle();
-        Flusher::new(self.engine()?, &self.dir, &self.synced_blobs).flush()?;
+        self.flush_engine()?;
         self.wal.reset()?;
         Ok(())
+    }
+
+    /// Waits for a running checkpoint (one sled flusher at a time), then
+    /// flushes sled and fsyncs its files.
+    fn flush_engine(&self) -> Result<(), StoreError> {
+        self.wal.wait_idle();
+        Flusher::new(self.engine()?, &self.dir, &self.synced_blobs).flush()
     }
 
     /// Flushes everything into sled's files and closes the store, removing
