@@ -461,11 +461,12 @@ impl Harness {
         Ok(())
     }
 
-    pub fn ceiling(&mut self) -> Result<(), String> {
-        let log = self.o.tmp.join("ceiling.log");
+    /// Starts the bare server; returns it and its address.
+    fn spawn_ceiling(&self, name: &str) -> Result<(Proc, SocketAddr), String> {
+        let log = self.o.tmp.join(format!("{name}.log"));
         let mut cmd = Command::new(&self.o.ceiling_bin);
         cmd.arg("127.0.0.1:0").stdout(Stdio::piped());
-        let mut p = Proc::spawn("ceiling", cmd, &log, &self.pids)?;
+        let mut p = Proc::spawn(name, cmd, &log, &self.pids)?;
         let addr = {
             use std::io::BufRead;
             let out = p
@@ -485,6 +486,11 @@ impl Harness {
                 .parse::<SocketAddr>()
                 .map_err(|e| e.to_string())?
         };
+        Ok((p, addr))
+    }
+
+    pub fn ceiling(&mut self) -> Result<(), String> {
+        let (mut p, addr) = self.spawn_ceiling("ceiling")?;
         let host = addr.to_string();
         let shared = IngestShared::new(gen::portals(self.o.ingest_portals, INGEST_SEED), host, 0.0);
         for &c in &self.o.ingest_conns.clone() {
@@ -531,6 +537,56 @@ impl Harness {
         match p.stop() {
             Ok(_) => {}
             Err(e) => self.errors.push(format!("ceiling: {e}")),
+        }
+        Ok(())
+    }
+
+    /// The bare server's GET once more, answering bodies as large as the
+    /// service's latest-50 pages at N were on average: what HTTP and the
+    /// kernel alone manage for answers of that size on this machine.
+    pub fn ceiling_sized(&mut self) -> Result<(), String> {
+        let Some(q) = self
+            .r
+            .query
+            .iter()
+            .find(|q| q.kind == QueryKind::Latest && q.at == self.o.n)
+        else {
+            return Ok(());
+        };
+        let Some(bytes) = q.counts.bytes.checked_div(q.counts.ok) else {
+            return Ok(());
+        };
+        let (mut p, addr) = self.spawn_ceiling("ceiling-sized")?;
+        eprintln!(
+            "== ceiling GET answering {bytes} bytes, {} connections",
+            self.o.query_conns
+        );
+        let qs = Arc::new(QueryShared {
+            members: vec!["x".into()],
+            host: addr,
+            token: READ_TOKEN.into(),
+            plan: FillPlan::new(1, 1),
+            filled: 1,
+            window: 1,
+        });
+        let spec = self.spec(addr, self.o.query_conns, self.o.query_secs);
+        let (out, m) = self.measure(p.pid, spec, |i| {
+            QueryWork::new(qs.clone(), QueryKind::CeilingSized(bytes), 9_500 + i as u64)
+        })?;
+        let mut counts = QueryCounts::default();
+        for w in &out.works {
+            counts.add(&w.counts);
+        }
+        if counts.non200 > 0 || counts.bytes != counts.ok * bytes {
+            self.errors.push(format!(
+                "sized ceiling GET: {} non-200 answers, {} bytes in {} answers of {bytes}",
+                counts.non200, counts.bytes, counts.ok
+            ));
+        }
+        self.r.ceiling_sized = Some((bytes, m));
+        p.alive()?;
+        if let Err(e) = p.stop() {
+            self.errors.push(format!("sized ceiling: {e}"));
         }
         Ok(())
     }
@@ -880,6 +936,7 @@ pub fn run(o: Opts) -> Result<(String, bool), String> {
         Harness::ceiling,
         Harness::ingest,
         Harness::query,
+        Harness::ceiling_sized,
     ] {
         if let Err(e) = phase(&mut h) {
             fatal = Some(e);

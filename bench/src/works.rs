@@ -280,6 +280,8 @@ pub enum QueryKind {
     Range,
     /// Ceiling: any GET.
     Ceiling,
+    /// Ceiling: `GET /bytes/N`, an answer of N bytes.
+    CeilingSized(u64),
 }
 
 pub const WALK_PAGES: u32 = 20;
@@ -292,6 +294,7 @@ impl QueryKind {
             QueryKind::Entity => "entity_id filter",
             QueryKind::Range => "since/until window",
             QueryKind::Ceiling => "ceiling GET",
+            QueryKind::CeilingSized(_) => "ceiling GET, sized answer",
         }
     }
 }
@@ -300,6 +303,8 @@ impl QueryKind {
 #[derive(Debug, Default, Clone)]
 pub struct QueryCounts {
     pub ok: u64,
+    /// Body bytes of the 200 answers.
+    pub bytes: u64,
     pub events: u64,
     pub non200: u64,
     pub samples: Vec<String>,
@@ -315,6 +320,7 @@ pub struct QueryCounts {
 impl QueryCounts {
     pub fn add(&mut self, o: &QueryCounts) {
         self.ok += o.ok;
+        self.bytes += o.bytes;
         self.events += o.events;
         self.non200 += o.non200;
         for s in &o.samples {
@@ -379,6 +385,7 @@ impl Work for QueryWork {
         let s = self.shared.clone();
         let path = match self.kind {
             QueryKind::Ceiling => "/v1/portals/x/events?limit=50".to_owned(),
+            QueryKind::CeilingSized(n) => format!("/bytes/{n}"),
             QueryKind::Latest => {
                 let p = self.portal();
                 format!("/v1/portals/{}/events?limit=50", s.members[p])
@@ -425,7 +432,8 @@ impl Work for QueryWork {
             return Ok(());
         }
         c.ok += 1;
-        if self.kind == QueryKind::Ceiling {
+        c.bytes += body.len() as u64;
+        if matches!(self.kind, QueryKind::Ceiling | QueryKind::CeilingSized(_)) {
             return Ok(());
         }
         let n = memchr::memmem::find_iter(body, br#""seq":"#).count() as u64;

@@ -4,6 +4,10 @@
 //! request body and answers a small JSON 200. No parsing, no storage, no
 //! logging: whatever the service does on top of this costs throughput.
 //!
+//! `GET /bytes/N` answers a JSON body of exactly N bytes instead (built once
+//! per worker thread and shared, so the answer costs no rendering): the
+//! ceiling for answers as large as the service's query pages.
+//!
 //! Usage: `b24-bench-ceiling [ADDR]` (default `127.0.0.1:0`). Prints
 //! `listening on ADDR` on stdout once bound; stops on SIGTERM/SIGINT.
 
@@ -19,6 +23,32 @@ use warp::Filter;
 fn small_json(body: &'static [u8]) -> Response {
     let mut res = Response::new(body.into());
     *res.status_mut() = StatusCode::OK;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+thread_local! {
+    /// The last sized body this worker built: a run asks for one size.
+    static SIZED: std::cell::RefCell<bytes::Bytes> = const { std::cell::RefCell::new(bytes::Bytes::new()) };
+}
+
+/// A JSON object of exactly `n` bytes (at least the 10 of `{"pad":""}`).
+fn sized_json(n: usize) -> Response {
+    let body = SIZED.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.len() != n.max(10) {
+            let mut b = Vec::with_capacity(n.max(10));
+            b.extend_from_slice(br#"{"pad":""#);
+            b.resize(n.max(10) - 2, b'x');
+            b.extend_from_slice(br#""}"#);
+            *cached = bytes::Bytes::from(b);
+        }
+        cached.clone()
+    });
+    let mut res = Response::new(body.into());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -51,8 +81,11 @@ async fn serve(addr: SocketAddr) {
                 br#"{"status":"stored","id":"0190f3c2-8d2b-7c41-9b1e-4f5a6b7c8d9e","seq":1}"#,
             )
         });
+    let sized = warp::get()
+        .and(warp::path!("bytes" / usize))
+        .map(|n: usize| sized_json(n.min(1 << 20)));
     let get = warp::get().map(|| small_json(br#"{"status":"ok"}"#));
-    let routes = post.or(get).unify().recover(|_r: warp::Rejection| async {
+    let routes = post.or(sized).unify().or(get).unify().recover(|_r: warp::Rejection| async {
         Ok::<_, Infallible>(small_json(br#"{"error":"rejected"}"#))
     });
 
