@@ -85,9 +85,14 @@ async fn serve(addr: SocketAddr) {
         .and(warp::path!("bytes" / usize))
         .map(|n: usize| sized_json(n.min(1 << 20)));
     let get = warp::get().map(|| small_json(br#"{"status":"ok"}"#));
-    let routes = post.or(sized).unify().or(get).unify().recover(|_r: warp::Rejection| async {
-        Ok::<_, Infallible>(small_json(br#"{"error":"rejected"}"#))
-    });
+    let routes = post
+        .or(sized)
+        .unify()
+        .or(get)
+        .unify()
+        .recover(|_r: warp::Rejection| async {
+            Ok::<_, Infallible>(small_json(br#"{"error":"rejected"}"#))
+        });
 
     let listener = TcpListener::bind(addr).await.expect("bind");
     println!(
