@@ -1028,3 +1028,29 @@ fn refuse(job: Job) {
         Job::Shutdown => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_recv_takes_a_job_that_comes_after_the_poll_and_ends_with_the_senders() {
+        let (tx, mut rx) = mpsc::channel::<Job>(4);
+        let sender = std::thread::spawn(move || {
+            // Well past the poll: the writer must be asleep and still wake.
+            std::thread::sleep(std::time::Duration::from_micros(SPIN_US * 20));
+            tx.blocking_send(Job::Shutdown).map_err(|_| "send").unwrap();
+            // `tx` dropped here.
+        });
+        assert!(matches!(spin_recv(&mut rx), Some(Job::Shutdown)));
+        sender.join().unwrap();
+        assert!(spin_recv(&mut rx).is_none(), "no senders left: None");
+    }
+
+    #[test]
+    fn spin_recv_takes_a_queued_job_at_once() {
+        let (tx, mut rx) = mpsc::channel::<Job>(4);
+        tx.try_send(Job::Shutdown).map_err(|_| "send").unwrap();
+        assert!(matches!(spin_recv(&mut rx), Some(Job::Shutdown)));
+    }
+}
