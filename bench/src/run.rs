@@ -512,19 +512,8 @@ impl Harness {
             self.r.ceiling_post.push(m);
         }
         eprintln!("== ceiling GET, {} connections", self.o.query_conns);
-        let qs = Arc::new(QueryShared {
-            members: vec!["x".into()],
-            host: addr,
-            token: READ_TOKEN.into(),
-            plan: FillPlan::new(1, 1),
-            filled: 1,
-            window: 1,
-        });
-        let spec = self.spec(addr, self.o.query_conns, self.o.query_secs);
-        let (out, m) = self.measure(p.pid, spec, |i| {
-            QueryWork::new(qs.clone(), QueryKind::Ceiling, 9_000 + i as u64)
-        })?;
-        let non200: u64 = out.works.iter().map(|w| w.counts.non200).sum();
+        let (counts, m) = self.ceiling_get(&p, addr, QueryKind::Ceiling, 9_000)?;
+        let non200 = counts.non200;
         if non200 > 0 {
             self.errors
                 .push(format!("ceiling GET: {non200} non-200 answers"));
@@ -561,22 +550,7 @@ impl Harness {
             "== ceiling GET answering {bytes} bytes, {} connections",
             self.o.query_conns
         );
-        let qs = Arc::new(QueryShared {
-            members: vec!["x".into()],
-            host: addr,
-            token: READ_TOKEN.into(),
-            plan: FillPlan::new(1, 1),
-            filled: 1,
-            window: 1,
-        });
-        let spec = self.spec(addr, self.o.query_conns, self.o.query_secs);
-        let (out, m) = self.measure(p.pid, spec, |i| {
-            QueryWork::new(qs.clone(), QueryKind::CeilingSized(bytes), 9_500 + i as u64)
-        })?;
-        let mut counts = QueryCounts::default();
-        for w in &out.works {
-            counts.add(&w.counts);
-        }
+        let (counts, m) = self.ceiling_get(&p, addr, QueryKind::CeilingSized(bytes), 9_500)?;
         if counts.non200 > 0 || counts.bytes != counts.ok * bytes {
             self.errors.push(format!(
                 "sized ceiling GET: {} non-200 answers, {} bytes in {} answers of {bytes}",
@@ -589,6 +563,33 @@ impl Harness {
             self.errors.push(format!("sized ceiling: {e}"));
         }
         Ok(())
+    }
+
+    /// GETs of `kind` against the bare server at the query concurrency.
+    fn ceiling_get(
+        &self,
+        p: &Proc,
+        addr: SocketAddr,
+        kind: QueryKind,
+        seed: u64,
+    ) -> Result<(QueryCounts, Measured), String> {
+        let qs = Arc::new(QueryShared {
+            members: vec!["x".into()],
+            host: addr,
+            token: READ_TOKEN.into(),
+            plan: FillPlan::new(1, 1),
+            filled: 1,
+            window: 1,
+        });
+        let spec = self.spec(addr, self.o.query_conns, self.o.query_secs);
+        let (out, m) = self.measure(p.pid, spec, |i| {
+            QueryWork::new(qs.clone(), kind, seed + i as u64)
+        })?;
+        let mut counts = QueryCounts::default();
+        for w in &out.works {
+            counts.add(&w.counts);
+        }
+        Ok((counts, m))
     }
 
     /// The same POST load by wrk against the same bare server, once.
