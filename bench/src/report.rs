@@ -211,7 +211,6 @@ fn targets(o: &Opts, r: &Report) -> Vec<Target> {
                 pass: x.map(|x| x >= 0.5),
             });
             if let Some((bytes, sized)) = &r.ceiling_sized {
-                let ceiling = r.ceiling_get.as_ref().filter(|c| c.rate > 0.0);
                 t.push(Target {
                     what: format!(
                         "latest-50 at N = {}: throughput vs the bare server answering {} B (its mean answer)",
@@ -223,7 +222,7 @@ fn targets(o: &Opts, r: &Report) -> Vec<Target> {
                         fmt_ratio(ratio(q.m.rate, Some(sized))),
                         int(sized.rate as u64),
                         ns(sized.lat.p99),
-                        fmt_ratio(ceiling.map(|c| sized.rate / c.rate)),
+                        fmt_ratio(ratio(sized.rate, r.ceiling_get.as_ref())),
                     ),
                     goal: "no goal: the limit answers of this size set",
                     pass: None,
