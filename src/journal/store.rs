@@ -124,6 +124,30 @@ pub struct Store {
     snapshot_every: u64,
 }
 
+/// How long [`Store::open`] waits for sled's lock on the files to be free.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits, up to [`RELEASE_WAIT`], until nothing holds sled's lock on
+/// `dir/db`. sled's I/O threads answer a flush before they drop their
+/// handle on that file, so for a moment after a database is dropped its
+/// lock is still held, and opening the same files again in this process
+/// fails with "could not acquire lock" (sled itself blocks on the lock in
+/// its own tests for this reason). `migrate` does exactly that: it closes
+/// the old engine, moves it aside and opens it. If the lock is still held
+/// after the wait (a running service), sled's open reports it.
+fn wait_for_release(dir: &Path) {
+    use fs2::FileExt;
+    // No file yet: nothing can hold it.
+    let Ok(file) = File::open(dir.join("db")) else {
+        return;
+    };
+    let until = std::time::Instant::now() + RELEASE_WAIT;
+    while file.try_lock_exclusive().is_err() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Dropping `file` releases the lock if it was taken.
+}
+
 /// The open sled database.
 struct Engine {
     db: sled::Db,
@@ -499,8 +523,11 @@ impl Store {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`, applying what the redo log holds beyond sled. sled's
     /// default cache is 1 GiB and its RSS can exceed the setting, so it is
-    /// always set explicitly.
+    /// always set explicitly. Waits up to [`RELEASE_WAIT`] for an engine
+    /// this process just dropped to let go of the files (see
+    /// [`wait_for_release`]).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        wait_for_release(dir);
         let engine = Engine::open(dir, cache_bytes)?;
         let (next_lsn, segment) = engine.replay(&dir.join(WAL_DIR))?;
         let synced_blobs = Arc::default();
@@ -1450,6 +1477,28 @@ mod tests {
         assert!(found.records.is_empty(), "{found:?}");
         let store = Store::open(&crashed, CACHE).unwrap();
         assert_eq!(store.reader().tail(7).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_that_is_let_go_and_reports_one_that_is_not() {
+        use fs2::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dir.path().join("sled");
+        Store::open(&engine, CACHE).unwrap().close().unwrap();
+        // Held for a moment, as sled's I/O thread does after a close.
+        let held = File::open(engine.join("db")).unwrap();
+        held.try_lock_exclusive().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        Store::open(&engine, CACHE).unwrap().close().unwrap();
+        release.join().unwrap();
+        // Held for good, as by a running service: sled's error.
+        let held = File::open(engine.join("db")).unwrap();
+        held.try_lock_exclusive().unwrap();
+        let err = Store::open(&engine, CACHE).err().expect("locked files");
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
     }
 
     #[test]
