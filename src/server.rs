@@ -82,14 +82,25 @@ pub enum RunError {
 pub fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    // Failed requests at `info` (5xx at `warn`), answered ones at `debug`.
+    // One `info` line per request would flood journald during a Bitrix24
+    // burst (10,000 mass updates are 10,000 requests) and hit its default
+    // rate limit of 10,000 messages per 30 s, after which it drops every
+    // line of the service, refusals and storage errors included. Every
+    // stored event is in the journal itself and every request in
+    // `/metrics`; `RUST_LOG=b24_journal=debug` brings the full access log
+    // back.
     let log = warp::log::custom(|info| {
-        tracing::info!(
-            method = %info.method(),
-            path = info.path(),
-            status = info.status().as_u16(),
-            latency_ms = info.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+        let (method, path, status) = (info.method(), info.path(), info.status());
+        let latency_ms = info.elapsed().as_secs_f64() * 1000.0;
+        let status_code = status.as_u16();
+        if status.is_server_error() {
+            tracing::warn!(%method, path, status = status_code, latency_ms, "request");
+        } else if status.is_client_error() {
+            tracing::info!(%method, path, status = status_code, latency_ms, "request");
+        } else {
+            tracing::debug!(%method, path, status = status_code, latency_ms, "request");
+        }
     });
     receive::route(app.clone())
         .or(query::list_portals(app.clone()))

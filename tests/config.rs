@@ -351,3 +351,35 @@ async fn public_listen_with_env_read_token_starts() {
     assert_eq!(ingest_status(&srv, P1, P1.token, "1").await, 200);
     srv.stop();
 }
+
+/// At the production level (`RUST_LOG=info`) answered requests stay out of
+/// the log and failed ones are in it: one line per stored event would run a
+/// Bitrix24 burst into journald's rate limit, which then drops the lines
+/// that matter too. `debug` brings every request back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn info_logs_failed_requests_and_debug_logs_every_request() {
+    let request_lines = |logs: &str, status: u16| {
+        logs.lines()
+            .filter(|l| l.contains("request") && l.contains(&format!("status={status}")))
+            .count()
+    };
+    for (level, answered_lines) in [("info", 0), ("debug", 2)] {
+        let dir = tempdir();
+        let args = default_args(dir.path());
+        let mut srv = TestServer::spawn(args, &[("RUST_LOG", level)]);
+        assert_eq!(ingest_status(&srv, P1, P1.token, "7").await, 200);
+        assert_eq!(read_status(&srv, READ_TOKEN).await, 200);
+        assert_eq!(ingest_status(&srv, P1, "wrong-token", "8").await, 401);
+        let logs = strip_ansi(&srv.stop());
+        assert_eq!(
+            request_lines(&logs, 200),
+            answered_lines,
+            "RUST_LOG={level}: lines for answered requests in\n{logs}"
+        );
+        assert_eq!(
+            request_lines(&logs, 401),
+            1,
+            "RUST_LOG={level}: the refused request is logged in\n{logs}"
+        );
+    }
+}
