@@ -170,11 +170,7 @@ async fn events(
     }
     let Some(portal) = resolve(&app, portal)? else {
         // Known, but nothing journaled yet.
-        return Ok(Page {
-            events: Vec::new(),
-            next_cursor: None,
-        }
-        .into_response());
+        return Ok(Page::new().into_response());
     };
     let reader = app.journal.reader().clone();
     let page = if query.is_plain_page() {
@@ -251,10 +247,8 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
             .map_err(storage_unavailable)?;
             after = scanned_to;
             if !events.is_empty() {
-                let page = Page {
-                    events: events.into_iter().map(|(_, v)| v).collect(),
-                    next_cursor: Some(Cursor(after).encode()),
-                };
+                let events = events.into_iter().map(|(_, v)| v);
+                let page = Page::of(events, Some(Cursor(after).encode()));
                 return Ok(page.into_response());
             }
         }
@@ -269,11 +263,7 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let page = Page {
-        events: Vec::new(),
-        next_cursor: Some(Cursor(after).encode()),
-    };
-    Ok(page.into_response())
+    Ok(Page::of([], Some(Cursor(after).encode())).into_response())
 }
 
 fn too_many_streams() -> ApiError {
@@ -677,33 +667,53 @@ impl EventsQuery {
 /// One page of results.
 #[derive(Debug)]
 pub struct Page {
-    /// Event objects, newest first.
-    pub events: Vec<EventJson>,
+    /// `{"events":[` and the event objects so far, newest first, comma
+    /// separated: events are rendered straight into the response body.
+    body: Vec<u8>,
+    /// Events in `body`.
+    count: usize,
     /// Where the next page starts; `null` when there is nothing more.
-    pub next_cursor: Option<String>,
+    next_cursor: Option<String>,
 }
 
 impl Page {
-    /// `{"events":[…],"next_cursor":…}`, the events spliced in as rendered.
-    fn to_json(&self) -> Vec<u8> {
-        let size = self.events.iter().map(|e| e.0.len() + 1).sum::<usize>();
-        let mut out = Vec::with_capacity(size + 64);
-        out.extend_from_slice(b"{\"events\":[");
-        for (i, event) in self.events.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(event.0.as_bytes());
+    /// A page without events yet.
+    fn new() -> Self {
+        let mut body = Vec::with_capacity(4096);
+        body.extend_from_slice(b"{\"events\":[");
+        Page {
+            body,
+            count: 0,
+            next_cursor: None,
         }
-        out.extend_from_slice(b"],\"next_cursor\":");
-        json_opt_str(&mut out, self.next_cursor.as_deref());
-        out.push(b'}');
-        out
     }
 
-    /// The page as a 200 response.
+    /// A page of already rendered events.
+    fn of(events: impl IntoIterator<Item = EventJson>, next_cursor: Option<String>) -> Self {
+        let mut page = Page::new();
+        for event in events {
+            page.separate();
+            page.body.extend_from_slice(event.0.as_bytes());
+        }
+        page.next_cursor = next_cursor;
+        page
+    }
+
+    /// Makes room for the next event object.
+    fn separate(&mut self) {
+        if self.count > 0 {
+            self.body.push(b',');
+        }
+        self.count += 1;
+    }
+
+    /// The page as a 200 response: `{"events":[…],"next_cursor":…}`.
     fn into_response(self) -> Response {
-        json_bytes_response(StatusCode::OK, self.to_json())
+        let mut body = self.body;
+        body.extend_from_slice(b"],\"next_cursor\":");
+        json_opt_str(&mut body, self.next_cursor.as_deref());
+        body.push(b'}');
+        json_bytes_response(StatusCode::OK, body)
     }
 }
 
@@ -713,7 +723,7 @@ struct Collector<'a> {
     q: &'a EventsQuery,
     portal: &'a PortalRecord,
     renderer: Renderer<'a>,
-    events: Vec<EventJson>,
+    page: Page,
     last_returned: Option<u64>,
     scanned: usize,
     /// Set when the page is complete: `Some(cursor)` or `None` for "no more".
@@ -726,7 +736,7 @@ impl<'a> Collector<'a> {
             q,
             portal,
             renderer: Renderer::new(portal),
-            events: Vec::new(),
+            page: Page::new(),
             last_returned: None,
             scanned: 0,
             done: None,
@@ -739,13 +749,14 @@ impl<'a> Collector<'a> {
             EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.scanned += 1;
         if self.q.matches(&rec, self.portal) {
-            if self.events.len() == self.q.page_size() {
+            if self.page.count == self.q.page_size() {
                 // One more match exists: the page is full and not the last.
                 self.done = Some(self.last_returned.map(|s| Cursor(s).encode()));
                 return Ok(false);
             }
-            self.events
-                .push(self.renderer.render(seq, &rec, duplicates)?);
+            self.page.separate();
+            self.renderer
+                .render_into(&mut self.page.body, seq, &rec, duplicates)?;
             self.last_returned = Some(seq);
         }
         Ok(self.budget_left(seq))
@@ -763,8 +774,8 @@ impl<'a> Collector<'a> {
 
     fn finish(self) -> Page {
         Page {
-            events: self.events,
             next_cursor: self.done.flatten(),
+            ..self.page
         }
     }
 }
@@ -923,6 +934,39 @@ impl<'a> Renderer<'a> {
         rec: &EventRecord,
         duplicates: u32,
     ) -> Result<EventJson, StoreError> {
+        let mut out = Vec::with_capacity(768);
+        self.render_into(&mut out, seq, rec, duplicates)?;
+        String::from_utf8(out)
+            .map(EventJson)
+            .map_err(|_| StoreError::Corrupt(format!("event {seq}: stored text")))
+    }
+
+    /// Appends event `seq` as JSON to `out`. The text is UTF-8 by
+    /// construction: every piece is a `str` or stored JSON that
+    /// `RawValue` checked. Fails only on a corrupt record, leaving `out`
+    /// as it was.
+    fn render_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        seq: u64,
+        rec: &EventRecord,
+        duplicates: u32,
+    ) -> Result<(), StoreError> {
+        let before = out.len();
+        let written = self.write(out, seq, rec, duplicates);
+        if written.is_err() {
+            out.truncate(before);
+        }
+        written
+    }
+
+    fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        seq: u64,
+        rec: &EventRecord,
+        duplicates: u32,
+    ) -> Result<(), StoreError> {
         let portal = self.portal;
         let corrupt = |what: &str| StoreError::Corrupt(format!("event {seq}: stored {what}"));
         let inline;
@@ -939,14 +983,13 @@ impl<'a> Renderer<'a> {
                 &inline
             }
         };
-        let mut out = Vec::with_capacity(768);
         let mut uuid = uuid::Uuid::encode_buffer();
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(rec.uuid().hyphenated().encode_lower(&mut uuid).as_bytes());
         out.extend_from_slice(b"\",\"seq\":");
-        json_u64(&mut out, seq);
+        json_u64(out, seq);
         out.extend_from_slice(b",\"cursor\":");
-        json_str(&mut out, &Cursor(seq).encode());
+        json_str(out, &Cursor(seq).encode());
         out.extend_from_slice(&profile.head);
         out.extend_from_slice(b",\"event\":");
         match &rec.event {
@@ -958,26 +1001,26 @@ impl<'a> Renderer<'a> {
                 });
                 out.extend_from_slice(name);
             }
-            _ => json_str(&mut out, rec.event_name(portal)),
+            _ => json_str(out, rec.event_name(portal)),
         }
         out.extend_from_slice(b",\"entity_id\":");
-        json_opt_str(&mut out, rec.entity_id.as_deref());
+        json_opt_str(out, rec.entity_id.as_deref());
         // Cannot fail: ts was checked to be within 1970..=9999 when received.
         let ts = Ts::from_secs(rec.ts).unwrap_or(Ts::MIN);
-        json_display(&mut out, b",\"ts\":\"", ts.rfc3339());
+        json_display(out, b",\"ts\":\"", ts.rfc3339());
         out.extend_from_slice(b"\",\"ts_unix\":");
-        json_u64(&mut out, rec.ts);
-        json_display(&mut out, b",\"received_at\":\"", Millis(rec.received_ms()));
+        json_u64(out, rec.ts);
+        json_display(out, b",\"received_at\":\"", Millis(rec.received_ms()));
         out.extend_from_slice(b"\",\"duplicates\":");
-        json_u64(&mut out, u64::from(duplicates));
+        json_u64(out, u64::from(duplicates));
         out.extend_from_slice(b",\"event_handler_id\":");
-        json_opt_str(&mut out, rec.event_handler_id.as_deref());
+        json_opt_str(out, rec.event_handler_id.as_deref());
         out.extend_from_slice(b",\"data\":");
         match &rec.data {
             StoredData::Absent => out.extend_from_slice(b"null"),
             StoredData::FieldsId => {
                 out.extend_from_slice(b"{\"FIELDS\":{\"ID\":");
-                json_str(&mut out, rec.entity_id.as_deref().unwrap_or_default());
+                json_str(out, rec.entity_id.as_deref().unwrap_or_default());
                 out.extend_from_slice(b"}}");
             }
             StoredData::Json(bytes) => {
@@ -1004,9 +1047,7 @@ impl<'a> Renderer<'a> {
             }
         }
         out.extend_from_slice(b"}}");
-        String::from_utf8(out)
-            .map(EventJson)
-            .map_err(|_| corrupt("text"))
+        Ok(())
     }
 }
 
