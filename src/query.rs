@@ -1023,24 +1023,9 @@ impl<'a> Renderer<'a> {
 
     /// Appends event `seq` as JSON to `out`. The text is UTF-8 by
     /// construction: every piece is a `str` or stored JSON that
-    /// `RawValue` checked. Fails only on a corrupt record, leaving `out`
-    /// as it was.
+    /// `RawValue` checked. Fails only on a corrupt record, with `out` partly
+    /// written: callers drop it (the whole answer fails).
     fn render_into(
-        &mut self,
-        out: &mut Vec<u8>,
-        seq: u64,
-        rec: &EventRecord,
-        duplicates: u32,
-    ) -> Result<(), StoreError> {
-        let before = out.len();
-        let written = self.write(out, seq, rec, duplicates);
-        if written.is_err() {
-            out.truncate(before);
-        }
-        written
-    }
-
-    fn write(
         &mut self,
         out: &mut Vec<u8>,
         seq: u64,
