@@ -422,7 +422,7 @@ async fn next_stream_event(
 /// An event rendered for the API, with its seq.
 pub type Rendered = (u64, EventJson);
 
-/// One event object of the API as JSON text, written once by [`render`]
+/// One event object of the API as JSON text, written once by the renderer
 /// and spliced as it is into pages and stream messages.
 #[derive(Debug)]
 pub struct EventJson(String);

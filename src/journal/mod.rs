@@ -2,7 +2,7 @@
 //!
 //! - [`store`] is the storage engine boundary (the only code naming sled);
 //! - [`record`] defines what is stored and how it is encoded;
-//! - [`writer`] is the single writer thread doing group commit.
+//! - `writer` is the single writer thread doing group commit.
 //!
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.

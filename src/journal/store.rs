@@ -523,9 +523,9 @@ impl Store {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`, applying what the redo log holds beyond sled. sled's
     /// default cache is 1 GiB and its RSS can exceed the setting, so it is
-    /// always set explicitly. Waits up to [`RELEASE_WAIT`] for an engine
+    /// always set explicitly. Waits up to `RELEASE_WAIT` (1 s) for an engine
     /// this process just dropped to let go of the files (see
-    /// [`wait_for_release`]).
+    /// `wait_for_release`).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         wait_for_release(dir);
         let engine = Engine::open(dir, cache_bytes)?;

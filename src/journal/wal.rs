@@ -371,7 +371,7 @@ impl Wal {
         self.drop_below(n)
     }
 
-    /// Prepares segment `n` (see [`prepare_segment`]): a checkpoint does
+    /// Prepares segment `n` (see `prepare_segment`): a checkpoint does
     /// this for the segment after the one it started, so that the next
     /// rotation does not write 16 MiB of zeros on the writer's path.
     pub fn prepare(&self, n: u64) {
