@@ -211,9 +211,11 @@ impl Ts {
 /// `2016-06-20T16:21:54.123Z`; as the plain number past year 9999, which no
 /// clock this runs on reaches.
 ///
-/// humantime's direct digit writer instead of `time`'s format descriptions:
-/// formatting two timestamps per event through `time` was ~7 % of the CPU of
-/// a latest-50 query (perf, 10M-event journal).
+/// Through humantime's direct digit writer rather than `time`'s format
+/// descriptions, which took ~7 % of the CPU of a latest-50 query when every
+/// event's timestamps went through them (perf, 10M-event journal). Event
+/// rendering now writes the time of day itself and asks for the date only
+/// once per day (`query::DayCache`).
 #[derive(Debug, Clone, Copy)]
 pub struct Millis(pub u64);
 
