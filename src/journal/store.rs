@@ -1047,7 +1047,9 @@ impl Reader {
     }
 
     /// Events of `portal` with seq in `lo..=hi`, oldest first (`.rev()` for
-    /// newest first); seqs that are gone are skipped.
+    /// newest first); seqs that are gone are skipped. `hi` must not exceed
+    /// the portal's last seq written to the engine (see [`SeqScan`]): the
+    /// scan takes every seq up to `sealed_upto(hi)` to be in a block.
     pub fn events(&self, portal: PortalIx, lo: u64, hi: u64) -> SeqScan {
         SeqScan::new(self.tree(), portal, lo, hi)
     }
