@@ -30,7 +30,7 @@ use crate::journal::record::{
 };
 use crate::journal::store::{Reader, StoreError};
 use crate::server::App;
-use crate::types::{millis_to_rfc3339, EntityId, EventName, Millis, Ts};
+use crate::types::{millis_to_rfc3339, EntityId, EventName, Ts};
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -1082,7 +1082,7 @@ impl<'a> Renderer<'a> {
             self.received_day
                 .write(out, received / 1000, Some(received % 1000));
         } else {
-            json_str(out, &Millis(received).to_string());
+            json_str(out, &millis_to_rfc3339(received));
         }
         out.extend_from_slice(b",\"duplicates\":");
         json_u64(out, u64::from(duplicates));

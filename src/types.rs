@@ -193,17 +193,12 @@ impl Ts {
         self.0
     }
 
-    /// RFC 3339 in UTC, e.g. `2016-06-20T16:21:54Z`, written straight
-    /// into whatever formats it (no intermediate `String`).
-    pub fn rfc3339(self) -> impl fmt::Display {
-        // Within humantime's range: construction caps a Ts at the last
-        // second of year 9999, the last one it formats.
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.0))
-    }
-
-    /// [`Ts::rfc3339`] as a `String`.
+    /// RFC 3339 in UTC, e.g. `2016-06-20T16:21:54Z`.
     pub fn to_rfc3339(self) -> String {
-        self.rfc3339().to_string()
+        // Cannot fail (to_string panics only on a Display error): a Ts is
+        // capped at the last second of year 9999, the last one humantime
+        // formats.
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.0)).to_string()
     }
 }
 
@@ -216,22 +211,12 @@ impl Ts {
 /// event's timestamps went through them (perf, 10M-event journal). Event
 /// rendering now writes the time of day itself and asks for the date only
 /// once per day (`query::DayCache`).
-#[derive(Debug, Clone, Copy)]
-pub struct Millis(pub u64);
-
-impl fmt::Display for Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 / 1000 > Ts::MAX.0 {
-            return write!(f, "{}", self.0);
-        }
-        let at = UNIX_EPOCH + Duration::from_millis(self.0);
-        fmt::Display::fmt(&humantime::format_rfc3339_millis(at), f)
-    }
-}
-
-/// [`Millis`] as a `String`.
 pub fn millis_to_rfc3339(ms: u64) -> String {
-    Millis(ms).to_string()
+    if ms / 1000 > Ts::MAX.0 {
+        return ms.to_string();
+    }
+    // Cannot fail: in range for humantime, checked above.
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// A secret (application token, read token). Its `Debug` never shows the
@@ -329,8 +314,8 @@ mod tests {
         assert_eq!(Ts::MAX.to_rfc3339(), "9999-12-31T23:59:59Z");
         // A leap day, through the same path the query writes with.
         assert_eq!(
-            format!("\"{}\"", Ts::from_secs(951_782_400).unwrap().rfc3339()),
-            "\"2000-02-29T00:00:00Z\""
+            Ts::from_secs(951_782_400).unwrap().to_rfc3339(),
+            "2000-02-29T00:00:00Z"
         );
     }
 

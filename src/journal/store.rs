@@ -1236,13 +1236,12 @@ pub struct SeqScan {
     portal: PortalIx,
     lo: u64,
     hi: u64,
-    /// Seqs up to here are in sealed blocks.
-    sealed: u64,
-    /// The `hi` the scan started with (`hi` moves as a reverse scan goes).
+    /// The `hi` the scan started with (`hi` moves as a reverse scan goes);
+    /// seqs up to `sealed_upto(top)` are in sealed blocks.
     top: u64,
     /// Whether the scan is of one seq.
     point: bool,
-    /// The tail items in `sealed + 1 ..= top`, once read.
+    /// The tail items above `sealed_upto(top)`, once read.
     tail: Option<Vec<(u64, sled::IVec)>>,
     /// The last block read.
     cache: Option<CachedBlock>,
@@ -1268,7 +1267,6 @@ impl SeqScan {
             portal,
             lo: lo.max(1),
             hi,
-            sealed: pack::sealed_upto(hi),
             top: hi,
             point: lo.max(1) == hi,
             tail: None,
@@ -1276,13 +1274,14 @@ impl SeqScan {
         }
     }
 
-    /// The tail items with seqs in `sealed + 1 ..= top` as of now, read once
+    /// The tail items with seqs in `sealed_upto(top) + 1 ..= top` as of now, read once
     /// (fewer than [`pack::BLOCK_SPAN`]). A seq missing here that a caller
     /// may read was sealed (or deleted) before this read, so its block is
     /// where to look.
     fn tail_items(&mut self, tree: &sled::Tree) -> Result<&[(u64, sled::IVec)], StoreError> {
         if self.tail.is_none() {
-            let from = key(TAIL, self.portal, &[&(self.sealed + 1).to_be_bytes()]);
+            let sealed = pack::sealed_upto(self.top);
+            let from = key(TAIL, self.portal, &[&(sealed + 1).to_be_bytes()]);
             let to = key(TAIL, self.portal, &[&self.top.to_be_bytes()]);
             let items = tree
                 .range(from..=to)
@@ -1314,7 +1313,7 @@ impl SeqScan {
         if let Some(found) = self.cached(seq) {
             return Ok(found);
         }
-        if seq > self.sealed {
+        if seq > pack::sealed_upto(self.top) {
             if self.point {
                 // A one-seq scan (`Reader::event`): a point lookup is cheaper
                 // than a range scan.

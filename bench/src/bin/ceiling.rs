@@ -37,12 +37,13 @@ thread_local! {
 
 /// A JSON object of exactly `n` bytes (at least the 10 of `{"pad":""}`).
 fn sized_json(n: usize) -> Response {
+    let n = n.max(10);
     let body = SIZED.with(|cell| {
         let mut cached = cell.borrow_mut();
-        if cached.len() != n.max(10) {
-            let mut b = Vec::with_capacity(n.max(10));
+        if cached.len() != n {
+            let mut b = Vec::with_capacity(n);
             b.extend_from_slice(br#"{"pad":""#);
-            b.resize(n.max(10) - 2, b'x');
+            b.resize(n - 2, b'x');
             b.extend_from_slice(br#""}"#);
             *cached = bytes::Bytes::from(b);
         }
