@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     // A kernel without the flag only keeps the old behaviour: nothing to
     // report before logging is even set up.
     let _ = b24_journal::disable_transparent_huge_pages();
+    b24_journal::shorten_allocator_purge_delay();
     let cli = b24_journal::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

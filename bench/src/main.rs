@@ -52,6 +52,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // As `b24-journal` does: the fill runs the service's write path here.
     let _ = b24_journal::disable_transparent_huge_pages();
+    b24_journal::shorten_allocator_purge_delay();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fill") => match fill::parse_args(&args[1..]).and_then(fill::run) {
