@@ -163,3 +163,40 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::{c_char, c_void, CStr};
+
+    extern "C" {
+        // mimalloc.h; libmimalloc-sys does not bind it.
+        fn mi_options_print_out(out: libmimalloc_sys::mi_output_fun, arg: *mut c_void);
+    }
+
+    /// Appends one line of mimalloc's output to the `String` behind `arg`.
+    unsafe extern "C" fn collect(msg: *const c_char, arg: *mut c_void) {
+        // SAFETY: `arg` is the `&mut String` passed below, alive for the
+        // call; mimalloc passes a NUL-terminated message.
+        let out = unsafe { &mut *(arg as *mut String) };
+        out.push_str(&unsafe { CStr::from_ptr(msg) }.to_string_lossy());
+    }
+
+    /// The option number the setter uses is mimalloc's purge delay: read
+    /// back by name from mimalloc's own listing of its options.
+    #[test]
+    fn the_purge_delay_lands_on_mimallocs_purge_delay_option() {
+        super::shorten_allocator_purge_delay();
+        let mut out = String::new();
+        // SAFETY: `collect` matches mimalloc's output callback and `out`
+        // outlives the call.
+        unsafe { mi_options_print_out(Some(collect), &mut out as *mut String as *mut c_void) };
+        let expected = std::env::var("MIMALLOC_PURGE_DELAY")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(super::ALLOCATOR_PURGE_DELAY_MS);
+        assert!(
+            out.contains(&format!("option 'purge_delay': {expected} ")),
+            "mimalloc's options:\n{out}"
+        );
+    }
+}
