@@ -47,9 +47,20 @@ async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Re
     let journal = app.journal.clone();
     let to = req.to.clone();
     tracing::info!(to = %to.display(), "backup started");
-    let stats = tokio::task::spawn_blocking(move || maintain::backup(&journal, &to))
+    // Its own thread, not tokio's blocking pool: a backup of a large
+    // journal runs for minutes, and the pool (one thread per core, see
+    // `main.rs`) serves the filtered queries and live streams meanwhile.
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || {
+            // The requester may have gone: the backup is complete anyway.
+            let _ = done.send(maintain::backup(&journal, &to));
+        })
+        .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
+    let stats = finished
         .await
-        .map_err(|e| ApiError::Internal(format!("backup task failed: {e}")))?
+        .map_err(|_| ApiError::Internal("backup thread ended without a result".into()))?
         .map_err(backup_error)?;
     tracing::info!(to = %req.to.display(), portals = stats.portals, events = stats.events, "backup done");
     Ok(json_response(

@@ -11,13 +11,17 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Threads for blocking work: filtered queries (sled scans, CPU-bound on
-/// cached pages), live-stream reads, backups, start and shutdown. Tokio's
-/// default of 512 let 16 connections of `entity_id` queries spread over ~40
-/// threads, each keeping its own allocator pages: measured on a 1M-event
-/// journal (wrk, 16 connections), capping at 4 on 2 cores took that load
-/// from 14.1k to 22–25k req/s and peak RSS from 223 to 139 MiB.
+/// cached pages), live-stream reads, start and shutdown; one per core.
+/// Backups, which run for minutes, have their own thread (`admin.rs`).
+/// Tokio's default of 512 let 16 connections of `entity_id` queries spread
+/// over ~40 threads, each keeping its own allocator pages: measured on a
+/// 1M-event journal (wrk, 16 connections), capping at 4 on 2 cores took
+/// that load from 14.1k to 22–25k req/s and peak RSS from 223 to 139 MiB.
+/// From 4 to 2 on the 10M journal (wrk, 16 connections, after a latest-50
+/// load; two runs each): peak RSS under `entity_id` load 238 / 243 →
+/// 225 / 220 MiB, 8.8k / 9.3k → 8.7k / 8.9k req/s.
 fn blocking_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn main() -> ExitCode {
