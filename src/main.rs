@@ -18,8 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 1M-event journal (wrk, 16 connections), capping at 4 on 2 cores took
 /// that load from 14.1k to 22–25k req/s and peak RSS from 223 to 139 MiB.
 /// From 4 to 2 on the 10M journal (wrk, 16 connections, after a latest-50
-/// load; two runs each): peak RSS under `entity_id` load 238 / 243 →
-/// 225 / 220 MiB, 8.8k / 9.3k → 8.7k / 8.9k req/s.
+/// load; four interleaved runs each): peak RSS under `entity_id` load
+/// 227–243 → 216–225 MiB, 5.5k–9.3k → 6.9k–8.9k req/s.
 fn blocking_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
