@@ -11,8 +11,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Threads for blocking work: filtered queries (sled scans, CPU-bound on
-/// cached pages), live-stream reads, start and shutdown; one per core.
-/// Backups, which run for minutes, have their own thread (`admin.rs`).
+/// cached pages), live-stream reads, start and shutdown; one per core, and
+/// at least 2 so that on a 1-vCPU VPS a query waiting on a cold disk read
+/// does not hold up every other one. Backups, which run for minutes, have
+/// their own thread (`admin.rs`).
 /// Tokio's default of 512 let 16 connections of `entity_id` queries spread
 /// over ~40 threads, each keeping its own allocator pages: measured on a
 /// 1M-event journal (wrk, 16 connections), capping at 4 on 2 cores took
@@ -21,7 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// load; four interleaved runs each): peak RSS under `entity_id` load
 /// 227–243 → 216–225 MiB, 5.5k–9.3k → 6.9k–8.9k req/s.
 fn blocking_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 fn main() -> ExitCode {
