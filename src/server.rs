@@ -56,6 +56,9 @@ pub struct App {
     /// Turns `true` when shutdown begins: live streams end then, so that
     /// they do not hold the graceful shutdown open.
     pub stopping: watch::Receiver<bool>,
+    /// Backup threads started by `POST /v1/admin/backup`: shutdown waits
+    /// for them, so that a stop never leaves a half-written backup behind.
+    pub backups: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 /// Why the server could not run.
@@ -227,6 +230,7 @@ pub async fn serve(
         body_timeout: settings.body_timeout,
         streams: Arc::new(Semaphore::new(settings.max_streams)),
         stopping,
+        backups: Arc::default(),
     });
     let addr = listener.local_addr().map_err(|source| RunError::Bind {
         addr: settings.listen,
@@ -249,6 +253,25 @@ pub async fn serve(
         task.abort();
     }
 
+    // A backup outlives its request if the grace period ran out: finish
+    // it before the process exits, as a half-written copy would look like
+    // a backup.
+    let mut backups = std::mem::take(&mut *app.backups.lock().unwrap_or_else(|p| p.into_inner()));
+    backups.retain(|t| !t.is_finished());
+    if !backups.is_empty() {
+        tracing::info!(
+            running = backups.len(),
+            "stopping: waiting for backups to finish"
+        );
+        tokio::task::spawn_blocking(move || {
+            for backup in backups {
+                // A panicked backup has nothing left to wait for.
+                let _ = backup.join();
+            }
+        })
+        .await
+        .expect("backup join task does not panic");
+    }
     // Connections are done: no handler holds a reply channel any more.
     drop(app);
     tracing::info!("stopping: committing and flushing the journal");
