@@ -50,19 +50,26 @@ async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Re
     // Its own thread, not tokio's blocking pool: a backup of a large
     // journal runs for minutes, and the pool (one thread per core, see
     // `main.rs`) serves the filtered queries and live streams meanwhile.
-    // Shutdown joins it (see `server::serve`).
+    // Shutdown joins it (see `server::serve`); started under the lock, so
+    // that shutdown either sees it or has already closed the list.
     let (done, finished) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("backup".into())
-        .spawn(move || {
-            // The requester may have gone: the backup is complete anyway.
-            let _ = done.send(maintain::backup(&journal, &to));
-        })
-        .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
     {
-        let mut running = app.backups.lock().unwrap_or_else(|p| p.into_inner());
-        running.retain(|t| !t.is_finished());
-        running.push(thread);
+        let mut backups = app.backups.lock().unwrap_or_else(|p| p.into_inner());
+        if backups.closed {
+            return Err(ApiError::Unavailable {
+                message: "the service is stopping; start the backup after it is back".into(),
+                retry_after: 5,
+            });
+        }
+        let thread = std::thread::Builder::new()
+            .name("backup".into())
+            .spawn(move || {
+                // The requester may have gone: the backup is complete anyway.
+                let _ = done.send(maintain::backup(&journal, &to));
+            })
+            .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
+        backups.running.retain(|t| !t.is_finished());
+        backups.running.push(thread);
     }
     let stats = finished
         .await

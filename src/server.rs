@@ -56,9 +56,19 @@ pub struct App {
     /// Turns `true` when shutdown begins: live streams end then, so that
     /// they do not hold the graceful shutdown open.
     pub stopping: watch::Receiver<bool>,
-    /// Backup threads started by `POST /v1/admin/backup`: shutdown waits
-    /// for them, so that a stop never leaves a half-written backup behind.
-    pub backups: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    /// Backup threads started by `POST /v1/admin/backup`: a clean stop
+    /// waits for them, so that it does not leave a half-written backup.
+    pub backups: std::sync::Mutex<Backups>,
+}
+
+/// The backups running in this process (see [`App::backups`]).
+#[derive(Default)]
+pub struct Backups {
+    /// Set when shutdown collects the threads: no backup starts after it,
+    /// so none can be missed.
+    pub closed: bool,
+    /// The backup threads; finished ones are dropped as new ones start.
+    pub running: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Why the server could not run.
@@ -230,7 +240,7 @@ pub async fn serve(
         body_timeout: settings.body_timeout,
         streams: Arc::new(Semaphore::new(settings.max_streams)),
         stopping,
-        backups: Arc::default(),
+        backups: Default::default(),
     });
     let addr = listener.local_addr().map_err(|source| RunError::Bind {
         addr: settings.listen,
@@ -256,7 +266,11 @@ pub async fn serve(
     // A backup outlives its request if the grace period ran out: finish
     // it before the process exits, as a half-written copy would look like
     // a backup.
-    let mut backups = std::mem::take(&mut *app.backups.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut backups = {
+        let mut all = app.backups.lock().unwrap_or_else(|p| p.into_inner());
+        all.closed = true;
+        std::mem::take(&mut all.running)
+    };
     backups.retain(|t| !t.is_finished());
     if !backups.is_empty() {
         tracing::info!(
