@@ -46,31 +46,22 @@ async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Re
     maintain::check_backup_target(&req.to).map_err(backup_error)?;
     let journal = app.journal.clone();
     let to = req.to.clone();
-    tracing::info!(to = %to.display(), "backup started");
-    // Its own thread, not tokio's blocking pool: a backup of a large
-    // journal runs for minutes, and the pool (one thread per core, see
-    // `main.rs`) serves the filtered queries and live streams meanwhile.
-    // Shutdown joins it (see `server::serve`); started under the lock, so
-    // that shutdown either sees it or has already closed the list.
+    // Shutdown joins the thread (see `server::serve`).
     let (done, finished) = tokio::sync::oneshot::channel();
-    {
-        let mut backups = app.backups.lock().unwrap_or_else(|p| p.into_inner());
-        if backups.closed {
-            return Err(ApiError::Unavailable {
-                message: "the service is stopping; start the backup after it is back".into(),
-                retry_after: 5,
-            });
-        }
-        let thread = std::thread::Builder::new()
-            .name("backup".into())
-            .spawn(move || {
-                // The requester may have gone: the backup is complete anyway.
-                let _ = done.send(maintain::backup(&journal, &to));
-            })
-            .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
-        backups.running.retain(|t| !t.is_finished());
-        backups.running.push(thread);
+    let started = app
+        .backups
+        .spawn(move || {
+            // The requester may have gone: the backup is complete anyway.
+            let _ = done.send(maintain::backup(&journal, &to));
+        })
+        .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
+    if !started {
+        return Err(ApiError::Unavailable {
+            message: "the service is stopping; start the backup after it is back".into(),
+            retry_after: 5,
+        });
     }
+    tracing::info!(to = %req.to.display(), "backup started");
     let stats = finished
         .await
         .map_err(|_| ApiError::Internal("backup thread ended without a result".into()))?

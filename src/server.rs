@@ -58,17 +58,51 @@ pub struct App {
     pub stopping: watch::Receiver<bool>,
     /// Backup threads started by `POST /v1/admin/backup`: a clean stop
     /// waits for them, so that it does not leave a half-written backup.
-    pub backups: std::sync::Mutex<Backups>,
+    pub backups: Backups,
 }
 
-/// The backups running in this process (see [`App::backups`]).
+/// The backups running in this process. A backup starts and is recorded
+/// under the same lock that shutdown takes to close the list, so shutdown
+/// either joins a backup or the backup never starts.
 #[derive(Default)]
-pub struct Backups {
-    /// Set when shutdown collects the threads: no backup starts after it,
-    /// so none can be missed.
-    pub closed: bool,
+pub struct Backups(std::sync::Mutex<BackupThreads>);
+
+#[derive(Default)]
+struct BackupThreads {
+    /// Set by [`Backups::close`]: no backup starts after it.
+    closed: bool,
     /// The backup threads; finished ones are dropped as new ones start.
-    pub running: Vec<std::thread::JoinHandle<()>>,
+    running: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Backups {
+    /// Runs `job` on a thread of its own, not tokio's blocking pool: a
+    /// backup of a large journal runs for minutes, and the pool (one thread
+    /// per core, see `main.rs`) serves the filtered queries and live
+    /// streams meanwhile. `Ok(false)`, and `job` does not run, once
+    /// shutdown has begun.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> std::io::Result<bool> {
+        let mut threads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if threads.closed {
+            return Ok(false);
+        }
+        let thread = std::thread::Builder::new()
+            .name("backup".into())
+            .spawn(job)?;
+        threads.running.retain(|t| !t.is_finished());
+        threads.running.push(thread);
+        Ok(true)
+    }
+
+    /// Stops new backups from starting and returns the threads still
+    /// running, for shutdown to join.
+    fn close(&self) -> Vec<std::thread::JoinHandle<()>> {
+        let mut threads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        threads.closed = true;
+        let mut running = std::mem::take(&mut threads.running);
+        running.retain(|t| !t.is_finished());
+        running
+    }
 }
 
 /// Why the server could not run.
@@ -266,12 +300,7 @@ pub async fn serve(
     // A backup outlives its request if the grace period ran out: finish
     // it before the process exits, as a half-written copy would look like
     // a backup.
-    let mut backups = {
-        let mut all = app.backups.lock().unwrap_or_else(|p| p.into_inner());
-        all.closed = true;
-        std::mem::take(&mut all.running)
-    };
-    backups.retain(|t| !t.is_finished());
+    let backups = app.backups.close();
     if !backups.is_empty() {
         tracing::info!(
             running = backups.len(),
@@ -396,4 +425,37 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backups;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    /// A running backup is handed to shutdown; once closed, no backup
+    /// starts.
+    #[test]
+    fn close_returns_running_backups_and_refuses_new_ones() {
+        let backups = Backups::default();
+        let (release, wait) = mpsc::channel::<()>();
+        assert!(backups
+            .spawn(move || {
+                let _ = wait.recv();
+            })
+            .unwrap());
+        let running = backups.close();
+        assert_eq!(running.len(), 1);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        assert!(!backups
+            .spawn(move || flag.store(true, Ordering::SeqCst))
+            .unwrap());
+        release.send(()).unwrap();
+        for thread in running {
+            thread.join().unwrap();
+        }
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(backups.close().is_empty());
+    }
 }
