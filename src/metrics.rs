@@ -27,6 +27,10 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// Jobs per writer batch (one fsync each).
     pub batch_size: Histogram,
+    /// sled keys inserted or removed by commits. Per stored event this is
+    /// the storage engine's share of ingest work: each key costs sled a tree
+    /// descent and usually a node copy (README, "Performance").
+    pub store_writes: IntCounter,
     /// Appends waiting for the writer (sampled at scrape).
     pub queue_depth: IntGauge,
     /// Bytes of the data directory (sampled at scrape).
@@ -100,6 +104,10 @@ impl Metrics {
                 vec![
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
                 ],
+            ),
+            store_writes: counter(
+                "b24j_store_writes_total",
+                "sled keys inserted or removed by commits",
             ),
             queue_depth: gauge("b24j_writer_queue_depth", "Appends waiting for the writer"),
             disk_bytes: gauge(

@@ -317,6 +317,15 @@ async fn metrics_count_what_happened() {
     ] {
         assert!(text.contains(name), "missing {name}");
     }
+    // Each event above was its own group commit: its tail key, its portal's
+    // counters and the batch's LSN; the duplicate rewrote the original's
+    // tail key (its counter), the counters and the LSN.
+    let writes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("b24j_store_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no b24j_store_writes_total in:\n{text}"));
+    assert!(writes >= 6 * 3, "{writes} sled writes for 6 commits");
     assert!(!text.contains(P1.token));
     s.stop();
 }

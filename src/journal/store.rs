@@ -691,11 +691,13 @@ impl Store {
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
         self.check_space().map_err(CommitError::NotApplied)?;
         let lsn = self.next_lsn;
+        let keys = batch.writes.len() as u64 + 1;
         self.engine()
             .map_err(CommitError::NotApplied)?
             .tree
             .apply_batch(batch.into_sled(Some(lsn)))
             .map_err(|e| CommitError::NotDurable(e.into()))?;
+        crate::metrics::metrics().store_writes.inc_by(keys);
         self.next_lsn += 1;
         self.sync().map_err(CommitError::NotDurable)
     }
@@ -728,7 +730,10 @@ impl Store {
             .sync()
             .map_err(|e| CommitError::NotDurable(e.into()))?;
         self.next_lsn += 1;
+        // The batch's keys and its LSN.
+        let keys = batch.writes.len() as u64 + 1;
         apply_in_order(&tree, batch.writes, lsn).map_err(CommitError::NotDurable)?;
+        crate::metrics::metrics().store_writes.inc_by(keys);
         self.maybe_checkpoint();
         Ok(())
     }
