@@ -728,13 +728,23 @@ impl Page {
         self.count += 1;
     }
 
-    /// The page as a 200 response: `{"events":[…],"next_cursor":…}`.
-    fn into_response(self) -> Response {
+    /// Events on the page.
+    pub fn event_count(&self) -> usize {
+        self.count
+    }
+
+    /// The page's JSON: `{"events":[…],"next_cursor":…}`.
+    pub fn into_body(self) -> Vec<u8> {
         let mut body = self.body;
         body.extend_from_slice(b"],\"next_cursor\":");
         json_opt_str(&mut body, self.next_cursor.as_deref());
         body.push(b'}');
-        json_bytes_response(StatusCode::OK, body)
+        body
+    }
+
+    /// The page as a 200 response with [`Page::into_body`].
+    fn into_response(self) -> Response {
+        json_bytes_response(StatusCode::OK, self.into_body())
     }
 }
 

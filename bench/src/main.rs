@@ -3,6 +3,8 @@
 //! ```text
 //! b24-bench run [--smoke] [--n N | --full] [options]   every phase, one markdown report
 //! b24-bench fill --data-dir D --from A --to B --n N      bulk fill (used by `run`)
+//! b24-bench probe --data-dir D [--secs S]                 in-process latest-50 (used by `run`)
+//! b24-bench sled-floor --dir D --n N --value-bytes B      sled alone (used by `run`)
 //! ```
 //!
 //! Normally started by `scripts/bench.sh`, which builds the binaries and
@@ -10,6 +12,7 @@
 
 mod client;
 mod fill;
+mod floor;
 mod gen;
 mod report;
 mod run;
@@ -42,7 +45,9 @@ const USAGE: &str = "usage:
     --server-log FILTER   RUST_LOG of the service (default info, as in production)
     --command TEXT        the command line to print in the report
   b24-bench load ADDR CONNS SECS [THREADS]   POST ingest bodies (ceiling mode: only 200 is checked)
-  b24-bench fill --data-dir DIR --from A --to B --n N [--portals P] [--seed S] [--inflight K]";
+  b24-bench fill --data-dir DIR --from A --to B --n N [--portals P] [--seed S] [--inflight K]
+  b24-bench probe --data-dir DIR [--secs S] [--seed X]   latest-50 through the query code, one thread, no HTTP
+  b24-bench sled-floor --dir DIR --n N --value-bytes B   N inserts into a new sled database with the service's settings";
 
 /// Same allocator as `b24-journal`'s binary: the fill runs the service's
 /// write path in this process and must allocate as it does in production.
@@ -62,11 +67,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("probe") => report_err(
+            "probe",
+            floor::parse_probe(&args[1..]).and_then(floor::probe),
+        ),
+        Some("sled-floor") => report_err(
+            "sled-floor",
+            floor::parse_floor(&args[1..]).and_then(floor::sled_floor),
+        ),
         Some("run") => run_cmd(&args[1..]),
         Some("load") => load_cmd(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn report_err(what: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("b24-bench {what}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

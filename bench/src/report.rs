@@ -24,6 +24,9 @@ pub struct IngestRow {
     pub journal_events: u64,
     pub journal_dups: u64,
     pub verified: bool,
+    /// sled keys the service wrote during the level (its
+    /// `b24j_store_writes_total`), warm-up included like `counts`.
+    pub store_writes: Option<u64>,
 }
 
 pub struct FillRow {
@@ -43,6 +46,26 @@ pub struct QueryRow {
     pub at: u64,
     pub m: Measured,
     pub counts: QueryCounts,
+}
+
+/// latest-50 through the service's query code, one thread, no HTTP
+/// (`b24-bench probe`, on the N journal after the query phase).
+pub struct Probe {
+    pub pages: u64,
+    /// CPU of the probing thread per page, µs.
+    pub cpu_us: f64,
+    pub body_bytes: u64,
+    /// Mean stored event record, bytes.
+    pub record_bytes: u64,
+}
+
+/// sled alone inserting one value per event (`b24-bench sled-floor`).
+pub struct Floor {
+    pub inserts: u64,
+    pub value_bytes: u64,
+    /// Process CPU (sled's threads included) per insert, µs.
+    pub cpu_us: f64,
+    pub disk_bytes_per_item: f64,
 }
 
 #[derive(Default)]
@@ -73,6 +96,8 @@ pub struct Report {
     pub restarts: Vec<(u64, Duration)>,
     pub query: Vec<QueryRow>,
     pub query_plan: Option<FillPlan>,
+    pub probe: Option<Probe>,
+    pub floor: Option<Floor>,
     pub wall: Duration,
     pub errors: Vec<String>,
 }
@@ -425,6 +450,8 @@ pub fn render(o: &Opts, r: &Report) -> String {
     }
     let _ = writeln!(w);
 
+    budgets(w, o, r);
+
     // Ceiling.
     let _ = writeln!(w, "## Ceiling: bare warp server\n");
     let _ = writeln!(
@@ -684,6 +711,129 @@ pub fn render(o: &Opts, r: &Report) -> String {
 
 /// Cores of other load above which a phase is marked disturbed.
 const NOISY: f64 = 0.3;
+
+/// µs of CPU per request that a phase used: server, load generator and the
+/// rest of the machine (loopback network work lands there).
+fn exchange_us(m: &Measured) -> f64 {
+    (m.server_cpu + m.client_cpu + m.other_cpu) * 1e6 / m.rate.max(1.0)
+}
+
+/// The section that puts the two throughput goals the service misses
+/// (ingest at 64 connections, latest-50) in CPU per request: what the
+/// machine has at the goal, what the bare HTTP exchange already spends of it
+/// in the same run, and what the service's own work measures.
+fn budgets(w: &mut String, o: &Opts, r: &Report) {
+    let cores = r.machine.as_ref().map_or(0, |m| m.cores).max(1) as f64;
+    let ingest = r.ingest.iter().find(|row| row.m.conns == 64);
+    let latest = r
+        .query
+        .iter()
+        .find(|q| q.kind == QueryKind::Latest && q.at == o.n);
+    let (Some(row), Some(ceil)) = (ingest, ceiling_at(r, 64)) else {
+        return;
+    };
+    let (Some(q), Some(get), Some((size, sized))) =
+        (latest, r.ceiling_get.as_ref(), r.ceiling_sized.as_ref())
+    else {
+        return;
+    };
+    let us = |x: f64| format!("{x:.1} µs");
+    let _ = writeln!(w, "## The throughput goals in CPU per request\n");
+    let _ = writeln!(
+        w,
+        "What {cores:.0} cores give per request at each goal, what the bare HTTP exchange already spent per request in this run (bare server + load generator + the rest of the machine, from the ceiling rows), and what the service's own work measured. Where the last row is larger than the one above it, the goal cannot be met without cutting that work by the ratio between the two, however fast the HTTP side were.\n"
+    );
+    let goal_in = 0.5 * ceil.rate;
+    let goal_q = 0.5 * get.rate;
+    let (have_in, have_q) = (cores * 1e6 / goal_in, cores * 1e6 / goal_q);
+    let (bare_in, bare_q) = (exchange_us(ceil), exchange_us(sized));
+    let answers = (row.counts.stored() + row.counts.duplicates()).max(1);
+    let service_in = row.m.server_cpu * 1e6 / row.m.rate.max(1.0);
+    let writer_in = row.m.writer_cpu.map(|c| c * 1e6 / row.m.rate.max(1.0));
+    let keys = row.store_writes.map(|k| k as f64 / answers as f64);
+    let mut own_in = format!(
+        "the journal writer thread {} per event (the whole service, its HTTP side included: {})",
+        writer_in.map_or("–".into(), us),
+        us(service_in)
+    );
+    if let Some(k) = keys {
+        let _ = write!(own_in, "; {k:.1} sled keys written per event");
+        if let Some(f) = &r.floor {
+            let _ = write!(
+                own_in,
+                ", which at sled's own cost ({} of CPU per insert of a {} B value, below) are {} without any lookup",
+                us(f.cpu_us),
+                f.value_bytes,
+                us(k * f.cpu_us)
+            );
+        }
+    }
+    let own_q = match &r.probe {
+        Some(p) => format!(
+            "{} per page through the service's query code, one thread, no HTTP ({} pages of {} B); the server over HTTP: {} per answer",
+            us(p.cpu_us),
+            int(p.pages),
+            int(p.body_bytes),
+            us(q.m.server_cpu * 1e6 / q.m.rate.max(1.0))
+        ),
+        None => format!(
+            "the server over HTTP: {} per answer",
+            us(q.m.server_cpu * 1e6 / q.m.rate.max(1.0))
+        ),
+    };
+    let _ = writeln!(
+        w,
+        "| | ingest at 64 connections | latest-50 at N = {} |\n|---|---|---|",
+        int(o.n)
+    );
+    let _ = writeln!(
+        w,
+        "| goal | {} events/s (0.5 × {}) | {} req/s (0.5 × {}) |",
+        int(goal_in as u64),
+        int(ceil.rate as u64),
+        int(goal_q as u64),
+        int(get.rate as u64)
+    );
+    let _ = writeln!(
+        w,
+        "| CPU per request at the goal ({cores:.0} cores ÷ goal) | {} | {} |",
+        us(have_in),
+        us(have_q)
+    );
+    let _ = writeln!(
+        w,
+        "| spent by the bare exchange (ingest: POST at 64 connections; latest-50: GET answering {} B) | {} | {} |",
+        int(*size),
+        us(bare_in),
+        us(bare_q)
+    );
+    let _ = writeln!(
+        w,
+        "| **left for the service's own work** | **{}** | **{}** |",
+        us(have_in - bare_in),
+        us(have_q - bare_q)
+    );
+    let _ = writeln!(
+        w,
+        "| the service's own work, measured | {own_in} | {own_q} |"
+    );
+    if let Some(f) = &r.floor {
+        let _ = writeln!(
+            w,
+            "\nsled alone (`b24-bench sled-floor`): {} inserts of {} B values (the mean stored record of the query journal) into a new database with the service's settings, keys as the journal's tail keys, one thread: {} of CPU per insert (sled's own threads included), {:.0} bytes on disk per item after a flush{}",
+            int(f.inserts),
+            f.value_bytes,
+            us(f.cpu_us),
+            f.disk_bytes_per_item,
+            if f.disk_bytes_per_item > 250.0 {
+                ": one sled item per event would by itself miss the 250 B/event goal, which is why the journal packs 64 events per item (and pays for it in rewrites)."
+            } else {
+                "."
+            }
+        );
+    }
+    let _ = writeln!(w);
+}
 
 fn cpu(m: &Measured) -> String {
     format!(

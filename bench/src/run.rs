@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use b24_journal::journal::WRITER_THREAD;
 use hdrhistogram::Histogram;
 
 use crate::client::{self, Outcome, Spec};
@@ -233,6 +234,9 @@ pub struct Measured {
     pub client_cpu: f64,
     /// Cores busy with anything else on the machine during the phase.
     pub other_cpu: f64,
+    /// Cores used by the service's journal writer thread (`None` for the
+    /// bare server, which has none).
+    pub writer_cpu: Option<f64>,
     pub peak_rss_kb: u64,
 }
 
@@ -284,6 +288,7 @@ impl Harness {
     ) -> Result<(Outcome<W>, Measured), String> {
         let _ = sys::reset_peak_rss(pid);
         let me = std::process::id();
+        let w0 = sys::thread_cpu_secs(pid, WRITER_THREAD);
         let (s0, c0, j0, t0) = (
             sys::cpu_secs(pid).unwrap_or(0.0),
             sys::cpu_secs(me).unwrap_or(0.0),
@@ -292,6 +297,7 @@ impl Harness {
         );
         let out = self.rt.block_on(client::run(spec, factory))?;
         let wall = t0.elapsed().as_secs_f64();
+        let w1 = sys::thread_cpu_secs(pid, WRITER_THREAD);
         let (s1, c1, j1) = (
             sys::cpu_secs(pid).unwrap_or(0.0),
             sys::cpu_secs(me).unwrap_or(0.0),
@@ -309,6 +315,7 @@ impl Harness {
             server_cpu,
             client_cpu,
             other_cpu: (busy_cores - server_cpu - client_cpu).max(0.0),
+            writer_cpu: w0.zip(w1).map(|(a, b)| (b - a) / wall),
             peak_rss_kb: sys::vm_hwm_kb(pid).unwrap_or(0),
         };
         Ok((out, m))
@@ -389,6 +396,21 @@ impl Harness {
     }
 
     /// Sums `events` and `duplicates` over `GET /v1/portals`.
+    /// The service's `b24j_store_writes_total` (sled keys written), from
+    /// `GET /metrics`; `None` if it cannot be read.
+    fn store_writes(&self, addr: SocketAddr) -> Option<u64> {
+        let (status, body) = self.rt.block_on(client::get(addr, "/metrics", None)).ok()?;
+        if status != 200 {
+            return None;
+        }
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("b24j_store_writes_total "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn journal_totals(&self, addr: SocketAddr) -> Result<(u64, u64, usize), String> {
         let (status, body) = self
             .rt
@@ -659,10 +681,14 @@ impl Harness {
         for &c in &self.o.ingest_conns.clone() {
             eprintln!("== ingest, {c} connections");
             let spec = self.spec(svc.addr, c, self.o.ingest_secs);
+            let writes_before = self.store_writes(svc.addr);
             let (out, m) = self.measure(svc.proc_.pid, spec, |i| {
                 IngestWork::new(shared.clone(), ((c as u64) << 32) | i as u64, false)
             })?;
             svc.proc_.alive()?;
+            let store_writes = writes_before
+                .zip(self.store_writes(svc.addr))
+                .map(|(a, b)| b.saturating_sub(a));
             let mut counts = IngestCounts::default();
             for w in &out.works {
                 counts.add(&w.counts);
@@ -714,6 +740,7 @@ impl Harness {
                 journal_events: events,
                 journal_dups: dups,
                 verified,
+                store_writes,
             });
         }
         // Durability across a clean restart.
@@ -907,15 +934,113 @@ impl Harness {
             self.r.restarts.push((at, again.startup));
             self.stop_service(again, &format!("query server at {at} (restarted)"));
         }
+        self.floors(&data);
         self.r.query_plan = Some(plan);
         let _ = std::fs::remove_dir_all(&data);
         Ok(())
+    }
+
+    /// The in-process measurements of `floor`: latest-50 through the query
+    /// code on the filled journal (no server runs on it now), then sled
+    /// alone inserting values of the journal's mean record size. A failure
+    /// is reported, not fatal: these explain the table, they are not in it.
+    fn floors(&mut self, data: &Path) {
+        let secs = if self.o.smoke { 1.0 } else { 6.0 };
+        eprintln!("== in-process latest-50 on the filled journal, {secs} s");
+        let probe = self.tool(
+            "PROBE",
+            &[
+                "probe",
+                "--data-dir",
+                &data.display().to_string(),
+                "--secs",
+                &secs.to_string(),
+                "--seed",
+                &QUERY_SEED.to_string(),
+            ],
+        );
+        let record_bytes = match probe {
+            Ok(v) => {
+                let probe = report::Probe {
+                    pages: v.get("pages") as u64,
+                    cpu_us: v.get("cpu_us"),
+                    body_bytes: v.get("body_bytes") as u64,
+                    record_bytes: v.get("record_bytes") as u64,
+                };
+                let b = probe.record_bytes;
+                self.r.probe = Some(probe);
+                b.max(1)
+            }
+            Err(e) => {
+                self.errors.push(format!("probe: {e}"));
+                return;
+            }
+        };
+        let n = self.o.n.min(1_000_000);
+        eprintln!("== sled alone: {n} inserts of {record_bytes} B");
+        let dir = self.o.tmp.join("sled-floor");
+        let floor = self.tool(
+            "FLOOR",
+            &[
+                "sled-floor",
+                "--dir",
+                &dir.display().to_string(),
+                "--n",
+                &n.to_string(),
+                "--value-bytes",
+                &record_bytes.to_string(),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        match floor {
+            Ok(v) => {
+                self.r.floor = Some(report::Floor {
+                    inserts: n,
+                    value_bytes: record_bytes,
+                    cpu_us: v.get("cpu_us"),
+                    disk_bytes_per_item: v.get("disk_bytes_per_item"),
+                })
+            }
+            Err(e) => self.errors.push(format!("sled-floor: {e}")),
+        }
+    }
+
+    /// Runs this binary with `args` and returns the `key=value` pairs of the
+    /// stdout line starting with `prefix`.
+    fn tool(&self, prefix: &str, args: &[&str]) -> Result<ToolLine, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let out = Command::new(exe)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("{}: {e}", args[0]))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!("{} failed ({}): {text}", args[0], out.status));
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).map(|rest| ToolLine(rest.to_owned())))
+            .ok_or_else(|| format!("{} printed no {prefix} line: {text}", args[0]))
     }
 
     pub fn finish(&mut self, wall: Duration) -> String {
         self.r.wall = wall;
         self.r.errors = self.errors.clone();
         report::render(&self.o, &self.r)
+    }
+}
+
+/// The `key=value …` rest of a tool's result line.
+struct ToolLine(String);
+
+impl ToolLine {
+    /// The value of `key`, 0 if absent or not a number.
+    fn get(&self, key: &str) -> f64 {
+        self.0
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 

@@ -193,7 +193,34 @@ pub fn git_describe(dir: &Path) -> String {
 
 /// CPU time (user + system, all threads) used by `pid` so far, in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU time (user + system) used so far by the threads of `pid` named
+/// `name` (their `comm`), in seconds; `None` when it has no such thread.
+pub fn thread_cpu_secs(pid: u32, name: &str) -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let task = entry.path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(task.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some(secs) = stat_cpu_secs(&text) {
+            *total.get_or_insert(0.0) += secs;
+        }
+    }
+    total
+}
+
+/// utime + stime of a `/proc/…/stat` line, in seconds.
+fn stat_cpu_secs(text: &str) -> Option<f64> {
     let after = text.rsplit_once(')')?.1;
     let mut f = after.split_whitespace().skip(11);
     let utime: u64 = f.next()?.parse().ok()?;
@@ -201,6 +228,17 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some((utime + stime) as f64 / ticks)
+}
+
+/// CPU time this thread has used, in seconds (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn this_thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Niceness of this process (field 19 of /proc/self/stat).

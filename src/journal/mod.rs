@@ -298,6 +298,11 @@ pub struct Journal {
     writer: std::thread::JoinHandle<()>,
 }
 
+/// The name of the thread that commits every write: what `top -H` and
+/// `/proc/<pid>/task/*/comm` show for it (the benchmark harness measures its
+/// CPU by this name).
+pub const WRITER_THREAD: &str = "journal-writer";
+
 /// How a journal is opened and run.
 #[derive(Debug, Clone, Copy)]
 pub struct JournalOptions {
@@ -341,7 +346,7 @@ impl Journal {
         let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
-            .name("journal-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || writer.run(rx))
             .map_err(|source| OpenError::Io {
                 dir: data_dir.to_owned(),
