@@ -943,7 +943,8 @@ impl Harness {
     /// The in-process measurements of `floor`: latest-50 through the query
     /// code on the filled journal (no server runs on it now), then sled
     /// alone inserting values of the journal's mean record size. A failure
-    /// is reported, not fatal: these explain the table, they are not in it.
+    /// is an error of the run (the filled journal must open and answer),
+    /// and the report's CPU-per-request section then lacks what is missing.
     fn floors(&mut self, data: &Path) {
         let secs = if self.o.smoke { 1.0 } else { 6.0 };
         eprintln!("== in-process latest-50 on the filled journal, {secs} s");
