@@ -451,6 +451,7 @@ pub fn render(o: &Opts, r: &Report) -> String {
     let _ = writeln!(w);
 
     budgets(w, o, r);
+    serial_budget(w, r);
 
     // Ceiling.
     let _ = writeln!(w, "## Ceiling: bare warp server\n");
@@ -832,6 +833,62 @@ fn budgets(w: &mut String, o: &Opts, r: &Report) {
             }
         );
     }
+    let _ = writeln!(w);
+}
+
+/// Ingest at 1 connection in time per event: events are serial there, so
+/// the goal is a time per event, of which the disk's fdatasync and the
+/// bare round trip take their share whatever the service does.
+fn serial_budget(w: &mut String, r: &Report) {
+    let (Some(row), Some(ceil), Some(fsyncs)) = (
+        r.ingest.iter().find(|row| row.m.conns == 1),
+        ceiling_at(r, 1),
+        r.fsync_rate,
+    ) else {
+        return;
+    };
+    let us = |x: f64| format!("{x:.0} µs");
+    let goal = 0.25 * ceil.rate;
+    let at_goal = 1e6 / goal.max(1.0);
+    let fsync = 1e6 / fsyncs.max(1.0);
+    let bare = 1e6 / ceil.rate.max(1.0);
+    let took = 1e6 / row.m.rate.max(1.0);
+    let _ = writeln!(w, "## Ingest at 1 connection in time per event\n");
+    let _ = writeln!(
+        w,
+        "One connection sends the next event only after the answer to the last, so the goal is a time per event. Each durable answer waits for one fdatasync (this run's rate for the redo log's kind of write, above) and pays the round trip the bare server pays at 1 connection; what is left is the time for everything else: decoding, verifying, deduplicating, laying out and applying the event to sled, and handing it between threads.\n"
+    );
+    let _ = writeln!(w, "| | µs per event |\n|---|---:|");
+    let _ = writeln!(
+        w,
+        "| at the goal: 1 / (0.25 × {} events/s) | {} |",
+        int(ceil.rate as u64),
+        us(at_goal)
+    );
+    let _ = writeln!(
+        w,
+        "| one fdatasync: 1 / {} per s | {} |",
+        int(fsyncs as u64),
+        us(fsync)
+    );
+    let _ = writeln!(
+        w,
+        "| the bare round trip: 1 / {} per s | {} |",
+        int(ceil.rate as u64),
+        us(bare)
+    );
+    let _ = writeln!(
+        w,
+        "| **left at the goal for everything else** | **{}** |",
+        us(at_goal - fsync - bare)
+    );
+    let _ = writeln!(
+        w,
+        "| the service in this run: 1 / {} events/s, less the fdatasync and the round trip | {} (all of it: {}) |",
+        int(row.m.rate as u64),
+        us(took - fsync - bare),
+        us(took)
+    );
     let _ = writeln!(w);
 }
 
