@@ -395,7 +395,6 @@ impl Harness {
         }
     }
 
-    /// Sums `events` and `duplicates` over `GET /v1/portals`.
     /// The service's `b24j_store_writes_total` (sled keys written), from
     /// `GET /metrics`; `None` if it cannot be read.
     fn store_writes(&self, addr: SocketAddr) -> Option<u64> {
@@ -411,6 +410,7 @@ impl Harness {
             .ok()
     }
 
+    /// Sums `events` and `duplicates` over `GET /v1/portals`.
     fn journal_totals(&self, addr: SocketAddr) -> Result<(u64, u64, usize), String> {
         let (status, body) = self
             .rt
@@ -1010,11 +1010,18 @@ impl Harness {
     /// stdout line starting with `prefix`.
     fn tool(&self, prefix: &str, args: &[&str]) -> Result<ToolLine, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let out = Command::new(exe)
+        let child = Command::new(exe)
             .args(args)
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .output()
+            .spawn()
             .map_err(|e| format!("{}: {e}", args[0]))?;
+        // Registered like the fill's, so an interrupted run stops it too.
+        let pidfile = self.pids.join(child.id().to_string());
+        let _ = std::fs::write(&pidfile, child.id().to_string());
+        let out = child.wait_with_output();
+        let _ = std::fs::remove_file(&pidfile);
+        let out = out.map_err(|e| format!("{}: {e}", args[0]))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(format!("{} failed ({}): {text}", args[0], out.status));
