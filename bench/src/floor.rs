@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use b24_journal::journal::{Journal, JournalOptions};
+use b24_journal::journal::{store, Journal, JournalOptions};
 use b24_journal::query::{self, EventsQuery};
 use b24_journal::settings;
 
@@ -156,10 +156,7 @@ pub fn parse_floor(args: &[String]) -> Result<FloorArgs, String> {
 /// process's CPU (sled's own threads included) and of wall time per
 /// insert, and bytes on disk per item after the flush.
 pub fn sled_floor(a: FloorArgs) -> Result<(), String> {
-    let db = sled::Config::new()
-        .path(&a.dir)
-        .cache_capacity(settings::DEFAULT_CACHE_MB * 1024 * 1024)
-        .flush_every_ms(None)
+    let db = store::engine_config(&a.dir, settings::DEFAULT_CACHE_MB * 1024 * 1024)
         .open()
         .map_err(|e| format!("open sled: {e}"))?;
     let tree = db.open_tree("journal").map_err(|e| e.to_string())?;

@@ -155,16 +155,21 @@ struct Engine {
     log: Arc<File>,
 }
 
+/// The settings the journal opens sled in `dir` with. Public so that the
+/// benchmark harness measures sled alone as the service runs it.
+pub fn engine_config(dir: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        // Commits are made durable by the redo log, and sled is flushed at
+        // checkpoints by one thread at a time: sled's periodic flush thread
+        // would add a second, concurrent flusher.
+        .flush_every_ms(None)
+}
+
 impl Engine {
     fn open(dir: &Path, cache_bytes: u64) -> Result<Engine, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            // Commits are made durable by the redo log, and sled is flushed
-            // at checkpoints by one thread at a time: sled's periodic flush
-            // thread would add a second, concurrent flusher.
-            .flush_every_ms(None)
-            .open()?;
+        let db = engine_config(dir, cache_bytes).open()?;
         let tree = db.open_tree("journal")?;
         let log = Arc::new(File::open(dir.join("db"))?);
         Ok(Engine { db, tree, log })
