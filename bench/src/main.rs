@@ -60,13 +60,7 @@ fn main() -> ExitCode {
     b24_journal::shorten_allocator_purge_delay();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("fill") => match fill::parse_args(&args[1..]).and_then(fill::run) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("b24-bench fill: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Some("fill") => report_err("fill", fill::parse_args(&args[1..]).and_then(fill::run)),
         Some("probe") => report_err(
             "probe",
             floor::parse_probe(&args[1..]).and_then(floor::probe),
@@ -84,6 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// A subcommand's exit: its error, if any, on stderr.
 fn report_err(what: &str, r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,

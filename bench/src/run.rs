@@ -767,49 +767,39 @@ impl Harness {
 
     fn fill(&mut self, data: &Path, from: u64, to: u64) -> Result<report::FillRow, String> {
         eprintln!("== fill {from}..{to} of {} through the library", self.o.n);
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("fill")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--from", &from.to_string()])
-            .args(["--to", &to.to_string()])
-            .args(["--n", &self.o.n.to_string()])
-            .args(["--portals", &self.o.query_portals.to_string()])
-            .args(["--seed", &QUERY_SEED.to_string()])
-            .args(["--inflight", &self.o.fill_inflight.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
         let t = Instant::now();
-        let child = cmd.spawn().map_err(|e| format!("start fill: {e}"))?;
-        let pidfile = self.pids.join(child.id().to_string());
-        let _ = std::fs::write(&pidfile, child.id().to_string());
-        let out = child.wait_with_output().map_err(|e| format!("fill: {e}"))?;
-        let _ = std::fs::remove_file(&pidfile);
+        let line = self
+            .tool(
+                "FILL",
+                &[
+                    "fill",
+                    "--data-dir",
+                    &data.display().to_string(),
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                    "--n",
+                    &self.o.n.to_string(),
+                    "--portals",
+                    &self.o.query_portals.to_string(),
+                    "--seed",
+                    &QUERY_SEED.to_string(),
+                    "--inflight",
+                    &self.o.fill_inflight.to_string(),
+                ],
+            )
+            .map_err(|e| format!("fill {from}..{to}: {e}"))?;
         let wall = t.elapsed();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            return Err(format!("fill {from}..{to} failed ({}): {text}", out.status));
-        }
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("FILL "))
-            .ok_or_else(|| format!("fill printed no result: {text}"))?;
-        let get = |k: &str| -> f64 {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
         let row = report::FillRow {
             from,
             to,
-            stored: get("stored") as u64,
-            duplicates: get("duplicates") as u64,
-            fill_secs: get("fill_secs"),
-            close_secs: get("close_secs"),
+            stored: line.get("stored") as u64,
+            duplicates: line.get("duplicates") as u64,
+            fill_secs: line.get("fill_secs"),
+            close_secs: line.get("close_secs"),
             wall,
-            peak_rss_kb: get("vmhwm_kb") as u64,
+            peak_rss_kb: line.get("vmhwm_kb") as u64,
             disk_bytes: sys::disk_usage(data).unwrap_or(0),
         };
         if row.stored != to - from || row.duplicates != 0 {
@@ -1006,8 +996,10 @@ impl Harness {
         }
     }
 
-    /// Runs this binary with `args` and returns the `key=value` pairs of the
-    /// stdout line starting with `prefix`.
+    /// Runs this binary with `args` (a subcommand: fill, probe, sled-floor)
+    /// and returns the `key=value` pairs of its stdout line `PREFIX …`. The
+    /// child is registered in `<tmp>/pids` while it runs, so that
+    /// scripts/bench.sh's trap stops it when a run is interrupted.
     fn tool(&self, prefix: &str, args: &[&str]) -> Result<ToolLine, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let child = Command::new(exe)
@@ -1016,7 +1008,6 @@ impl Harness {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("{}: {e}", args[0]))?;
-        // Registered like the fill's, so an interrupted run stops it too.
         let pidfile = self.pids.join(child.id().to_string());
         let _ = std::fs::write(&pidfile, child.id().to_string());
         let out = child.wait_with_output();
@@ -1027,7 +1018,11 @@ impl Harness {
             return Err(format!("{} failed ({}): {text}", args[0], out.status));
         }
         text.lines()
-            .find_map(|l| l.strip_prefix(prefix).map(|rest| ToolLine(rest.to_owned())))
+            .find_map(|l| {
+                l.strip_prefix(prefix)
+                    .filter(|rest| rest.starts_with(' '))
+                    .map(|rest| ToolLine(rest.to_owned()))
+            })
             .ok_or_else(|| format!("{} printed no {prefix} line: {text}", args[0]))
     }
 
