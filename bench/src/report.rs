@@ -859,36 +859,36 @@ fn serial_budget(w: &mut String, r: &Report) {
         "One connection sends the next event only after the answer to the last, so the goal is a time per event. Each durable answer waits for one fdatasync (this run's rate for the redo log's kind of write, above) and pays the round trip the bare server pays at 1 connection; what is left is the time for everything else: decoding, verifying, deduplicating, laying out and applying the event to sled, and handing it between threads.\n"
     );
     let _ = writeln!(w, "| | µs per event |\n|---|---:|");
-    let _ = writeln!(
-        w,
-        "| at the goal: 1 / (0.25 × {} events/s) | {} |",
-        int(ceil.rate as u64),
-        us(at_goal)
-    );
-    let _ = writeln!(
-        w,
-        "| one fdatasync: 1 / {} per s | {} |",
-        int(fsyncs as u64),
-        us(fsync)
-    );
-    let _ = writeln!(
-        w,
-        "| the bare round trip: 1 / {} per s | {} |",
-        int(ceil.rate as u64),
-        us(bare)
-    );
-    let _ = writeln!(
-        w,
-        "| **left at the goal for everything else** | **{}** |",
-        us(at_goal - fsync - bare)
-    );
-    let _ = writeln!(
-        w,
-        "| the service in this run: 1 / {} events/s, less the fdatasync and the round trip | {} (all of it: {}) |",
-        int(row.m.rate as u64),
-        us(took - fsync - bare),
-        us(took)
-    );
+    for (what, v) in [
+        (
+            format!(
+                "at the goal: 1 / (0.25 × {} events/s)",
+                int(ceil.rate as u64)
+            ),
+            us(at_goal),
+        ),
+        (
+            format!("one fdatasync: 1 / {} per s", int(fsyncs as u64)),
+            us(fsync),
+        ),
+        (
+            format!("the bare round trip: 1 / {} per s", int(ceil.rate as u64)),
+            us(bare),
+        ),
+        (
+            "**left at the goal for everything else**".into(),
+            format!("**{}**", us(at_goal - fsync - bare)),
+        ),
+        (
+            format!(
+                "the service in this run: 1 / {} events/s, less the fdatasync and the round trip",
+                int(row.m.rate as u64)
+            ),
+            format!("{} (all of it: {})", us(took - fsync - bare), us(took)),
+        ),
+    ] {
+        let _ = writeln!(w, "| {what} | {v} |");
+    }
     let _ = writeln!(w);
 }
 
