@@ -23,8 +23,13 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 /// connections): 16 MiB against 64 MiB took the fill's peak RSS from 294 to
 /// 236 MiB and the `entity_id` query server's from 192 to 150 MiB, for 9 %
 /// less fill rate and 10–25 % fewer `entity_id` answers/s; latest-50 the
-/// same.
-pub const DEFAULT_CACHE_MB: u64 = 16;
+/// same. Then 8 against 16 MiB (fills through the bench's write path,
+/// 1,000 portals): peak RSS 124 / 128 against 145 / 144 MiB at 2M events
+/// (fill time 104 / 97 against 103 / 96 s), 173 against 186 MiB at 4M
+/// (237 against 227 s); on the 10M journal, latest-50 and `entity_id`
+/// answers/s, p99 and peak RSS within the run-to-run spread, and ingest at
+/// 64 connections the same (21.6k / 23.3k against 21.1k / 23.4k events/s).
+pub const DEFAULT_CACHE_MB: u64 = 8;
 /// Default redo-log volume between engine reopens, in MiB (why: see
 /// [`SNAPSHOT_AFTER_LOGGED`](crate::journal::store::SNAPSHOT_AFTER_LOGGED)).
 pub const DEFAULT_SNAPSHOT_EVERY_MB: u64 =
@@ -182,7 +187,7 @@ pub struct ServeArgs {
     )]
     pub read_token: Option<String>,
 
-    /// sled page cache size in MiB [default: 16].
+    /// sled page cache size in MiB [default: 8].
     #[arg(long, env = "B24J_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
 
@@ -553,7 +558,7 @@ mod tests {
         assert_eq!(s.listen.port(), 7000);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.portals[0].0.as_str(), "m1");
-        assert_eq!(s.cache_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.cache_bytes, 8 * 1024 * 1024);
         assert_eq!(s.snapshot_every_bytes, 512 * 1024 * 1024);
         assert_eq!(s.body_timeout, Duration::from_secs(30));
 
