@@ -24,14 +24,16 @@ pub struct ProbeArgs {
     data_dir: PathBuf,
     secs: f64,
     seed: u64,
+    cache_mb: u64,
 }
 
-/// `--data-dir DIR [--secs S] [--seed X]`.
+/// `--data-dir DIR [--secs S] [--seed X] [--cache-mb MIB]`.
 pub fn parse_probe(args: &[String]) -> Result<ProbeArgs, String> {
     let mut a = ProbeArgs {
         data_dir: PathBuf::new(),
         secs: 3.0,
         seed: 1,
+        cache_mb: settings::DEFAULT_CACHE_MB,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -40,6 +42,7 @@ pub fn parse_probe(args: &[String]) -> Result<ProbeArgs, String> {
             "--data-dir" => a.data_dir = PathBuf::from(val()?),
             "--secs" => a.secs = val()?.parse().map_err(|e| format!("--secs: {e}"))?,
             "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--cache-mb" => a.cache_mb = val()?.parse().map_err(|e| format!("--cache-mb: {e}"))?,
             other => return Err(format!("probe: unknown flag {other}")),
         }
     }
@@ -54,9 +57,9 @@ pub fn parse_probe(args: &[String]) -> Result<ProbeArgs, String> {
 /// thread's CPU and of wall time per page, mean body bytes, mean stored
 /// record bytes.
 pub fn probe(a: ProbeArgs) -> Result<(), String> {
-    // As the service opens it by default.
+    // As the service opens it by default (`--cache-mb` to compare).
     let options = JournalOptions {
-        cache_bytes: settings::DEFAULT_CACHE_MB * 1024 * 1024,
+        cache_bytes: a.cache_mb * 1024 * 1024,
         queue: settings::DEFAULT_QUEUE,
         snapshot_every_bytes: settings::DEFAULT_SNAPSHOT_EVERY_MB * 1024 * 1024,
     };

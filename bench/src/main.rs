@@ -46,7 +46,8 @@ const USAGE: &str = "usage:
     --command TEXT        the command line to print in the report
   b24-bench load ADDR CONNS SECS [THREADS]   POST ingest bodies (ceiling mode: only 200 is checked)
   b24-bench fill --data-dir DIR --from A --to B --n N [--portals P] [--seed S] [--inflight K]
-  b24-bench probe --data-dir DIR [--secs S] [--seed X]   latest-50 through the query code, one thread, no HTTP
+  b24-bench probe --data-dir DIR [--secs S] [--seed X] [--cache-mb MIB]
+                                                        latest-50 through the query code, one thread, no HTTP
   b24-bench sled-floor --dir DIR --n N --value-bytes B   N inserts into a new sled database with the service's settings";
 
 /// Same allocator as `b24-journal`'s binary: the fill runs the service's
