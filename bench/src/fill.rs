@@ -15,6 +15,7 @@ use b24_journal::decode::{decode, BodyKind};
 use b24_journal::journal::store::SNAPSHOT_AFTER_LOGGED;
 use b24_journal::journal::{AppendError, AppendOutcome, Journal, JournalOptions, NewEvent};
 
+use crate::flags;
 use crate::gen::{portals, write_body, FillPlan, Rng};
 use crate::sys;
 
@@ -47,19 +48,17 @@ pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut val = || it.next().cloned().ok_or(format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--data-dir" => a.data_dir = PathBuf::from(val()?),
-            "--from" => a.from = num(val()?)?,
-            "--to" => a.to = num(val()?)?,
-            "--n" => a.n = num(val()?)?,
-            "--portals" => a.portals = num(val()?)?,
-            "--seed" => a.seed = num(val()?)?,
-            "--inflight" => a.inflight = num(val()?)? as usize,
-            "--cache-mb" => a.cache_mb = num(val()?)?,
-            "--queue" => a.queue = num(val()?)? as usize,
-            "--snapshot-every-mb" => a.snapshot_every_mb = num(val()?)?,
+            "--data-dir" => a.data_dir = flags::value(flag, it.next())?,
+            "--from" => a.from = flags::value(flag, it.next())?,
+            "--to" => a.to = flags::value(flag, it.next())?,
+            "--n" => a.n = flags::value(flag, it.next())?,
+            "--portals" => a.portals = flags::value(flag, it.next())?,
+            "--seed" => a.seed = flags::value(flag, it.next())?,
+            "--inflight" => a.inflight = flags::value(flag, it.next())?,
+            "--cache-mb" => a.cache_mb = flags::value(flag, it.next())?,
+            "--queue" => a.queue = flags::value(flag, it.next())?,
+            "--snapshot-every-mb" => a.snapshot_every_mb = flags::value(flag, it.next())?,
             other => return Err(format!("fill: unknown flag {other}")),
         }
     }

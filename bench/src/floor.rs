@@ -16,6 +16,7 @@ use b24_journal::journal::{store, Journal, JournalOptions};
 use b24_journal::query::{self, EventsQuery};
 use b24_journal::settings;
 
+use crate::flags;
 use crate::gen::Rng;
 use crate::sys;
 
@@ -37,12 +38,11 @@ pub fn parse_probe(args: &[String]) -> Result<ProbeArgs, String> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--data-dir" => a.data_dir = PathBuf::from(val()?),
-            "--secs" => a.secs = val()?.parse().map_err(|e| format!("--secs: {e}"))?,
-            "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--cache-mb" => a.cache_mb = val()?.parse().map_err(|e| format!("--cache-mb: {e}"))?,
+            "--data-dir" => a.data_dir = flags::value(flag, it.next())?,
+            "--secs" => a.secs = flags::value(flag, it.next())?,
+            "--seed" => a.seed = flags::value(flag, it.next())?,
+            "--cache-mb" => a.cache_mb = flags::value(flag, it.next())?,
             other => return Err(format!("probe: unknown flag {other}")),
         }
     }
@@ -136,13 +136,10 @@ pub fn parse_floor(args: &[String]) -> Result<FloorArgs, String> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--dir" => a.dir = PathBuf::from(val()?),
-            "--n" => a.n = val()?.parse().map_err(|e| format!("--n: {e}"))?,
-            "--value-bytes" => {
-                a.value_bytes = val()?.parse().map_err(|e| format!("--value-bytes: {e}"))?
-            }
+            "--dir" => a.dir = flags::value(flag, it.next())?,
+            "--n" => a.n = flags::value(flag, it.next())?,
+            "--value-bytes" => a.value_bytes = flags::value(flag, it.next())?,
             other => return Err(format!("sled-floor: unknown flag {other}")),
         }
     }

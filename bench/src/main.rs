@@ -12,6 +12,7 @@
 
 mod client;
 mod fill;
+mod flags;
 mod floor;
 mod gen;
 mod report;
@@ -99,16 +100,13 @@ fn parse_run(args: &[String]) -> Result<run::Opts, String> {
     let mut latest: Option<PathBuf> = None;
     let mut extra = Vec::new();
     while let Some(flag) = it.next() {
-        let mut val = || it.next().cloned().ok_or(format!("{flag} needs a value"));
-        let f = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
-        let u = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
             "--smoke" => {}
-            "--n" => o.n = u(val()?)?,
+            "--n" => o.n = flags::value(flag, it.next())?,
             "--full" => o.n = 10_000_000,
-            "--stage" => o.stage = u(val()?)?,
+            "--stage" => o.stage = flags::value(flag, it.next())?,
             "--conns" => {
-                o.ingest_conns = val()?
+                o.ingest_conns = flags::value::<String>(flag, it.next())?
                     .split(',')
                     .map(|c| {
                         c.trim()
@@ -117,21 +115,21 @@ fn parse_run(args: &[String]) -> Result<run::Opts, String> {
                     })
                     .collect::<Result<_, _>>()?
             }
-            "--query-conns" => o.query_conns = u(val()?)? as usize,
-            "--secs" => o.ingest_secs = f(val()?)?,
-            "--query-secs" => o.query_secs = f(val()?)?,
-            "--warmup" => o.warmup_secs = f(val()?)?,
-            "--client-threads" => o.client_threads = u(val()?)? as usize,
+            "--query-conns" => o.query_conns = flags::value(flag, it.next())?,
+            "--secs" => o.ingest_secs = flags::value(flag, it.next())?,
+            "--query-secs" => o.query_secs = flags::value(flag, it.next())?,
+            "--warmup" => o.warmup_secs = flags::value(flag, it.next())?,
+            "--client-threads" => o.client_threads = flags::value(flag, it.next())?,
             "--no-wrk" => o.wrk = false,
-            "--wait-quiet" => o.wait_quiet = f(val()?)?,
-            "--write" => extra.push(PathBuf::from(val()?)),
-            "--latest" => latest = Some(PathBuf::from(val()?)),
-            "--tmp" => o.tmp = PathBuf::from(val()?),
-            "--server-bin" => o.server_bin = PathBuf::from(val()?),
-            "--ceiling-bin" => o.ceiling_bin = PathBuf::from(val()?),
-            "--repo" => o.repo = PathBuf::from(val()?),
-            "--server-log" => o.server_log = val()?,
-            "--command" => o.command = val()?,
+            "--wait-quiet" => o.wait_quiet = flags::value(flag, it.next())?,
+            "--write" => extra.push(flags::value(flag, it.next())?),
+            "--latest" => latest = Some(flags::value(flag, it.next())?),
+            "--tmp" => o.tmp = flags::value(flag, it.next())?,
+            "--server-bin" => o.server_bin = flags::value(flag, it.next())?,
+            "--ceiling-bin" => o.ceiling_bin = flags::value(flag, it.next())?,
+            "--repo" => o.repo = flags::value(flag, it.next())?,
+            "--server-log" => o.server_log = flags::value(flag, it.next())?,
+            "--command" => o.command = flags::value(flag, it.next())?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
