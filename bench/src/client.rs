@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, Context};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -178,7 +179,7 @@ pub trait Work: Send + 'static {
     fn request(&mut self, buf: &mut Vec<u8>);
     /// Looks at the answer to the last request. An `Err` stops the whole run
     /// (a correctness error: the harness fails).
-    fn response(&mut self, status: u16, body: &[u8]) -> Result<(), String>;
+    fn response(&mut self, status: u16, body: &[u8]) -> anyhow::Result<()>;
 }
 
 /// Timing of one phase.
@@ -220,7 +221,7 @@ struct ConnResult<W> {
 }
 
 /// Runs `spec.conns` closed-loop connections for warm-up + measurement.
-pub async fn run<W, F>(spec: Spec, mut factory: F) -> Result<Outcome<W>, String>
+pub async fn run<W, F>(spec: Spec, mut factory: F) -> anyhow::Result<Outcome<W>>
 where
     W: Work,
     F: FnMut(usize) -> W,
@@ -230,7 +231,7 @@ where
         conns.push(
             Conn::connect(spec.addr)
                 .await
-                .map_err(|e| format!("connect to {}: {e}", spec.addr))?,
+                .with_context(|| format!("connect to {}", spec.addr))?,
         );
     }
     let start = Instant::now();
@@ -258,7 +259,7 @@ where
                     Ok(r) => r,
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
-                        return Err(format!("connection {i}: {e}"));
+                        return Err(anyhow::Error::new(e).context(format!("connection {i}")));
                     }
                 };
                 let t1 = Instant::now();
@@ -272,7 +273,7 @@ where
                 let (status, body) = (res.status, res.body);
                 if let Err(e) = work.response(status, body) {
                     failed.store(true, Ordering::Relaxed);
-                    return Err(format!("connection {i}: {e}"));
+                    return Err(e.context(format!("connection {i}")));
                 }
             }
             Ok(ConnResult {
@@ -303,12 +304,28 @@ where
                 first_err.get_or_insert(e);
             }
             Err(e) => {
-                first_err.get_or_insert(format!("load task panicked: {e}"));
+                first_err.get_or_insert(anyhow!("load task panicked: {e}"));
             }
         }
     }
     match first_err {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// The runtime the load runs on: current-thread for one thread (the
+/// default: about one core at most), else multi-thread with `threads`
+/// workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
 }

@@ -11,65 +11,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
+
 use b24_journal::decode::{decode, BodyKind};
 use b24_journal::journal::store::SNAPSHOT_AFTER_LOGGED;
 use b24_journal::journal::{AppendError, AppendOutcome, Journal, JournalOptions, NewEvent};
 
-use crate::flags;
 use crate::gen::{portals, write_body, FillPlan, Rng};
 use crate::sys;
 
+/// `b24-bench fill` arguments: the events `from..to` of the plan for `n`.
+#[derive(Debug, clap::Args)]
 pub struct FillArgs {
+    /// The journal's data directory (created or continued).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// First event of the plan to write.
+    #[arg(long, value_name = "A", default_value_t = 0)]
     pub from: u64,
+    /// End of the range (exclusive).
+    #[arg(long, value_name = "B")]
     pub to: u64,
+    /// Events of the whole plan.
+    #[arg(long, value_name = "N")]
     pub n: u64,
+    /// Portals the events spread over.
+    #[arg(long, value_name = "P", default_value_t = 1000)]
     pub portals: u64,
+    #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
+    /// Appends in flight, so that the writer group-commits.
+    #[arg(long, value_name = "K", default_value_t = 512)]
     pub inflight: usize,
+    #[arg(long, value_name = "MIB", default_value_t = b24_journal::settings::DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
+    /// The journal's queue; more than `--inflight`, so it is never full.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
     pub queue: usize,
+    #[arg(long, value_name = "MIB", default_value_t = SNAPSHOT_AFTER_LOGGED / (1024 * 1024))]
     pub snapshot_every_mb: u64,
 }
 
-/// Parses `fill` flags.
-pub fn parse_args(args: &[String]) -> Result<FillArgs, String> {
-    let mut a = FillArgs {
-        data_dir: PathBuf::new(),
-        from: 0,
-        to: 0,
-        n: 0,
-        portals: 1000,
-        seed: 1,
-        inflight: 512,
-        cache_mb: b24_journal::settings::DEFAULT_CACHE_MB,
-        queue: 8192,
-        snapshot_every_mb: SNAPSHOT_AFTER_LOGGED / (1024 * 1024),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--data-dir" => a.data_dir = flags::value(flag, it.next())?,
-            "--from" => a.from = flags::value(flag, it.next())?,
-            "--to" => a.to = flags::value(flag, it.next())?,
-            "--n" => a.n = flags::value(flag, it.next())?,
-            "--portals" => a.portals = flags::value(flag, it.next())?,
-            "--seed" => a.seed = flags::value(flag, it.next())?,
-            "--inflight" => a.inflight = flags::value(flag, it.next())?,
-            "--cache-mb" => a.cache_mb = flags::value(flag, it.next())?,
-            "--queue" => a.queue = flags::value(flag, it.next())?,
-            "--snapshot-every-mb" => a.snapshot_every_mb = flags::value(flag, it.next())?,
-            other => return Err(format!("fill: unknown flag {other}")),
-        }
-    }
-    if a.data_dir.as_os_str().is_empty() || a.to <= a.from || a.n < a.to {
-        return Err("fill needs --data-dir, --from < --to <= --n".into());
-    }
-    Ok(a)
-}
-
 /// Runs the fill; prints one `FILL key=value …` line on stdout.
-pub fn run(a: FillArgs) -> Result<(), String> {
+pub fn run(a: FillArgs) -> anyhow::Result<()> {
     let plan = FillPlan::new(a.portals, a.n);
     let portals = Arc::new(portals(a.portals as usize, a.seed));
     let started = Instant::now();
@@ -81,20 +65,20 @@ pub fn run(a: FillArgs) -> Result<(), String> {
             snapshot_every_bytes: a.snapshot_every_mb * 1024 * 1024,
         },
     )
-    .map_err(|e| format!("open journal: {e}"))?;
+    .context("open journal")?;
     let opened = started.elapsed();
     let handle = journal.handle();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .context("tokio runtime")?;
     let next = Arc::new(AtomicU64::new(a.from));
     let stored = Arc::new(AtomicU64::new(0));
     let dups = Arc::new(AtomicU64::new(0));
     let busy = Arc::new(AtomicU64::new(0));
     let to = a.to;
     let t_fill = Instant::now();
-    let result: Result<(), String> = rt.block_on(async {
+    let result: anyhow::Result<()> = rt.block_on(async {
         let progress = {
             let stored = stored.clone();
             let from = a.from;
@@ -128,7 +112,7 @@ pub fn run(a: FillArgs) -> Result<(), String> {
                 loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     if g >= to {
-                        return Ok::<(), String>(());
+                        return anyhow::Ok(());
                     }
                     let ev = plan.event(g);
                     body.clear();
@@ -140,8 +124,8 @@ pub fn run(a: FillArgs) -> Result<(), String> {
                         ev.ts,
                         &mut rng,
                     );
-                    let incoming = decode(BodyKind::Form, &body)
-                        .map_err(|e| format!("generated body does not decode: {e}"))?;
+                    let incoming =
+                        decode(BodyKind::Form, &body).context("generated body does not decode")?;
                     let new_event = NewEvent::from(incoming);
                     // The queue holds more than `inflight` appends: never full.
                     match handle.append(new_event).await {
@@ -153,9 +137,9 @@ pub fn run(a: FillArgs) -> Result<(), String> {
                         }
                         Err(AppendError::QueueFull) => {
                             busy.fetch_add(1, Ordering::Relaxed);
-                            return Err("journal queue full (raise --queue)".into());
+                            bail!("journal queue full (raise --queue)");
                         }
-                        Err(e) => return Err(format!("append: {e}")),
+                        Err(e) => return Err(e).context("append"),
                     }
                 }
             }));
@@ -165,7 +149,7 @@ pub fn run(a: FillArgs) -> Result<(), String> {
             match t.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => res = Err(e),
-                Err(e) => res = Err(format!("fill task panicked: {e}")),
+                Err(e) => res = Err(anyhow!("fill task panicked: {e}")),
             }
         }
         progress.abort();

@@ -12,58 +12,43 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
+
 use b24_journal::journal::{store, Journal, JournalOptions};
 use b24_journal::query::{self, EventsQuery};
 use b24_journal::settings;
 
-use crate::flags;
 use crate::gen::Rng;
 use crate::sys;
 
 /// `b24-bench probe` arguments.
+#[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
+    /// A filled journal's data directory.
+    #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// Seconds of measured pages (a third as long again of warm-up before).
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
     secs: f64,
+    #[arg(long, value_name = "X", default_value_t = 1)]
     seed: u64,
+    /// The journal's cache, as the service's `--cache-mb`.
+    #[arg(long, value_name = "MIB", default_value_t = settings::DEFAULT_CACHE_MB)]
     cache_mb: u64,
-}
-
-/// `--data-dir DIR [--secs S] [--seed X] [--cache-mb MIB]`.
-pub fn parse_probe(args: &[String]) -> Result<ProbeArgs, String> {
-    let mut a = ProbeArgs {
-        data_dir: PathBuf::new(),
-        secs: 3.0,
-        seed: 1,
-        cache_mb: settings::DEFAULT_CACHE_MB,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--data-dir" => a.data_dir = flags::value(flag, it.next())?,
-            "--secs" => a.secs = flags::value(flag, it.next())?,
-            "--seed" => a.seed = flags::value(flag, it.next())?,
-            "--cache-mb" => a.cache_mb = flags::value(flag, it.next())?,
-            other => return Err(format!("probe: unknown flag {other}")),
-        }
-    }
-    if a.data_dir.as_os_str().is_empty() {
-        return Err("probe needs --data-dir".into());
-    }
-    Ok(a)
 }
 
 /// Opens the journal, answers latest-50 for random portals on this thread
 /// for `--secs`, and prints one `PROBE key=value …` line: pages, µs of this
 /// thread's CPU and of wall time per page, mean body bytes, mean stored
 /// record bytes.
-pub fn probe(a: ProbeArgs) -> Result<(), String> {
+pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     // As the service opens it by default (`--cache-mb` to compare).
     let options = JournalOptions {
         cache_bytes: a.cache_mb * 1024 * 1024,
         queue: settings::DEFAULT_QUEUE,
         snapshot_every_bytes: settings::DEFAULT_SNAPSHOT_EVERY_MB * 1024 * 1024,
     };
-    let journal = Journal::open(&a.data_dir, options).map_err(|e| format!("open journal: {e}"))?;
+    let journal = Journal::open(&a.data_dir, options).context("open journal")?;
     let portals: Vec<_> = journal
         .handle()
         .with_directory(|d| d.portals().to_vec())
@@ -71,24 +56,24 @@ pub fn probe(a: ProbeArgs) -> Result<(), String> {
         .filter(|p| p.last_seq() > 0)
         .collect();
     if portals.is_empty() {
-        return Err("probe: the journal has no events".into());
+        bail!("the journal has no events");
     }
     let reader = journal.handle().reader().clone();
     // Stored record size, from the newest 50 events of up to 100 portals.
     let (mut records, mut record_bytes) = (0u64, 0u64);
     for p in portals.iter().take(100) {
         for seq in p.last_seq().saturating_sub(49).max(1)..=p.last_seq() {
-            if let Some(bytes) = reader.event(p.ix, seq).map_err(|e| e.to_string())? {
+            if let Some(bytes) = reader.event(p.ix, seq).context("read an event")? {
                 records += 1;
                 record_bytes += bytes.len() as u64;
             }
         }
     }
-    let q = EventsQuery::parse("limit=50").map_err(|e| format!("{e:?}"))?;
+    let q = EventsQuery::parse("limit=50").map_err(|e| anyhow!("query limit=50: {e:?}"))?;
     let mut rng = Rng::new(a.seed);
-    let page = |rng: &mut Rng| -> Result<(usize, usize), String> {
+    let page = |rng: &mut Rng| -> anyhow::Result<(usize, usize)> {
         let p = &portals[rng.below(portals.len() as u64) as usize];
-        let page = query::run(&reader, p, &q).map_err(|e| e.to_string())?;
+        let page = query::run(&reader, p, &q).context("latest-50 page")?;
         let events = page.event_count();
         Ok((events, page.into_body().len()))
     };
@@ -121,32 +106,18 @@ pub fn probe(a: ProbeArgs) -> Result<(), String> {
 }
 
 /// `b24-bench sled-floor` arguments.
+#[derive(Debug, clap::Args)]
 pub struct FloorArgs {
+    /// Where the new sled database goes.
+    #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+    /// Inserts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     n: u64,
+    /// Bytes of each inserted value.
+    #[arg(long, value_name = "B",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     value_bytes: usize,
-}
-
-/// `--dir DIR --n N --value-bytes B`.
-pub fn parse_floor(args: &[String]) -> Result<FloorArgs, String> {
-    let mut a = FloorArgs {
-        dir: PathBuf::new(),
-        n: 0,
-        value_bytes: 0,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--dir" => a.dir = flags::value(flag, it.next())?,
-            "--n" => a.n = flags::value(flag, it.next())?,
-            "--value-bytes" => a.value_bytes = flags::value(flag, it.next())?,
-            other => return Err(format!("sled-floor: unknown flag {other}")),
-        }
-    }
-    if a.dir.as_os_str().is_empty() || a.n == 0 || a.value_bytes == 0 {
-        return Err("sled-floor needs --dir, --n > 0, --value-bytes > 0".into());
-    }
-    Ok(a)
 }
 
 /// Inserts `--n` values of `--value-bytes` into a new sled database in
@@ -155,11 +126,11 @@ pub fn parse_floor(args: &[String]) -> Result<FloorArgs, String> {
 /// with; then flushes it. Prints one `FLOOR key=value …` line: µs of the
 /// process's CPU (sled's own threads included) and of wall time per
 /// insert, and bytes on disk per item after the flush.
-pub fn sled_floor(a: FloorArgs) -> Result<(), String> {
+pub fn sled_floor(a: FloorArgs) -> anyhow::Result<()> {
     let db = store::engine_config(&a.dir, settings::DEFAULT_CACHE_MB * 1024 * 1024)
         .open()
-        .map_err(|e| format!("open sled: {e}"))?;
-    let tree = db.open_tree("journal").map_err(|e| e.to_string())?;
+        .context("open sled")?;
+    let tree = db.open_tree("journal").context("open tree")?;
     let value = vec![0x5au8; a.value_bytes];
     let mut rng = Rng::new(7);
     let mut next_seq = vec![0u64; 1000];
@@ -172,14 +143,13 @@ pub fn sled_floor(a: FloorArgs) -> Result<(), String> {
         key.push(b'T');
         key.extend_from_slice(&(portal as u32).to_be_bytes());
         key.extend_from_slice(&next_seq[portal].to_be_bytes());
-        tree.insert(key, value.as_slice())
-            .map_err(|e| e.to_string())?;
+        tree.insert(key, value.as_slice()).context("insert")?;
     }
     let (cpu, wall) = (sys::cpu_secs(me).unwrap_or(0.0) - cpu0, t0.elapsed());
-    db.flush().map_err(|e| e.to_string())?;
+    db.flush().context("flush")?;
     drop(tree);
     drop(db);
-    let disk = sys::disk_usage(&a.dir).map_err(|e| e.to_string())?;
+    let disk = sys::disk_usage(&a.dir).with_context(|| a.dir.display().to_string())?;
     let per = |x: f64| x * 1e6 / a.n as f64;
     println!(
         "FLOOR inserts={} value_bytes={} cpu_us={:.2} wall_us={:.2} disk_bytes_per_item={:.0}",

@@ -213,7 +213,7 @@ impl Work for IngestWork {
         post_request(buf, &self.shared.host, &self.body);
     }
 
-    fn response(&mut self, status: u16, body: &[u8]) -> Result<(), String> {
+    fn response(&mut self, status: u16, body: &[u8]) -> anyhow::Result<()> {
         let c = &mut self.counts;
         match status {
             200 if self.ceiling => c.fresh_stored += 1,
@@ -421,7 +421,7 @@ impl Work for QueryWork {
         buf.extend_from_slice(&get_request(s.host, &path, Some(&s.token)));
     }
 
-    fn response(&mut self, status: u16, body: &[u8]) -> Result<(), String> {
+    fn response(&mut self, status: u16, body: &[u8]) -> anyhow::Result<()> {
         let c = &mut self.counts;
         if status != 200 {
             c.non200 += 1;
