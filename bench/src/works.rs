@@ -15,10 +15,20 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Example answers kept per counter, for the report.
+const SAMPLES: usize = 5;
+
 /// A non-200 answer kept as an example for the report.
 fn sample(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
     format!("{status} {text}")
+}
+
+/// Keeps `s` if `samples` holds fewer than [`SAMPLES`].
+fn keep_sample(samples: &mut Vec<String>, s: impl FnOnce() -> String) {
+    if samples.len() < SAMPLES {
+        samples.push(s());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -115,9 +125,7 @@ impl IngestCounts {
         self.unavailable += o.unavailable;
         self.other_status += o.other_status;
         for s in &o.other_samples {
-            if self.other_samples.len() < 5 {
-                self.other_samples.push(s.clone());
-            }
+            keep_sample(&mut self.other_samples, || s.clone());
         }
         self.fresh_duplicate += o.fresh_duplicate;
         self.resend_stored += o.resend_stored;
@@ -220,9 +228,7 @@ impl Work for IngestWork {
             200 => match (parse_answer(body), &self.sent) {
                 (None, _) => {
                     c.unparsed += 1;
-                    if c.other_samples.len() < 5 {
-                        c.other_samples.push(sample(status, body));
-                    }
+                    keep_sample(&mut c.other_samples, || sample(status, body));
                 }
                 (Some((true, id)), Sent::Fresh) => {
                     c.fresh_stored += 1;
@@ -244,9 +250,7 @@ impl Work for IngestWork {
             503 => c.unavailable += 1,
             _ => {
                 c.other_status += 1;
-                if c.other_samples.len() < 5 {
-                    c.other_samples.push(sample(status, body));
-                }
+                keep_sample(&mut c.other_samples, || sample(status, body));
             }
         }
         Ok(())
@@ -324,9 +328,7 @@ impl QueryCounts {
         self.events += o.events;
         self.non200 += o.non200;
         for s in &o.samples {
-            if self.samples.len() < 5 {
-                self.samples.push(s.clone());
-            }
+            keep_sample(&mut self.samples, || s.clone());
         }
         self.walks_done += o.walks_done;
         self.walks_short += o.walks_short;
@@ -425,9 +427,7 @@ impl Work for QueryWork {
         let c = &mut self.counts;
         if status != 200 {
             c.non200 += 1;
-            if c.samples.len() < 5 {
-                c.samples.push(sample(status, body));
-            }
+            keep_sample(&mut c.samples, || sample(status, body));
             self.walk = None;
             return Ok(());
         }
