@@ -210,7 +210,8 @@ impl<W> Outcome<W> {
 }
 
 pub fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
+        .expect("constant bounds: low ≥ 1, high ≥ 2 × low, 3 significant digits")
 }
 
 struct ConnResult<W> {
@@ -295,7 +296,9 @@ where
     for t in tasks {
         match t.await {
             Ok(Ok(r)) => {
-                out.hist.add(&r.hist).expect("same histogram bounds");
+                out.hist
+                    .add(&r.hist)
+                    .expect("every histogram comes from new_hist, with the same bounds");
                 out.completed_in_window += r.in_window;
                 out.total += r.total;
                 out.works.push(r.work);

@@ -413,7 +413,7 @@ impl Work for QueryWork {
                     let p = self.portal();
                     self.walk = Some((p, 0, None));
                 }
-                let (p, _, cursor) = self.walk.as_ref().expect("walk state");
+                let (p, _, cursor) = self.walk.as_ref().expect("a walk was started just above");
                 match cursor {
                     None => format!("/v1/portals/{}/events?limit=50", s.members[*p]),
                     Some(c) => format!("/v1/portals/{}/events?limit=50&cursor={c}", s.members[*p]),
@@ -445,7 +445,9 @@ impl Work for QueryWork {
             QueryKind::Latest if n < 50 => c.short_pages += 1,
             QueryKind::Walk => {
                 let cursor = next_cursor(body);
-                let (_, pages, cur) = self.walk.as_mut().expect("walk state");
+                let (_, pages, cur) = self.walk.as_mut().expect(
+                    "every walk request is sent with a walk started, and only its answer ends it",
+                );
                 *pages += 1;
                 if *pages >= WALK_PAGES {
                     c.walks_done += 1;

@@ -14,6 +14,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use anyhow::Context;
+
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -57,20 +59,20 @@ fn sized_json(n: usize) -> Response {
     res
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into())
         .parse()
-        .expect("listen address IP:PORT");
+        .context("listen address IP:PORT")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    runtime.block_on(serve(addr));
+        .context("tokio runtime")?;
+    runtime.block_on(serve(addr))
 }
 
-async fn serve(addr: SocketAddr) {
+async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     // POST: read the whole body (at most 64 KiB, like the service), answer
     // the size of an ingest answer. GET: answer a small JSON object.
     let post = warp::post()
@@ -95,13 +97,15 @@ async fn serve(addr: SocketAddr) {
             Ok::<_, Infallible>(small_json(br#"{"error":"rejected"}"#))
         });
 
-    let listener = TcpListener::bind(addr).await.expect("bind");
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
     println!(
         "listening on {}",
-        listener.local_addr().expect("local address")
+        listener.local_addr().context("local address")?
     );
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
     loop {
         let (stream, _) = tokio::select! {
             _ = term.recv() => break,
@@ -121,4 +125,5 @@ async fn serve(addr: SocketAddr) {
             let _ = conn.await;
         });
     }
+    Ok(())
 }
