@@ -45,6 +45,8 @@ pub mod journal;
 // The read API's parameters, pages, cursors and JSON rendering.
 pub mod query;
 
+// Shared by the steps above.
+
 // The state the routes share.
 pub mod app;
 
@@ -56,6 +58,8 @@ pub mod metrics;
 
 // Typed values parsed at the edge.
 pub mod types;
+
+// Start-up and the edge: configuration and the subcommands.
 
 // Start-up, accept loop, shutdown.
 pub mod server;
@@ -72,4 +76,5 @@ pub mod commands;
 // Process memory settings applied first thing in `main`.
 pub mod memory;
 
+// The bench calls these at the crate root.
 pub use memory::{disable_transparent_huge_pages, shorten_allocator_purge_delay};

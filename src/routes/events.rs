@@ -2,7 +2,7 @@
 //! first, or with `?wait=` a long-poll for events newer than a cursor.
 //!
 //! The read routes' shared steps live here too: naming the portal
-//! ([`resolve`]) and the answers for storage failures and a full stream
+//! (`resolve`) and the answers for storage failures and a full stream
 //! table.
 
 use std::sync::Arc;
