@@ -1,180 +1,221 @@
-//! The maintenance commands: `backup` (asks the running service over HTTP),
-//! `verify` and `portals` (work on a stopped data directory).
+//! The command line: clap's types for the service and its maintenance
+//! subcommands, and nothing else. [`settings`](crate::settings) turns
+//! [`ServeArgs`] into checked settings; [`commands`](crate::commands) runs
+//! each subcommand.
 
-use std::io::Read;
-use std::path::Path;
+use std::path::PathBuf;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use clap::{Args, Parser, Subcommand};
 
-use crate::journal::maintain::{self, MaintainError};
-use crate::journal::record::{Registration, Source, Status};
-use crate::settings::{BackupArgs, PortalsAction, PortalsArgs};
-use crate::types::{Domain, MemberId, Secret};
+/// Default data directory of every subcommand, relative to the working
+/// directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
-/// Why a maintenance command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// The data directory could not be used.
-    #[error(transparent)]
-    Maintain(#[from] MaintainError),
-    /// Verification found problems.
-    #[error("verification failed: {0} problem(s)")]
-    Problems(u64),
-    /// The service refused or could not be reached.
-    #[error("{0}")]
-    Failed(String),
+/// b24-journal: receive, verify, deduplicate and durably journal Bitrix24
+/// events, and serve them to dashboards.
+#[derive(Debug, Parser)]
+#[command(name = "b24-journal", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` options, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
-/// `b24-journal backup --to DIR`: POSTs to the running service's admin API
-/// and prints its answer.
-pub async fn backup(args: BackupArgs) -> Result<(), CommandError> {
-    let failed = |e: String| CommandError::Failed(e);
-    let base = args.url.strip_prefix("http://").ok_or_else(|| {
-        failed(format!(
-            "--url {}: only http:// URLs are supported",
-            args.url
-        ))
-    })?;
-    let host = base.trim_end_matches('/');
-    let body = serde_json::json!({ "to": args.to }).to_string();
-    let request = format!(
-        "POST /v1/admin/backup HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
-        token = args.admin_token,
-        len = body.len(),
-    );
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| failed(format!("cannot reach the service at {}: {e}", args.url)))?;
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| failed(format!("sending the request: {e}")))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| failed(format!("reading the answer: {e}")))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .unwrap_or(0);
-    // The body may be chunked; the JSON object is the part between braces.
-    let json = body
-        .find('{')
-        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
-        .unwrap_or(body);
-    if status == 200 {
-        println!("{json}");
-        Ok(())
-    } else {
-        Err(failed(format!("backup refused ({status}): {json}")))
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve(Box<ServeArgs>),
+    /// Ask the running service for an online backup: a consistent,
+    /// self-contained data directory holding every event acknowledged before
+    /// the backup started, written on the service's machine.
+    Backup(BackupArgs),
+    /// Check a stopped data directory: every tree and index, counts, seq
+    /// ranges, format version. Exits non-zero on any problem.
+    Verify(DataDirArgs),
+    /// Convert a stopped data directory written by an older b24-journal to
+    /// this binary's format (in place; the old engine files are kept beside
+    /// it until you delete them).
+    Migrate(DataDirArgs),
+    /// List, add or remove portal tokens kept in a stopped data directory
+    /// (as SHA-256 digests).
+    Portals(PortalsArgs),
+}
+
+/// Options of `backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Absolute path of the directory to write (must not exist, or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Base URL of the running service.
+    #[arg(long, env = "B24J_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The service's admin token.
+    #[arg(long, env = "B24J_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+}
+
+/// A data directory argument.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// The data directory [default: ./data].
+    #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// Options of `portals`.
+#[derive(Debug, Clone, Args)]
+pub struct PortalsArgs {
+    /// The data directory [default: ./data]; the service must be stopped.
+    #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PortalsAction,
+}
+
+/// `portals` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PortalsAction {
+    /// List the portals registered in the data directory.
+    List,
+    /// Register a portal's application token (stored as a digest). Replaces
+    /// an existing registration, so it also resets a portal after a refused
+    /// takeover or a token change.
+    Add {
+        /// The portal's member_id.
+        member_id: String,
+        /// Its domain.
+        #[arg(long)]
+        domain: String,
+        /// Read the application token from this environment variable
+        /// instead of standard input.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
+    /// Remove a portal's registration (its journal stays).
+    Remove {
+        /// The portal's member_id.
+        member_id: String,
+    },
+}
+
+impl Cli {
+    /// The command, `serve` when none was given.
+    pub fn into_command(self) -> Command {
+        self.command
+            .unwrap_or_else(|| Command::Serve(Box::new(self.serve)))
     }
 }
 
-/// `b24-journal verify --data-dir DIR`: prints a JSON report; an error if
-/// anything is wrong.
-pub fn verify(data_dir: &Path) -> Result<(), CommandError> {
-    let report = maintain::verify(data_dir)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_else(|e| e.to_string())
-    );
-    if report.problem_count > 0 {
-        return Err(CommandError::Problems(report.problem_count));
-    }
-    Ok(())
-}
+/// Options of `serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]. A non-loopback address
+    /// requires a read token.
+    #[arg(long, env = "B24J_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 
-/// `b24-journal migrate --data-dir DIR`: converts an older data directory
-/// in place and prints what it did as JSON.
-pub fn migrate(data_dir: &Path) -> Result<(), CommandError> {
-    let report = maintain::migrate(data_dir)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_else(|e| e.to_string())
-    );
-    Ok(())
-}
+    /// Directory holding the journal [default: ./data].
+    #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 
-/// `b24-journal portals …`.
-pub fn portals(args: PortalsArgs) -> Result<(), CommandError> {
-    let invalid = |what: &str, why: &str| CommandError::Failed(format!("{what} {why}"));
-    match args.action {
-        PortalsAction::List => {
-            for r in maintain::list_registrations(&args.data_dir)? {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    r.member_id,
-                    r.domain,
-                    match r.status {
-                        Status::Active => "active",
-                        Status::Uninstalled => "uninstalled",
-                    },
-                    match r.source {
-                        Source::Install => "install",
-                        Source::Operator => "operator",
-                    }
-                );
-            }
-        }
-        PortalsAction::Add {
-            member_id,
-            domain,
-            token_env,
-        } => {
-            let member = MemberId::parse(&member_id).map_err(|e| invalid("member id", e.0))?;
-            let domain = Domain::parse(&domain).map_err(|e| invalid("domain", e.0))?;
-            // Never from the command line: it would show in `ps` and shell
-            // history.
-            let token = match token_env {
-                Some(var) => std::env::var(&var).map_err(|_| {
-                    CommandError::Failed(format!("environment variable {var} is not set"))
-                })?,
-                None => {
-                    let mut t = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut t)
-                        .map_err(|e| CommandError::Failed(format!("reading the token: {e}")))?;
-                    t
-                }
-            };
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(invalid("application token", "must not be empty"));
-            }
-            let digest = Secret::new(token.to_owned()).digest();
-            maintain::put_registration(
-                &args.data_dir,
-                Registration {
-                    member_id: member.as_str().to_owned(),
-                    token_sha256: Some(digest.0),
-                    domain: domain.as_str().to_owned(),
-                    source: Source::Operator,
-                    status: Status::Active,
-                    updated_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                },
-            )?;
-            println!(
-                "registered {member} ({domain}); the token is stored as its SHA-256 digest",
-                domain = domain.as_str()
-            );
-        }
-        PortalsAction::Remove { member_id } => {
-            if maintain::remove_registration(&args.data_dir, &member_id)? {
-                println!("removed the registration of {member_id}; its journal is kept");
-            } else {
-                return Err(CommandError::Failed(format!(
-                    "{member_id} has no registration in {}",
-                    args.data_dir.display()
-                )));
-            }
-        }
-    }
-    Ok(())
+    /// TOML config file with the same settings (`listen`, `data_dir`,
+    /// `read_token`, `admin_token`, `cache_mb`, `snapshot_every_mb`, `queue`,
+    /// `body_timeout`,
+    /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
+    /// `retain_every`, `log_format`, and a `[portals]` table of
+    /// member_id = "application_token"). See config.example.toml.
+    #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// A trusted portal and its application token; repeatable. The env var
+    /// takes a comma-separated list: B24J_PORTALS="m1=t1,m2=t2".
+    #[arg(
+        long = "portal",
+        env = "B24J_PORTALS",
+        value_name = "MEMBER_ID=TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub portals: Vec<String>,
+
+    /// Bearer token required by the read API (/v1/portals…). Without one the
+    /// read API answers 401.
+    #[arg(
+        long,
+        env = "B24J_READ_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub read_token: Option<String>,
+
+    /// sled page cache size in MiB [default: 8].
+    #[arg(long, env = "B24J_CACHE_MB", value_name = "MIB")]
+    pub cache_mb: Option<u64>,
+
+    /// MiB written to the redo log between reopens of the storage engine,
+    /// which make sled write a fresh snapshot: a start after a crash scans
+    /// at most about this much of sled's log; each reopen pauses reads and
+    /// writes for about one restart's length [default: 512].
+    #[arg(long, env = "B24J_SNAPSHOT_EVERY_MB", value_name = "MIB")]
+    pub snapshot_every_mb: Option<u64>,
+
+    /// Appends that may wait for the writer before ingest answers 503
+    /// [default: 8192].
+    #[arg(long, env = "B24J_QUEUE", value_name = "N")]
+    pub queue: Option<usize>,
+
+    /// Seconds an ingest request body has to arrive in, once the headers are
+    /// in; a slower body is answered 408 and nothing is stored [default: 30].
+    #[arg(long, env = "B24J_BODY_TIMEOUT", value_name = "SECS")]
+    pub body_timeout: Option<u64>,
+
+    /// Learn portals from ONAPPINSTALL events of these domains
+    /// (comma-separated; `*.bitrix24.com` matches sub-domains). Off when
+    /// empty [default: off].
+    #[arg(
+        long,
+        env = "B24J_INSTALL_DOMAINS",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub install_domains: Vec<String>,
+
+    /// Most concurrent live streams (SSE and long-polls); more answer 503
+    /// [default: 256].
+    #[arg(long, env = "B24J_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
+
+    /// Bearer token for the admin API (/v1/admin/…: online backup, portal
+    /// erasure), separate from the read token. Without one the admin API
+    /// answers 401.
+    #[arg(
+        long,
+        env = "B24J_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Delete events older than this many days (by receipt time) [default: off].
+    #[arg(long, env = "B24J_RETAIN_DAYS", value_name = "DAYS")]
+    pub retain_days: Option<u64>,
+
+    /// Keep at most this many events per portal, deleting the oldest
+    /// [default: off].
+    #[arg(long, env = "B24J_RETAIN_PER_PORTAL", value_name = "N")]
+    pub retain_per_portal: Option<u64>,
+
+    /// Seconds between retention passes [default: 60].
+    #[arg(long, env = "B24J_RETAIN_EVERY", value_name = "SECS")]
+    pub retain_every: Option<u64>,
+
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "B24J_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }

@@ -10,15 +10,15 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-/// The OpenAPI 3.0 document (JSON), as served by [`route`].
-pub const DOCUMENT: &str = include_str!("../openapi.json");
+/// The OpenAPI 3.0 document (JSON), as served by [`routes`].
+pub const DOCUMENT: &str = include_str!("../../openapi.json");
 
 /// `GET /openapi.json`: [`DOCUMENT`] with `Content-Type: application/json`.
-pub fn route() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("openapi.json").and(warp::get()).map(document)
 }
 
-/// The response of [`route`].
+/// The response of [`routes`].
 fn document() -> Response {
     let mut res = Response::new(DOCUMENT.into());
     *res.status_mut() = StatusCode::OK;
@@ -54,7 +54,7 @@ mod tests {
         use hyper::body::Body as _;
         use hyper::service::Service as _;
 
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(route()));
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(routes()));
         let get = warp::http::Request::get("/openapi.json")
             .body(String::new())
             .expect("request builds");

@@ -10,26 +10,31 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::http::{check_bearer_for, json_response, respond, ApiError};
+use super::auth::{bearer, Api, Bearer};
+use super::filters::with_app;
+use crate::app::App;
+use crate::http::{json_response, respond, ApiError};
 use crate::journal::maintain::{self, MaintainError};
-use crate::server::App;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: u64 = 4096;
 
+/// The admin routes: backup, then erasure.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    backup(app.clone()).or(erase_portal(app)).unify()
+}
+
 /// `POST /v1/admin/backup`
-pub fn backup(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn backup(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(bearer(&app, Api::Admin))
         .and(warp::body::content_length_limit(MAX_ADMIN_BODY))
         .and(warp::body::bytes())
-        .and(warp::any().map(move || app.clone()))
-        .then(
-            |auth: Option<String>, body: Bytes, app: Arc<App>| async move {
-                respond(run_backup(app, auth.as_deref(), &body).await)
-            },
-        )
+        .and(with_app(app))
+        .then(|auth: Bearer, body: Bytes, app: Arc<App>| async move {
+            respond(run_backup(app, auth, &body).await)
+        })
 }
 
 #[derive(serde::Deserialize)]
@@ -38,15 +43,16 @@ struct BackupRequest {
     to: PathBuf,
 }
 
-async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    check_admin(&app, auth)?;
+/// Writes a backup to the directory the body names, on a thread of its own
+/// that shutdown joins (see [`crate::app::Backups`]).
+async fn run_backup(app: Arc<App>, auth: Bearer, body: &[u8]) -> Result<Response, ApiError> {
+    auth.require()?;
     let req: BackupRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!("body must be {{\"to\": \"/absolute/dir\"}}: {e}"))
     })?;
     maintain::check_backup_target(&req.to).map_err(backup_error)?;
     let journal = app.journal.clone();
     let to = req.to.clone();
-    // Shutdown joins the thread (see `server::serve`).
     let (done, finished) = tokio::sync::oneshot::channel();
     let started = app
         .backups
@@ -78,16 +84,8 @@ async fn run_backup(app: Arc<App>, auth: Option<&str>, body: &[u8]) -> Result<Re
     ))
 }
 
-/// The admin token check shared by every admin route.
-fn check_admin(app: &App, auth: Option<&str>) -> Result<(), ApiError> {
-    check_bearer_for(
-        auth,
-        app.admin_token.as_ref(),
-        "admin",
-        "--admin-token or B24J_ADMIN_TOKEN",
-    )
-}
-
+/// The answer to a failed backup: the target's problems are the caller's
+/// (409/400), anything else is the service's (503, logged).
 fn backup_error(e: MaintainError) -> ApiError {
     match e {
         MaintainError::TargetExists(why) => ApiError::Conflict(why),
@@ -103,32 +101,30 @@ fn backup_error(e: MaintainError) -> ApiError {
 }
 
 /// `DELETE /v1/admin/portals/{portal}`
-pub fn erase_portal(
-    app: Arc<App>,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn erase_portal(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "portals" / String)
         .and(warp::delete())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::any().map(move || app.clone()))
-        .then(
-            |portal: String, auth: Option<String>, app: Arc<App>| async move {
-                respond(erase(app, &portal, auth.as_deref()).await)
-            },
-        )
+        .and(bearer(&app, Api::Admin))
+        .and(with_app(app))
+        .then(|portal: String, auth: Bearer, app: Arc<App>| async move {
+            respond(erase(app, &portal, auth).await)
+        })
 }
 
-async fn erase(app: Arc<App>, key: &str, auth: Option<&str>) -> Result<Response, ApiError> {
-    check_admin(&app, auth)?;
+/// Erases every event of the portal named by member id or domain.
+async fn erase(app: Arc<App>, key: &str, auth: Bearer) -> Result<Response, ApiError> {
+    auth.require()?;
+    let unknown = || ApiError::NotFound(format!("unknown portal `{key}`"));
     let member = app
         .journal
         .with_directory(|d| d.resolve(key).map(|p| p.member_id.clone()))
-        .ok_or_else(|| ApiError::NotFound(format!("unknown portal `{key}`")))?;
+        .ok_or_else(unknown)?;
     match app.journal.erase(&member).await {
         Ok(Some(events)) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "status": "erased", "member_id": member, "events": events }),
         )),
-        Ok(None) => Err(ApiError::NotFound(format!("unknown portal `{key}`"))),
+        Ok(None) => Err(unknown()),
         Err(e) => {
             tracing::error!(error = %e, "erase failed");
             Err(ApiError::Unavailable {

@@ -1,13 +1,13 @@
-//! Receive: `POST /v1/bitrix24/events`, the ingest route.
+//! `POST /v1/bitrix24/events`, the ingest route: the HTTP half of ingest.
 //!
 //! The order of checks is the order of cost: content type (415), declared
 //! length (413), the body read under a hard limit that also holds for chunked
-//! bodies (413) and within a time limit (408), decode (400), verify (401),
-//! and only then the journal. A rejected request never reaches the writer, so
-//! it changes nothing.
+//! bodies (413) and within a time limit (408); then [`crate::ingest`] decodes
+//! (400), verifies (401/403) and appends (409/503), and this route maps its
+//! outcome to a status and counts it in the metrics.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -15,30 +15,32 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::decode::{self, BodyKind};
+use super::filters::with_app;
+use crate::app::App;
+use crate::decode::BodyKind;
 use crate::http::{json_response, respond, ApiError};
-use crate::journal::{AppendError, AppendOutcome, NewEvent};
+use crate::ingest::{self, IngestError, Ingested};
+use crate::journal::{AppendError, AppendOutcome};
 use crate::metrics::metrics;
-use crate::server::App;
 use crate::verify::VerifyError;
 
 /// Largest body accepted: 64 KiB. Real events are under 1 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// `POST /v1/bitrix24/events`
-pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "bitrix24" / "events")
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("content-length"))
         .and(warp::body::stream())
-        .and(warp::any().map(move || app.clone()))
+        .and(with_app(app))
         .then(
             |content_type: Option<String>, length: Option<String>, body, app: Arc<App>| async move {
                 let m = metrics();
                 m.received.inc();
-                let started = std::time::Instant::now();
-                let result = ingest(&app, content_type.as_deref(), length.as_deref(), body).await;
+                let started = Instant::now();
+                let result = receive(&app, content_type.as_deref(), length.as_deref(), body).await;
                 match &result {
                     Ok(res) if res.status() == StatusCode::OK => {
                         m.ack_latency.observe(started.elapsed().as_secs_f64());
@@ -51,7 +53,8 @@ pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reject
         )
 }
 
-async fn ingest<S, B>(
+/// Reads the body within its limits and ingests it.
+async fn receive<S, B>(
     app: &App,
     content_type: Option<&str>,
     content_length: Option<&str>,
@@ -78,13 +81,38 @@ where
             return Ok(body_timeout_response(limit));
         }
     };
-    let event = decode::decode(kind, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let lifecycle = app
-        .journal
-        .with_directory(|dir| app.verifier.check(&event, dir))
-        .map_err(|why| {
-            tracing::warn!(member_id = %event.member_id, reason = %why, "refused event");
-            match why {
+    let Ingested {
+        member_id,
+        event,
+        outcome,
+    } = ingest::ingest(&app.journal, &app.verifier, kind, &body)
+        .await
+        .map_err(refusal)?;
+    let (status, id, seq) = match outcome {
+        AppendOutcome::Stored { id, seq } => {
+            metrics().stored.inc();
+            ("stored", id, seq)
+        }
+        AppendOutcome::Duplicate { id, seq } => {
+            metrics().duplicates.inc();
+            ("duplicate", id, seq)
+        }
+    };
+    tracing::debug!(%member_id, event = event.as_str(), seq, status, "event journaled");
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "status": status, "id": id.to_string(), "seq": seq }),
+    ))
+}
+
+/// The answer to an event that was not acknowledged, logged as operators
+/// need it (refusals at `warn`, storage failures at `error`).
+fn refusal(e: IngestError) -> ApiError {
+    match e {
+        IngestError::Decode(e) => ApiError::BadRequest(e.to_string()),
+        IngestError::Refused { member_id, reason } => {
+            tracing::warn!(%member_id, %reason, "refused event");
+            match reason {
                 VerifyError::DomainNotAllowed => ApiError::Forbidden(
                     "auth[domain] is not allowed to install this application (--install-domains)"
                         .into(),
@@ -96,18 +124,8 @@ where
                     "auth[application_token] is not valid for auth[member_id]".into(),
                 ),
             }
-        })?;
-    let member = event.member_id.clone();
-    let member_for_log = member.clone();
-    let name = event.event.clone();
-    let outcome = app
-        .journal
-        .append(NewEvent {
-            lifecycle,
-            ..NewEvent::from(event)
-        })
-        .await
-        .map_err(|e| match e {
+        }
+        IngestError::NotStored { member_id, source } => match source {
             AppendError::Conflict(member) => {
                 tracing::warn!(member_id = %member, "refused ONAPPINSTALL: portal is installed with a different token");
                 ApiError::Conflict(
@@ -115,7 +133,7 @@ where
                 )
             }
             AppendError::DomainTaken(domain) => {
-                tracing::warn!(member_id = %member_for_log, %domain, "refused event: its auth[domain] belongs to another portal");
+                tracing::warn!(%member_id, %domain, "refused event: its auth[domain] belongs to another portal");
                 ApiError::Conflict(
                     "auth[domain] belongs to another portal; the event was not stored".into(),
                 )
@@ -131,28 +149,14 @@ where
                     retry_after: 5,
                 }
             }
-        })?;
-    let (status, id, seq) = match outcome {
-        AppendOutcome::Stored { id, seq } => {
-            metrics().stored.inc();
-            ("stored", id, seq)
-        }
-        AppendOutcome::Duplicate { id, seq } => {
-            metrics().duplicates.inc();
-            ("duplicate", id, seq)
-        }
-    };
-    tracing::debug!(member_id = %member, event = name.as_str(), seq, status, "event journaled");
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "status": status, "id": id.to_string(), "seq": seq }),
-    ))
+        },
+    }
 }
 
-/// 408 for a body that did not arrive in time. `ApiError` (src/http.rs) has
-/// no 408 variant, so the response is built here, in the same
-/// `{"error": ...}` shape. The rest of the body may still be in flight, so the
-/// connection is closed rather than reused.
+/// 408 for a body that did not arrive in time, in the `{"error": ...}`
+/// shape of [`ApiError`] (which has no 408: only this route times a body).
+/// The rest of the body may still be in flight, so the connection is closed
+/// rather than reused.
 fn body_timeout_response(limit: Duration) -> Response {
     let mut res = json_response(
         StatusCode::REQUEST_TIMEOUT,
@@ -246,7 +250,7 @@ mod tests {
     async fn a_body_that_never_ends_times_out_with_408() {
         let stalled = futures_util::stream::pending::<Result<bytes::Bytes, warp::Error>>();
         let limit = Duration::from_millis(50);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let r = tokio::time::timeout(limit, read_limited(stalled, MAX_BODY)).await;
         assert!(r.is_err());
         assert!(started.elapsed() < Duration::from_secs(5));

@@ -1,0 +1,79 @@
+//! Ingest: a received body through the domain pipeline — decode, verify
+//! against the trusted portals and the portal directory, append to the
+//! journal — to a typed outcome.
+//!
+//! Nothing here knows HTTP: the ingest route reads the body and turns an
+//! [`IngestError`] into a status. A refused event never reaches the writer,
+//! so it changes nothing.
+
+use crate::decode::{self, BodyKind, DecodeError};
+use crate::journal::{AppendError, AppendOutcome, JournalHandle, NewEvent};
+use crate::types::{EventName, MemberId};
+use crate::verify::{Verifier, VerifyError};
+
+/// An event the journal acknowledged.
+#[derive(Debug)]
+pub struct Ingested {
+    /// The portal that sent it.
+    pub member_id: MemberId,
+    /// Its event name.
+    pub event: EventName,
+    /// Stored anew, or recognised as a duplicate.
+    pub outcome: AppendOutcome,
+}
+
+/// Why an event was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not a Bitrix24 event.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The event's credentials or domain are not trusted.
+    #[error("event of portal {member_id} refused")]
+    Refused {
+        /// The portal the event claims to come from.
+        member_id: MemberId,
+        /// Why it is not trusted.
+        #[source]
+        reason: VerifyError,
+    },
+    /// The journal did not store the event.
+    #[error("event of portal {member_id} not stored")]
+    NotStored {
+        /// The portal that sent it.
+        member_id: MemberId,
+        /// Why the journal refused or failed.
+        #[source]
+        source: AppendError,
+    },
+}
+
+/// Decodes `body`, verifies the event and appends it to `journal`.
+pub async fn ingest(
+    journal: &JournalHandle,
+    verifier: &Verifier,
+    kind: BodyKind,
+    body: &[u8],
+) -> Result<Ingested, IngestError> {
+    let event = decode::decode(kind, body)?;
+    let lifecycle = journal
+        .with_directory(|dir| verifier.check(&event, dir))
+        .map_err(|reason| IngestError::Refused {
+            member_id: event.member_id.clone(),
+            reason,
+        })?;
+    let member_id = event.member_id.clone();
+    let name = event.event.clone();
+    let new = NewEvent {
+        lifecycle,
+        ..NewEvent::from(event)
+    };
+    match journal.append(new).await {
+        Ok(outcome) => Ok(Ingested {
+            member_id,
+            event: name,
+            outcome,
+        }),
+        Err(source) => Err(IngestError::NotStored { member_id, source }),
+    }
+}
