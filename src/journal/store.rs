@@ -136,13 +136,12 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// the old engine, moves it aside and opens it. If the lock is still held
 /// after the wait (a running service), sled's open reports it.
 fn wait_for_release(dir: &Path) {
-    use fs2::FileExt;
     // No file yet: nothing can hold it.
     let Ok(file) = File::open(dir.join("db")) else {
         return;
     };
     let until = std::time::Instant::now() + RELEASE_WAIT;
-    while file.try_lock_exclusive().is_err() && std::time::Instant::now() < until {
+    while file.try_lock().is_err() && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // Dropping `file` releases the lock if it was taken.
@@ -578,7 +577,7 @@ impl Store {
         // Reads keep working on the old engine until there is room for the
         // new one to start: closing it on a full disk would only take reads
         // down too.
-        let free = fs2::available_space(&self.dir)?;
+        let free = fs4::available_space(&self.dir)?;
         if self.engine.is_some() && free < REOPEN_MIN_FREE {
             return Err(StoreError::Io(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
@@ -746,7 +745,7 @@ impl Store {
     /// Refuses a write when the disk is nearly full (see
     /// [`WRITE_MIN_FREE`]).
     fn check_space(&self) -> Result<(), StoreError> {
-        let free = fs2::available_space(&self.dir)?;
+        let free = fs4::available_space(&self.dir)?;
         if free < WRITE_MIN_FREE {
             return Err(StoreError::DiskFull {
                 free,
@@ -1544,13 +1543,12 @@ mod tests {
 
     #[test]
     fn open_waits_for_a_lock_that_is_let_go_and_reports_one_that_is_not() {
-        use fs2::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let engine = dir.path().join("sled");
         Store::open(&engine, CACHE).unwrap().close().unwrap();
         // Held for a moment, as sled's I/O thread does after a close.
         let held = File::open(engine.join("db")).unwrap();
-        held.try_lock_exclusive().unwrap();
+        held.try_lock().unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             drop(held);
@@ -1559,7 +1557,7 @@ mod tests {
         release.join().unwrap();
         // Held for good, as by a running service: sled's error.
         let held = File::open(engine.join("db")).unwrap();
-        held.try_lock_exclusive().unwrap();
+        held.try_lock().unwrap();
         let err = Store::open(&engine, CACHE).err().expect("locked files");
         assert!(err.to_string().contains("could not acquire lock"), "{err}");
     }

@@ -446,7 +446,7 @@ pub const PREPARE_MIN_FREE: u64 = 4 * SEGMENT_MAX;
 /// segment this way, off the writer's path. Does nothing while less than
 /// [`PREPARE_MIN_FREE`] is free (the segment then grows as it is written).
 fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
-    if fs2::available_space(dir)? < PREPARE_MIN_FREE {
+    if fs4::available_space(dir)? < PREPARE_MIN_FREE {
         return Ok(());
     }
     let tmp = dir.join(format!("{n:020}.prep"));
