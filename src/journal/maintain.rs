@@ -18,7 +18,11 @@ use super::record::{
     block_of, dedup_key_of_record, EventRecord, PortalIx, PortalRecord, Registration,
 };
 use super::store::{KeyKind, Store, StoreError, WriteBatch};
-use super::{check_format, read_format, Directory, JournalHandle, OpenError, ENGINE_DIR};
+use super::format::{
+    check_format_upgrading, raw_format_version, read_format_upgrading, write_format, OpenError,
+    ENGINE_DIR, FORMAT_VERSION, UPGRADES_IN_PLACE_FROM,
+};
+use super::{Directory, JournalHandle};
 
 /// sled cache for maintenance opens: they stream, caching buys nothing.
 const MAINTENANCE_CACHE: u64 = 32 * 1024 * 1024;
@@ -82,7 +86,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     // The high-water mark: the durable state right now.
     let (portals, registrations): (Vec<PortalRecord>, Vec<Registration>) =
         handle.with_directory(|d| (d.portals().to_vec(), d.registrations().cloned().collect()));
-    check_format(dest)?;
+    check_format_upgrading(dest)?;
     let mut out = Store::open(&dest.join(ENGINE_DIR), MAINTENANCE_CACHE).map_err(|source| {
         OpenError::Store {
             dir: dest.to_owned(),
@@ -204,28 +208,28 @@ pub struct MigrateReport {
 /// crash at any step leaves version 1 readable and `migrate` can run again.
 /// Blocking.
 pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
-    let from = super::raw_format_version(data_dir)?;
+    let from = raw_format_version(data_dir)?;
     let engine = data_dir.join(ENGINE_DIR);
     let old = data_dir.join(format!("{ENGINE_DIR}.v1"));
     let building = data_dir.join(format!("{ENGINE_DIR}.migrating"));
     let mut report = MigrateReport {
         data_dir: data_dir.to_owned(),
         from,
-        to: super::FORMAT_VERSION,
+        to: FORMAT_VERSION,
         portals: 0,
         events: 0,
         old_files: None,
     };
-    if from == super::FORMAT_VERSION {
+    if from == FORMAT_VERSION {
         return Ok(report);
     }
-    if from == super::UPGRADES_IN_PLACE_FROM {
+    if from == UPGRADES_IN_PLACE_FROM {
         // Nothing to rebuild: rewriting the format file is the upgrade.
-        check_format(data_dir)?;
+        check_format_upgrading(data_dir)?;
         return Ok(report);
     }
     if from != 1 {
-        read_format(data_dir)?;
+        read_format_upgrading(data_dir)?;
         return Err(MaintainError::Target(format!(
             "cannot migrate format version {from}"
         )));
@@ -292,7 +296,7 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
     }
     std::fs::rename(&building, &engine).map_err(io)?;
     sync_dir(data_dir).map_err(io)?;
-    super::write_format(data_dir).map_err(io)?;
+    write_format(data_dir).map_err(io)?;
     report.old_files = Some(old);
     Ok(report)
 }
@@ -348,7 +352,7 @@ struct PortalTally {
 /// Opens a stopped data directory and checks every tree and index.
 /// Blocking.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
-    let format = read_format(data_dir)?;
+    let format = read_format_upgrading(data_dir)?;
     let store = Store::open(&data_dir.join(ENGINE_DIR), MAINTENANCE_CACHE).map_err(|source| {
         OpenError::Store {
             dir: data_dir.to_owned(),
@@ -592,7 +596,7 @@ fn check_event(
 
 /// Opens a stopped data directory for an offline change.
 fn open_offline(data_dir: &Path) -> Result<(Store, Directory), MaintainError> {
-    read_format(data_dir)?;
+    read_format_upgrading(data_dir)?;
     let store = Store::open(&data_dir.join(ENGINE_DIR), MAINTENANCE_CACHE).map_err(|source| {
         OpenError::Store {
             dir: data_dir.to_owned(),
@@ -671,7 +675,7 @@ mod tests {
     /// few with duplicates; returns the stored event bytes by seq.
     fn write_v1(data: &Path) -> Vec<Vec<u8>> {
         std::fs::write(
-            data.join(super::super::FORMAT_FILE),
+            data.join(crate::journal::FORMAT_FILE),
             "b24-journal data format 1\n",
         )
         .unwrap();
@@ -713,7 +717,7 @@ mod tests {
         let data = dir.path();
         let stored = write_v1(data);
         assert!(matches!(
-            check_format(data),
+            check_format_upgrading(data),
             Err(OpenError::NeedsMigration { found: 1, .. })
         ));
 
