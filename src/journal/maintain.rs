@@ -13,15 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::format::{
+    check_format_upgrading, raw_format_version, read_format_upgrading, write_format, OpenError,
+    ENGINE_DIR, FORMAT_VERSION, UPGRADES_IN_PLACE_FROM,
+};
 use super::pack;
 use super::record::{
     block_of, dedup_key_of_record, EventRecord, PortalIx, PortalRecord, Registration,
 };
 use super::store::{KeyKind, Store, StoreError, WriteBatch};
-use super::format::{
-    check_format_upgrading, raw_format_version, read_format_upgrading, write_format, OpenError,
-    ENGINE_DIR, FORMAT_VERSION, UPGRADES_IN_PLACE_FROM,
-};
 use super::{Directory, JournalHandle};
 
 /// sled cache for maintenance opens: they stream, caching buys nothing.

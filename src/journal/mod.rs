@@ -12,7 +12,6 @@ pub mod maintain;
 pub mod pack;
 pub mod record;
 pub mod store;
-pub mod wal;
 mod writer;
 
 use std::collections::HashMap;
@@ -30,8 +29,8 @@ use store::{Reader, Store, StoreError};
 
 pub use writer::MAX_BATCH;
 
-pub use format::{OpenError, FORMAT_FILE, FORMAT_VERSION};
 pub(crate) use format::{check_format_upgrading, ENGINE_DIR};
+pub use format::{OpenError, FORMAT_FILE, FORMAT_VERSION};
 
 /// An event ready to be journaled: typed, verified, and without secrets.
 #[derive(Debug, Clone)]

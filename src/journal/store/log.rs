@@ -202,7 +202,7 @@ fn parse_record(b: &[u8]) -> Option<(Record, usize)> {
 /// The log of one open store, shared by the writer (which appends, writes
 /// and fdatasyncs records) and a checkpoint thread (which deletes segments
 /// sled no longer needs).
-pub struct Wal {
+pub struct RedoLog {
     dir: PathBuf,
     /// Records appended but not yet written to the segment file.
     pending: Mutex<Vec<u8>>,
@@ -227,18 +227,18 @@ struct CheckpointState {
     failed: Option<String>,
 }
 
-impl Wal {
+impl RedoLog {
     /// Starts the log in segment `n` of `dir` (blank or new) and deletes
     /// every older one: call only once sled holds everything the older ones
     /// do.
-    pub fn start(dir: &Path, n: u64) -> std::io::Result<Wal> {
+    pub fn start(dir: &Path, n: u64) -> std::io::Result<RedoLog> {
         let file = create_segment(dir, n)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
         if !segment_path(dir, n + 1).exists() {
             prepare_segment(dir, n + 1)?;
         }
-        let wal = Wal {
+        let wal = RedoLog {
             dir: dir.to_owned(),
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment { n, file, len: 0 }),
@@ -249,7 +249,7 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Appends one batch's record (in memory; durable after [`Wal::sync`]).
+    /// Appends one batch's record (in memory; durable after [`RedoLog::sync`]).
     pub fn append(&self, lsn: u64, writes: &[u8]) {
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(&lsn.to_le_bytes());
@@ -291,7 +291,7 @@ impl Wal {
     /// If the current segment is past [`SEGMENT_MAX`] and no checkpoint is
     /// running: starts a new segment for everything appended from now on
     /// and returns its number — every older segment may be deleted (with
-    /// [`Wal::finish_checkpoint`]) once sled is flushed. Call only where
+    /// [`RedoLog::finish_checkpoint`]) once sled is flushed. Call only where
     /// every record written so far is already applied to sled (the writer,
     /// right after a commit).
     pub fn begin_checkpoint(&self) -> std::io::Result<Option<u64>> {
@@ -318,7 +318,7 @@ impl Wal {
         Ok(Some(n))
     }
 
-    /// Ends the checkpoint [`Wal::begin_checkpoint`] started: with sled
+    /// Ends the checkpoint [`RedoLog::begin_checkpoint`] started: with sled
     /// flushed (`flushed` is `Ok`), deletes the segments before `below`.
     pub fn finish_checkpoint(&self, below: u64, flushed: Result<(), String>) {
         let result = flushed.and_then(|()| self.drop_below(below).map_err(|e| e.to_string()));
@@ -471,7 +471,8 @@ fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// fsyncs a directory, making the entries of files created in it durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -493,7 +494,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1).unwrap();
         let a = writes(&[Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]);
         let b = writes(&[Op::Insert(b"", b"")]);
         wal.append(7, &a);
@@ -534,7 +535,7 @@ mod tests {
 
         // Starting again deletes what replay consumed and reuses the blank
         // segment.
-        let wal = Wal::start(dir.path(), found.next_segment).unwrap();
+        let wal = RedoLog::start(dir.path(), found.next_segment).unwrap();
         drop(wal);
         assert!(!seg.exists());
         let found = read(dir.path()).unwrap();
@@ -545,7 +546,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1).unwrap();
         wal.append(1, &writes(&[Op::Insert(b"a", b"1")]));
         wal.append(2, &writes(&[Op::Insert(b"b", b"2")]));
         wal.sync().unwrap();
@@ -558,7 +559,7 @@ mod tests {
         let second = HEADER + 8 + writes(&[Op::Insert(b"a", b"1")]).len();
         bytes[second + HEADER + 9] ^= 1;
         fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
-        let wal2 = Wal {
+        let wal2 = RedoLog {
             dir: dir.path().to_owned(),
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment {
