@@ -17,10 +17,11 @@ use super::format::{
     check_format_upgrading, raw_format_version, read_format_upgrading, write_format, OpenError,
     ENGINE_DIR, FORMAT_VERSION, UPGRADES_IN_PLACE_FROM,
 };
-use super::pack;
+use super::layout;
 use super::record::{
     block_of, dedup_key_of_record, EventRecord, PortalIx, PortalRecord, Registration,
 };
+use super::store::codec;
 use super::store::{KeyKind, Store, StoreError, WriteBatch};
 use super::{Directory, JournalHandle};
 
@@ -154,7 +155,7 @@ fn copy_portal(
         }
         let prev = *laid.get_or_insert(seq - 1);
         fresh.insert(seq, bytes);
-        let step_done = seq % pack::BLOCK_SPAN == 0
+        let step_done = seq % codec::BLOCK_SPAN == 0
             || events
                 .peek()
                 .is_none_or(|next| next.as_ref().map_or(true, |(s, _)| *s > last));
@@ -166,7 +167,7 @@ fn copy_portal(
                 ..copy.clone()
             };
             out.apply(std::mem::take(batch))?;
-            pack::lay_out(batch, out.reader(), &step, prev, std::mem::take(&mut fresh))?;
+            layout::lay_out(batch, out.reader(), &step, prev, std::mem::take(&mut fresh))?;
             laid = Some(seq);
         }
     }
@@ -394,7 +395,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     report.problem(format!("event {ix}/{seq} of a portal without a record"));
                     continue;
                 };
-                if seq <= pack::sealed_upto(p.last_seq()) || seq < p.first_seq() {
+                if seq <= codec::sealed_upto(p.last_seq()) || seq < p.first_seq() {
                     report.problem(format!("tail event {ix}/{seq} outside the portal's tail"));
                 }
                 check_event(&mut report, &mut tallies, reader, p, seq, &value, None)?;
@@ -404,14 +405,14 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     report.problem(format!("block {ix}/{block} of a portal without a record"));
                     continue;
                 };
-                let first = pack::event_block_first(block);
-                if first + pack::BLOCK_SPAN - 1 > pack::sealed_upto(p.last_seq()) {
+                let first = codec::event_block_first(block);
+                if first + codec::BLOCK_SPAN - 1 > codec::sealed_upto(p.last_seq()) {
                     report.problem(format!("block {ix}/{block} is past the portal's last seq"));
                 }
-                let entries = match pack::decode_block(&value) {
+                let entries = match codec::decode_block(&value) {
                     Ok(e) => e,
                     Err(e) => {
-                        report.problem(format!("block {ix}/{block}: {e}"));
+                        report.problem(format!("block {ix}/{block}: {}", StoreError::from(e)));
                         continue;
                     }
                 };
@@ -444,10 +445,13 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     report.problem(format!("entity chunk of a portal without a record: {ix}"));
                     continue;
                 };
-                let entries = match pack::decode_chunk(first, &value) {
+                let entries = match codec::decode_chunk(first, &value) {
                     Ok(e) => e,
                     Err(e) => {
-                        report.problem(format!("entity chunk {ix}/{entity}/{first}: {e}"));
+                        report.problem(format!(
+                            "entity chunk {ix}/{entity}/{first}: {}",
+                            StoreError::from(e)
+                        ));
                         continue;
                     }
                 };
@@ -463,12 +467,12 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     report.entity_entries += 1;
                     *index_entries.entry(ix).or_default() += 1;
                     let matches = match reader.event(ix, e.seq)? {
-                        Some(bytes) if e.seq <= pack::sealed_upto(p.last_seq()) => {
+                        Some(bytes) if e.seq <= codec::sealed_upto(p.last_seq()) => {
                             match EventRecord::from_bytes(&bytes) {
                                 Ok((rec, _)) => {
                                     rec.entity_id.as_deref() == Some(entity.as_str())
                                         && rec.ts == e.ts
-                                        && pack::name_tag(rec.event_name(p)) == e.tag
+                                        && codec::name_tag(rec.event_name(p)) == e.tag
                                 }
                                 Err(_) => false,
                             }

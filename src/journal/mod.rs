@@ -8,8 +8,8 @@
 //! only once the event is on disk), `probe`, and read access for queries.
 
 mod format;
+pub mod layout;
 pub mod maintain;
-pub mod pack;
 pub mod record;
 pub mod store;
 mod writer;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::codec::{self, ChunkEntry};
 #[cfg(test)]
 use super::keys::V1_EVENT;
 use super::keys::{
@@ -10,7 +11,6 @@ use super::keys::{
     SUMMARY, TAIL,
 };
 use super::log;
-use crate::journal::pack::{self, ChunkEntry};
 use crate::journal::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
 
 /// A set of writes, committed together by
@@ -72,7 +72,7 @@ impl WriteBatch {
         self.remove(seq_key(TAIL, portal, seq));
     }
 
-    /// Stores an encoded block (see [`pack::encode_block`]).
+    /// Stores an encoded block (see [`codec::encode_block`]).
     pub fn put_block(&mut self, portal: PortalIx, block: u64, value: Vec<u8>) {
         self.insert(seq_key(BLOCK, portal, block), value);
     }
@@ -92,7 +92,7 @@ impl WriteBatch {
     ) {
         self.insert(
             chunk_key(portal, entity, first),
-            pack::encode_chunk(first, entries),
+            codec::encode_chunk(first, entries),
         );
     }
 

@@ -1,6 +1,8 @@
 //! The store's errors: what a read, a write or an open can fail with, and
 //! how far a failed commit got.
 
+use super::codec::CodecError;
+
 /// A storage failure. Never the client's fault: answered 503.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -13,6 +15,9 @@ pub enum StoreError {
     /// Stored bytes did not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A stored block or chunk did not decode.
+    #[error("corrupt record: {0}")]
+    Codec(#[from] CodecError),
     /// The engine is being reopened after an I/O failure.
     #[error("storage is being reopened after an I/O error")]
     Reopening,

@@ -26,6 +26,7 @@
 //! and on any new blob file.
 
 mod batch;
+pub mod codec;
 mod commit;
 mod engine;
 mod error;

@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::codec::{self, ChunkEntry};
 use super::error::StoreError;
 use super::keys::{
     chunk_key, classify, key, seq_key, seq_suffix, Key, KeyKind, BLOCK, CHUNK, COUNTERS, DEDUP,
     PORTAL, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
 };
 use super::scan::SeqScan;
-use crate::journal::pack::{self, ChunkEntry};
 use crate::journal::record::{
     BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration,
 };
@@ -213,7 +213,7 @@ impl Reader {
             tree.range(lo..=hi).map(|kv| {
                 let (k, v) = kv?;
                 let first = seq_suffix(&k)?;
-                Ok((first, pack::decode_chunk(first, &v)?))
+                Ok((first, codec::decode_chunk(first, &v)?))
             })
         })
     }

@@ -1,9 +1,9 @@
 //! [`SeqScan`]: a portal's events by seq, in either direction, wherever
 //! each one lives (a tail item or its sealed block).
 
+use super::codec;
 use super::error::StoreError;
 use super::keys::{seq_key, seq_suffix, BLOCK, TAIL};
-use crate::journal::pack;
 use crate::journal::record::PortalIx;
 
 /// Where one seq was found.
@@ -79,12 +79,12 @@ impl SeqScan {
     }
 
     /// The tail items with seqs in `sealed_upto(top) + 1 ..= top` as of now, read once
-    /// (fewer than [`pack::BLOCK_SPAN`]). A seq missing here that a caller
+    /// (fewer than [`codec::BLOCK_SPAN`]). A seq missing here that a caller
     /// may read was sealed (or deleted) before this read, so its block is
     /// where to look.
     fn tail_items(&mut self, tree: &sled::Tree) -> Result<&[(u64, sled::IVec)], StoreError> {
         if self.tail.is_none() {
-            let sealed = pack::sealed_upto(self.top);
+            let sealed = codec::sealed_upto(self.top);
             let from = seq_key(TAIL, self.portal, sealed + 1);
             let to = seq_key(TAIL, self.portal, self.top);
             let items = tree
@@ -101,11 +101,11 @@ impl SeqScan {
 
     fn cached(&self, seq: u64) -> Option<Lookup> {
         let c = self.cache.as_ref()?;
-        if c.block != pack::event_block(seq) {
+        if c.block != codec::event_block(seq) {
             return None;
         }
         // In range: decode_block checked there are BLOCK_SPAN entries.
-        let (from, to) = c.ranges[((seq - 1) % pack::BLOCK_SPAN) as usize];
+        let (from, to) = c.ranges[((seq - 1) % codec::BLOCK_SPAN) as usize];
         Some(if from == to {
             Lookup::Gone
         } else {
@@ -117,7 +117,7 @@ impl SeqScan {
         if let Some(found) = self.cached(seq) {
             return Ok(found);
         }
-        if seq > pack::sealed_upto(self.top) {
+        if seq > codec::sealed_upto(self.top) {
             if self.point {
                 // A one-seq scan (`Reader::event`): a point lookup is cheaper
                 // than a range scan.
@@ -131,12 +131,12 @@ impl SeqScan {
                 }
             }
         }
-        let block = pack::event_block(seq);
+        let block = codec::event_block(seq);
         let Some(bytes) = tree.get(seq_key(BLOCK, self.portal, block))? else {
             return Ok(Lookup::BlockGone(block));
         };
         let base = bytes.as_ptr() as usize;
-        let ranges = pack::decode_block(&bytes)?
+        let ranges = codec::decode_block(&bytes)?
             .into_iter()
             .map(|e| {
                 let from = e.as_ptr() as usize - base;
@@ -171,7 +171,7 @@ impl SeqScan {
                 Ok(Lookup::Gone) => {}
                 Ok(Lookup::BlockGone(block)) => {
                     if forward {
-                        self.lo = self.lo.max(pack::event_block_first(block + 1));
+                        self.lo = self.lo.max(codec::event_block_first(block + 1));
                     } else {
                         self.hi = 0;
                     }

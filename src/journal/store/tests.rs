@@ -4,11 +4,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::codec;
 use super::engine::WAL_DIR;
 use super::keys::{seq_key, TAIL};
 use super::log::{self, RedoLog};
 use super::{Store, StoreError, WriteBatch};
-use crate::journal::pack;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -224,8 +224,8 @@ fn ev(seq: u64) -> Vec<u8> {
 /// Block `block` of the scan tests, with seqs in `gone` empty and seqs
 /// above `last` absent (empty) too.
 fn test_block(block: u64, last: u64, gone: &[u64]) -> Vec<u8> {
-    let first = pack::event_block_first(block);
-    let values: Vec<Vec<u8>> = (first..first + pack::BLOCK_SPAN)
+    let first = codec::event_block_first(block);
+    let values: Vec<Vec<u8>> = (first..first + codec::BLOCK_SPAN)
         .map(|seq| {
             if seq > last || gone.contains(&seq) {
                 Vec::new()
@@ -234,7 +234,7 @@ fn test_block(block: u64, last: u64, gone: &[u64]) -> Vec<u8> {
             }
         })
         .collect();
-    pack::encode_block(&values.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    codec::encode_block(&values.iter().map(Vec::as_slice).collect::<Vec<_>>())
 }
 
 fn seqs(scan: impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>>) -> Vec<u64> {
