@@ -79,7 +79,7 @@ pub fn lay_out(
             };
             if !bytes.is_empty() {
                 let (rec, _) = EventRecord::from_bytes(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("event {ix}/{seq}: {e}")))?;
+                    .map_err(|e| StoreError::undecodable(format!("event {ix}/{seq}"), e))?;
                 if let Some(entity) = rec.entity_id.as_deref() {
                     let entry = ChunkEntry {
                         seq,

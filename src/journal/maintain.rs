@@ -144,8 +144,7 @@ fn copy_portal(
         if seq > last {
             break;
         }
-        let (rec, dups) =
-            EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (rec, dups) = EventRecord::from_bytes(&bytes).map_err(StoreError::from)?;
         copy.duplicates += u64::from(dups);
         copy.events += 1;
         if rec.entity_id.is_none() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::batch::WriteBatch;
 use super::engine::{apply_in_order, Flusher, Store};
 use super::error::{CommitError, StoreError};
+use super::log::CheckpointCause;
 
 /// Free space below which a commit is refused before sled sees it. sled
 /// 0.34.7 handles running out of space mid-write badly: part of a batch can
@@ -109,7 +110,9 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || {
-                let flushed = flusher.flush().map_err(|e| e.to_string());
+                let flushed = flusher
+                    .flush()
+                    .map_err(|e| -> CheckpointCause { Arc::new(e) });
                 drop(flusher);
                 if flushed.is_ok() {
                     wal.prepare(below + 1);
@@ -117,7 +120,7 @@ impl Store {
                 wal.finish_checkpoint(below, flushed);
             });
         if let Err(e) = spawned {
-            self.wal.finish_checkpoint(below, Err(e.to_string()));
+            self.wal.finish_checkpoint(below, Err(Arc::new(e)));
         }
     }
 

@@ -35,7 +35,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// A segment past this size starts a checkpoint. Bounds both the disk the
 /// log takes and the replay at start (~16k events).
@@ -218,13 +218,23 @@ struct Segment {
     len: u64,
 }
 
+/// Why a checkpoint failed: sled's flush, a file operation, or the thread
+/// that was to run it. Shared: every later sync reports it.
+pub type CheckpointCause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A checkpoint failed, so nothing more can be made durable through this
+/// log (see [`RedoLog::sync`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("a background flush of the store failed: {0}")]
+pub struct CheckpointFailed(#[source] pub CheckpointCause);
+
 #[derive(Default)]
 struct CheckpointState {
     running: bool,
     /// A checkpoint failed: sled could not be flushed. Its engine keeps the
     /// error, so every later sync of this log fails too until the store is
     /// reopened.
-    failed: Option<String>,
+    failed: Option<CheckpointCause>,
 }
 
 impl RedoLog {
@@ -276,9 +286,7 @@ impl RedoLog {
     /// they survive a crash. Returns the segment's new length.
     pub fn sync(&self) -> std::io::Result<u64> {
         if let Some(e) = &self.lock_checkpoint().failed {
-            return Err(std::io::Error::other(format!(
-                "a background flush of the store failed: {e}"
-            )));
+            return Err(std::io::Error::other(CheckpointFailed(Arc::clone(e))));
         }
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
@@ -320,8 +328,11 @@ impl RedoLog {
 
     /// Ends the checkpoint [`RedoLog::begin_checkpoint`] started: with sled
     /// flushed (`flushed` is `Ok`), deletes the segments before `below`.
-    pub fn finish_checkpoint(&self, below: u64, flushed: Result<(), String>) {
-        let result = flushed.and_then(|()| self.drop_below(below).map_err(|e| e.to_string()));
+    pub fn finish_checkpoint(&self, below: u64, flushed: Result<(), CheckpointCause>) {
+        let result = flushed.and_then(|()| {
+            self.drop_below(below)
+                .map_err(|e| -> CheckpointCause { Arc::new(e) })
+        });
         let mut state = self.lock_checkpoint();
         state.running = false;
         match result {

@@ -100,7 +100,7 @@ impl Reader {
                 if let Some(c) = tree.get([&[COUNTERS][..], &k[1..]].concat())? {
                     bytes.extend_from_slice(&c);
                 }
-                PortalRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+                Ok(PortalRecord::from_bytes(&bytes)?)
             })
             .collect()
     }
@@ -143,7 +143,7 @@ impl Reader {
             .values()
             .map(|v| {
                 let v = v?;
-                Registration::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+                Ok(Registration::from_bytes(&v)?)
             })
             .collect()
     }
@@ -260,8 +260,7 @@ impl Reader {
         let mut seqs = Vec::new();
         for (seq, bytes) in self.tail(portal)? {
             if (lo..=hi).contains(&seq) {
-                let (rec, _) = EventRecord::from_bytes(&bytes)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let (rec, _) = EventRecord::from_bytes(&bytes)?;
                 if rec.entity_id.as_deref() == Some(entity) {
                     seqs.push(seq);
                 }
