@@ -1,14 +1,14 @@
 //! The layout policy: where a portal's events are stored as they arrive.
 //! Used by the writer and by backups and migrations, so all produce the
-//! same layout. The bytes of blocks and chunks are the store's codec
-//! ([`codec`]); this module decides when a block is sealed and which chunk
-//! an index entry goes into.
+//! same layout. The bytes of blocks and chunks are the store's
+//! [`codec`](super::store::codec); this module decides when a block is
+//! sealed and which chunk an index entry goes into.
 //!
 //! Each event of the unsealed tail is its own small item until its block
 //! is full; the atomic batch that fills the block writes it ("seals" it),
 //! deletes the tail items and appends the block's entity events to their
-//! entity chunks. A block is thus written once, never rewritten as it
-//! fills.
+//! entity chunks. A block is thus written once: rewriting a growing value
+//! on every append would cost several times the space.
 //!
 //! The invariant readers and the writer rely on: with `last` the portal's
 //! last seq, seqs `..= sealed_upto(last)` are in blocks and the rest are

@@ -68,7 +68,7 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
             std::fs::remove_dir_all(&engine).map_err(io)?;
         }
     } else {
-        // Opening takes sled's lock on the files: a running service makes
+        // Opening takes the engine's lock on the files: a running service makes
         // this fail before anything is moved.
         open_store(&engine, data_dir)?.close()?;
         std::fs::rename(&engine, &old).map_err(io)?;

@@ -8,7 +8,8 @@ use crate::journal::format::{read_format_upgrading, OpenError, ENGINE_DIR};
 use crate::journal::store::Store;
 use crate::journal::Directory;
 
-/// sled cache for maintenance opens: they stream, caching buys nothing.
+/// Engine page cache for maintenance opens: they stream, caching buys
+/// nothing.
 const MAINTENANCE_CACHE: u64 = 32 * 1024 * 1024;
 
 /// Opens the store in `engine` (the engine directory of `data_dir`, or a

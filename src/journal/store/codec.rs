@@ -3,6 +3,10 @@
 //! and numbers, below the store; when blocks are sealed and chunks
 //! extended is the layout policy's business (`journal::layout`).
 //!
+//! Events are packed because sled's cost on disk and in writer CPU is per
+//! stored item, so one item per event and per index entry costs far more
+//! than the events themselves.
+//!
 //! - **Event blocks**: the events of a portal with seqs
 //!   `block * BLOCK_SPAN + 1 ..= (block + 1) * BLOCK_SPAN` live in one
 //!   stored item: [`BLOCK_SPAN`] entries, an empty one for an event that is

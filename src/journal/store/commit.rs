@@ -48,10 +48,8 @@ impl Store {
     /// write applied before its record was durable could outlive a crash
     /// that the record did not; logged first, every write sled holds is
     /// replayable. One by one instead of one atomic sled batch because an
-    /// atomic batch makes sled seal and write two I/O buffers, each with a
-    /// `sync_file_range` that waits for the device (measured: 2 `pwrite64`
-    /// and 2 `sync_file_range` per batch); the log record already makes the
-    /// batch atomic across a crash. Inserts go first, then removes, then
+    /// atomic batch makes sled wait for the device twice; the log record
+    /// already makes the batch atomic across a crash. Inserts go first, then removes, then
     /// the LSN: a reader sees an event sealed into its block before it
     /// leaves the tail.
     ///

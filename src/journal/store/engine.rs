@@ -132,9 +132,9 @@ impl Engine {
             let ops = log::decode_ops(&record.writes).ok_or_else(|| {
                 StoreError::Corrupt(format!("redo log record {} does not decode", record.lsn))
             })?;
-            // As a commit applies them (see `Store::commit_logged`): one
-            // atomic sled batch per record made a replay of one 16 MiB
-            // segment (15k records) take 2.1 s.
+            // One by one, as a commit applies them (see
+            // `Store::commit_logged`): an atomic sled batch per record is
+            // far slower.
             apply_in_order(
                 &self.tree,
                 ops.into_iter().map(|op| match op {
@@ -162,13 +162,10 @@ impl Engine {
 const REOPEN_MIN_FREE: u64 = 2 * 1024 * 1024;
 
 /// Redo-log bytes after which the writer reopens the engine (see
-/// [`Store::snapshot_due`]). sled 0.34.7 writes its page-table snapshot
-/// only when it opens a database, and opening scans all of its log written
-/// since the last snapshot: measured, a first start after filling 10M
-/// events (~2.3 GB of redo log, never reopened) took 2.7 s, the next 0.3 s.
-/// Reopening every 512 MiB logged bounds that scan, at the price of one
-/// pause of about one restart's length (0.3 s at 10M events) per 512 MiB
-/// (~2.2M events). The default of `--snapshot-every-mb`.
+/// [`Store::snapshot_due`]); the default of `--snapshot-every-mb`. sled
+/// 0.34.7 writes its page-table snapshot only when it opens a database, and
+/// opening scans all of its log written since then: reopening bounds what a
+/// start after a crash scans, at the price of one short pause per reopen.
 pub const SNAPSHOT_AFTER_LOGGED: u64 = 512 * 1024 * 1024;
 
 impl Store {
@@ -353,7 +350,7 @@ impl Store {
 /// Flushes sled's files: sled's `flush()` (which syncs with
 /// `sync_file_range` only), then `fsync` of its log and of any new blob file
 /// (sled writes blobs without syncing them). One thread at a time
-/// (concurrent sled flushes lock up, ../shared/SLED.md): a checkpoint
+/// (concurrent sled flushes lock up): a checkpoint
 /// thread, or the writer once no checkpoint runs.
 pub(super) struct Flusher {
     db: sled::Db,

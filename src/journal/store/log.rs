@@ -1,20 +1,19 @@
 //! The redo log: what makes a group commit durable.
 //!
-//! Making a batch durable through sled costs two waits per commit — its
-//! `flush()` (about 0.66 ms measured at 64 connections, the single biggest
-//! cost of an acknowledgement) and the `fsync` that must follow it
-//! (../shared/SLED.md). Instead, every batch is first appended here, as one
-//! checksummed record of the very writes it makes, and is durable once that
-//! record is: one `write` and one `fdatasync` of a file only we append to.
-//! Only then are its writes applied to sled (see
-//! [`Store::commit_logged`](super::store::Store::commit_logged) for why in
-//! that order).
+//! Making a batch durable through sled would cost two waits per commit (its
+//! `flush()` and the `fsync` that must follow it). Instead, every batch is
+//! first appended here, as one checksummed record of the very writes it
+//! makes, and is durable once that record is: one `write` and one
+//! `fdatasync` of a file only we append to. Only then are its writes
+//! applied to sled (see
+//! [`Store::commit_logged`](super::Store::commit_logged) for why in that
+//! order).
 //!
 //! sled is flushed in the background at a *checkpoint*, when the current
 //! segment has grown past [`SEGMENT_MAX`]: new records go to a fresh
 //! segment, sled is flushed and fsynced, and only then are the older
 //! segments deleted. Opening the store replays every record sled may not
-//! have (see [`Store::open`](super::store::Store::open)), then checkpoints,
+//! have (see [`Store::open`](super::Store::open)), then checkpoints,
 //! so the log never holds more than a few segments.
 //!
 //! Records carry a log sequence number (LSN), and every batch writes its LSN
@@ -38,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A segment past this size starts a checkpoint. Bounds both the disk the
-/// log takes and the replay at start (~16k events).
+/// log takes and the replay at start.
 pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
 
 const HEADER: usize = 8;
@@ -423,9 +422,7 @@ impl RedoLog {
 /// record in it is acknowledged. A segment is written full of zeros first
 /// (unless a checkpoint already prepared it, see [`prepare_segment`]):
 /// records then overwrite allocated blocks, so an fdatasync has no file size
-/// or extent change to write besides the data. Measured on this VM's ext4
-/// (700-byte writes): 4.9–6.0k fdatasyncs/s instead of 3.2–4.1k when
-/// appending.
+/// or extent change to write besides the data, and syncs are faster.
 ///
 /// On a nearly full disk the segment is created empty and grows with its
 /// records instead (slower syncs, but the journal still opens and reads

@@ -27,7 +27,8 @@ pub struct Reader {
 
 /// A long read (a backup) in progress, until dropped: meanwhile the engine
 /// is not reopened for a fresh snapshot, which could not close a database
-/// the long read keeps open (see [`Store::refresh_snapshot`]).
+/// the long read keeps open (see
+/// [`Store::refresh_snapshot`](super::Store::refresh_snapshot)).
 pub struct LongRead(Arc<AtomicUsize>);
 
 impl Drop for LongRead {
@@ -65,7 +66,7 @@ impl Reader {
     /// so a query that makes several reads (an index scan, then the events
     /// it names) sees one database and never waits for a reopen halfway;
     /// a reopen in turn waits the few milliseconds until it is dropped
-    /// (see [`Store::refresh_snapshot`]).
+    /// (see [`Store::refresh_snapshot`](super::Store::refresh_snapshot)).
     pub fn pinned(&self) -> Result<Reader, StoreError> {
         Ok(Reader {
             shared: Arc::new(RwLock::new(Some(self.tree()?))),

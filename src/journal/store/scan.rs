@@ -27,8 +27,7 @@ enum Lookup {
 ///
 /// The tail part is read with one range scan, not one `get` per seq: a
 /// latest-50 page is mostly tail items, and a sled `get` walks the tree from
-/// its root each time (per-seq gets were ~30 % of the CPU of a latest-50
-/// query, perf on a 10M-event journal).
+/// its root each time.
 pub struct SeqScan {
     tree: Option<sled::Tree>,
     err: Option<StoreError>,
