@@ -21,7 +21,9 @@ pub(super) const WAL_DIR: &str = "wal";
 /// Blob files already fsynced, by name; shared with checkpoint threads.
 pub(super) type SyncedBlobs = Arc<Mutex<HashSet<std::ffi::OsString>>>;
 
-/// The journal's storage.
+/// The journal's storage: one open engine, its redo log, and the [`Reader`]
+/// that follows the engine through reopens. Only the writer (and offline
+/// maintenance) holds it.
 pub struct Store {
     /// `None` while a reopen is pending.
     engine: Option<Engine>,
