@@ -7,16 +7,15 @@
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.
 
+mod format;
+pub mod layout;
 pub mod maintain;
-pub mod pack;
 pub mod record;
 pub mod store;
-pub mod wal;
 mod writer;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value};
@@ -30,20 +29,8 @@ use store::{Reader, Store, StoreError};
 
 pub use writer::MAX_BATCH;
 
-/// The on-disk format this binary writes and reads. See
-/// `migrations-notes/` for what each version means.
-pub const FORMAT_VERSION: u32 = 3;
-
-/// The oldest version upgraded in place on open: version 3 only adds the
-/// redo log (`sled/wal/`) and the `L` key to version 2's layout. The
-/// version still moves, so that a version-2 binary refuses a directory
-/// whose acknowledged writes may be in the redo log only.
-pub(crate) const UPGRADES_IN_PLACE_FROM: u32 = 2;
-/// Name of the file in the data directory that records the format.
-pub const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_PREFIX: &str = "b24-journal data format ";
-/// Sub-directory of the data directory that holds the sled database.
-pub(crate) const ENGINE_DIR: &str = "sled";
+pub(crate) use format::{check_format_upgrading, ENGINE_DIR};
+pub use format::{OpenError, FORMAT_FILE, FORMAT_VERSION};
 
 /// An event ready to be journaled: typed, verified, and without secrets.
 #[derive(Debug, Clone)]
@@ -138,55 +125,6 @@ pub enum AppendError {
     /// The event names a domain that belongs to another portal.
     #[error("domain {0} belongs to another portal")]
     DomainTaken(String),
-}
-
-/// Why the journal could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The directory was written by a newer binary.
-    #[error("data directory {dir} has format version {found}, newer than the {supported} this binary supports; run a newer b24-journal")]
-    TooNew {
-        /// The data directory.
-        dir: PathBuf,
-        /// Version found.
-        found: u32,
-        /// Version supported.
-        supported: u32,
-    },
-    /// The directory was written by an older binary and must be migrated.
-    #[error("data directory {dir} has format version {found}, older than the {current} this binary uses; stop the service, back up the directory, then run `b24-journal migrate --data-dir {dir}`")]
-    NeedsMigration {
-        /// The data directory.
-        dir: PathBuf,
-        /// Version found.
-        found: u32,
-        /// Version this binary uses.
-        current: u32,
-    },
-    /// The directory holds something we do not recognise.
-    #[error("data directory {dir} has an unknown format version ({why}); refusing to open it")]
-    Unknown {
-        /// The data directory.
-        dir: PathBuf,
-        /// What was found.
-        why: String,
-    },
-    /// File system trouble.
-    #[error("data directory {dir}: {source}")]
-    Io {
-        /// The data directory.
-        dir: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The engine failed to open.
-    #[error("opening the journal in {dir}: {source}")]
-    Store {
-        /// The data directory.
-        dir: PathBuf,
-        /// The error.
-        source: StoreError,
-    },
 }
 
 /// Portals by number, member id and domain, as last committed.
@@ -328,7 +266,7 @@ pub struct JournalHandle {
 impl Journal {
     /// Opens (creating if needed) the journal in `data_dir`.
     pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Journal, OpenError> {
-        check_format(data_dir)?;
+        check_format_upgrading(data_dir)?;
         let store_err = |source| OpenError::Store {
             dir: data_dir.to_owned(),
             source,
@@ -472,107 +410,4 @@ impl JournalHandle {
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }
-}
-
-/// Reads the format version of an existing data directory without creating
-/// anything; refuses unknown and newer versions like [`Journal::open`].
-pub(crate) fn read_format(dir: &Path) -> Result<u32, OpenError> {
-    if !dir.join(FORMAT_FILE).exists() {
-        return Err(OpenError::Unknown {
-            dir: dir.to_owned(),
-            why: format!("no {FORMAT_FILE} file: not a b24-journal data directory"),
-        });
-    }
-    check_format(dir)?;
-    Ok(FORMAT_VERSION)
-}
-
-/// Checks (or, for a new directory, writes) the format file.
-pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
-    let io = |source| OpenError::Io {
-        dir: dir.to_owned(),
-        source,
-    };
-    let unknown = |why: String| OpenError::Unknown {
-        dir: dir.to_owned(),
-        why,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let path = dir.join(FORMAT_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let line = text.lines().next().unwrap_or("").trim();
-            let version = line
-                .strip_prefix(FORMAT_PREFIX)
-                .and_then(|v| v.parse::<u32>().ok())
-                .ok_or_else(|| unknown(format!("{FORMAT_FILE} says {line:?}")))?;
-            if version > FORMAT_VERSION {
-                return Err(OpenError::TooNew {
-                    dir: dir.to_owned(),
-                    found: version,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            if version == 1 {
-                return Err(OpenError::NeedsMigration {
-                    dir: dir.to_owned(),
-                    found: version,
-                    current: FORMAT_VERSION,
-                });
-            }
-            if version == UPGRADES_IN_PLACE_FROM {
-                write_format(dir).map_err(io)?;
-                tracing::info!(
-                    dir = %dir.display(),
-                    from = version,
-                    to = FORMAT_VERSION,
-                    "data format upgraded in place"
-                );
-                return Ok(());
-            }
-            if version != FORMAT_VERSION {
-                return Err(unknown(format!(
-                    "format version {version} is not supported"
-                )));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut entries = std::fs::read_dir(dir).map_err(io)?;
-            if entries.next().is_some() {
-                return Err(unknown(format!(
-                    "no {FORMAT_FILE} file, but the directory is not empty"
-                )));
-            }
-            write_format(dir).map_err(io)
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
-/// Writes this binary's version into `dir`'s format file: write a temp
-/// file, fsync, rename, fsync the directory, so a crash leaves either the
-/// old file or the new one.
-pub(crate) fn write_format(dir: &Path) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{FORMAT_PREFIX}{FORMAT_VERSION}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FORMAT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The version named by `dir`'s format file, whatever it is.
-pub(crate) fn raw_format_version(dir: &Path) -> Result<u32, OpenError> {
-    let text = std::fs::read_to_string(dir.join(FORMAT_FILE)).map_err(|source| OpenError::Io {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    let line = text.lines().next().unwrap_or("").trim();
-    line.strip_prefix(FORMAT_PREFIX)
-        .and_then(|v| v.parse::<u32>().ok())
-        .ok_or_else(|| OpenError::Unknown {
-            dir: dir.to_owned(),
-            why: format!("{FORMAT_FILE} says {line:?}"),
-        })
 }

@@ -18,11 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::pack;
+use super::layout;
 use super::record::{
     bump_duplicates, dedup_key, store_data, BlockSummary, DedupKey, EventRecord, Interned,
     PortalIx, PortalRecord, Registration, Source, Status,
 };
+use super::store::codec;
 use super::store::{CommitError, KeyKind, Store, StoreError, WriteBatch};
 use super::{AppendError, AppendOutcome, Directory, Lifecycle, NewEvent};
 
@@ -130,7 +131,7 @@ impl TailEntry {
         TailEntry {
             seq,
             ts: rec.ts,
-            tag: pack::name_tag(rec.event_name(portal)),
+            tag: codec::name_tag(rec.event_name(portal)),
             entity: rec.entity_id.as_deref().map_or(0, entity_hash),
         }
     }
@@ -542,7 +543,7 @@ impl Writer {
             return Ok(None);
         };
         let (name, ts, first) = (event.event.as_str(), event.ts.secs(), rec.first_seq());
-        let tag = pack::name_tag(name);
+        let tag = codec::name_tag(name);
         let same = |bytes: &[u8]| -> Result<bool, AppendError> {
             let (stored, _) = EventRecord::from_bytes(bytes)
                 .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
@@ -636,11 +637,11 @@ impl Writer {
         // rest; one in a sealed block rewrites its block.
         let mut blocks: BTreeMap<(PortalIx, u64), Vec<Vec<u8>>> = BTreeMap::new();
         for ((portal, seq), bytes) in batch.rewritten.drain() {
-            if seq > pack::sealed_upto(committed_last(portal)) {
+            if seq > codec::sealed_upto(committed_last(portal)) {
                 fresh.entry(portal).or_default().insert(seq, bytes);
                 continue;
             }
-            let block = pack::event_block(seq);
+            let block = codec::event_block(seq);
             let entries = match blocks.entry((portal, block)) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
@@ -648,7 +649,7 @@ impl Writer {
                         StoreError::Corrupt(format!("block {portal}/{block} vanished"))
                     })?;
                     v.insert(
-                        pack::decode_block(&raw)?
+                        codec::decode_block(&raw)?
                             .into_iter()
                             .map(<[u8]>::to_vec)
                             .collect(),
@@ -656,18 +657,18 @@ impl Writer {
                 }
             };
             // In range: decode_block checked the block has BLOCK_SPAN entries.
-            entries[((seq - 1) % pack::BLOCK_SPAN) as usize] = bytes;
+            entries[((seq - 1) % codec::BLOCK_SPAN) as usize] = bytes;
         }
         for ((portal, block), entries) in blocks {
             let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-            writes.put_block(portal, block, pack::encode_block(&refs));
+            writes.put_block(portal, block, codec::encode_block(&refs));
         }
         for (portal, events) in fresh {
             let rec = batch
                 .portals
                 .get(&portal)
                 .ok_or_else(|| StoreError::Corrupt(format!("portal {portal} not in batch")))?;
-            pack::lay_out(
+            layout::lay_out(
                 writes,
                 self.store.reader(),
                 rec,
@@ -748,7 +749,7 @@ impl Writer {
         let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
         for rec in touched {
             if let Some(tail) = self.tails.get_mut(&rec.ix) {
-                let sealed = pack::sealed_upto(rec.last_seq());
+                let sealed = codec::sealed_upto(rec.last_seq());
                 tail.retain(|e| e.seq > sealed);
             }
             self.directory.upsert(rec);
@@ -900,10 +901,10 @@ impl Writer {
             }
             // Whole blocks below the first kept event go; a block still
             // holding kept events stays (readers start at `first_seq`).
-            let sealed = pack::sealed_upto(last);
-            let mut block = pack::event_block(first);
-            while pack::event_block_first(block + 1) <= first_kept
-                && pack::event_block_first(block + 1) - 1 <= sealed
+            let sealed = codec::sealed_upto(last);
+            let mut block = codec::event_block(first);
+            while codec::event_block_first(block + 1) <= first_kept
+                && codec::event_block_first(block + 1) - 1 <= sealed
             {
                 writes.delete_block(rec.ix, block);
                 block += 1;

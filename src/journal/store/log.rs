@@ -1,20 +1,19 @@
 //! The redo log: what makes a group commit durable.
 //!
-//! Making a batch durable through sled costs two waits per commit — its
-//! `flush()` (about 0.66 ms measured at 64 connections, the single biggest
-//! cost of an acknowledgement) and the `fsync` that must follow it
-//! (../shared/SLED.md). Instead, every batch is first appended here, as one
-//! checksummed record of the very writes it makes, and is durable once that
-//! record is: one `write` and one `fdatasync` of a file only we append to.
-//! Only then are its writes applied to sled (see
-//! [`Store::commit_logged`](super::store::Store::commit_logged) for why in
-//! that order).
+//! Making a batch durable through sled would cost two waits per commit (its
+//! `flush()` and the `fsync` that must follow it). Instead, every batch is
+//! first appended here, as one checksummed record of the very writes it
+//! makes, and is durable once that record is: one `write` and one
+//! `fdatasync` of a file only we append to. Only then are its writes
+//! applied to sled (see
+//! [`Store::commit_logged`](super::Store::commit_logged) for why in that
+//! order).
 //!
 //! sled is flushed in the background at a *checkpoint*, when the current
 //! segment has grown past [`SEGMENT_MAX`]: new records go to a fresh
 //! segment, sled is flushed and fsynced, and only then are the older
 //! segments deleted. Opening the store replays every record sled may not
-//! have (see [`Store::open`](super::store::Store::open)), then checkpoints,
+//! have (see [`Store::open`](super::Store::open)), then checkpoints,
 //! so the log never holds more than a few segments.
 //!
 //! Records carry a log sequence number (LSN), and every batch writes its LSN
@@ -35,10 +34,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// A segment past this size starts a checkpoint. Bounds both the disk the
-/// log takes and the replay at start (~16k events).
+/// log takes and the replay at start.
 pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
 
 const HEADER: usize = 8;
@@ -202,7 +201,7 @@ fn parse_record(b: &[u8]) -> Option<(Record, usize)> {
 /// The log of one open store, shared by the writer (which appends, writes
 /// and fdatasyncs records) and a checkpoint thread (which deletes segments
 /// sled no longer needs).
-pub struct Wal {
+pub struct RedoLog {
     dir: PathBuf,
     /// Records appended but not yet written to the segment file.
     pending: Mutex<Vec<u8>>,
@@ -218,27 +217,37 @@ struct Segment {
     len: u64,
 }
 
+/// Why a checkpoint failed: sled's flush, a file operation, or the thread
+/// that was to run it. Shared: every later sync reports it.
+pub type CheckpointCause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A checkpoint failed, so nothing more can be made durable through this
+/// log (see [`RedoLog::sync`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("a background flush of the store failed: {0}")]
+pub struct CheckpointFailed(#[source] pub CheckpointCause);
+
 #[derive(Default)]
 struct CheckpointState {
     running: bool,
     /// A checkpoint failed: sled could not be flushed. Its engine keeps the
     /// error, so every later sync of this log fails too until the store is
     /// reopened.
-    failed: Option<String>,
+    failed: Option<CheckpointCause>,
 }
 
-impl Wal {
+impl RedoLog {
     /// Starts the log in segment `n` of `dir` (blank or new) and deletes
     /// every older one: call only once sled holds everything the older ones
     /// do.
-    pub fn start(dir: &Path, n: u64) -> std::io::Result<Wal> {
+    pub fn start(dir: &Path, n: u64) -> std::io::Result<RedoLog> {
         let file = create_segment(dir, n)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
         if !segment_path(dir, n + 1).exists() {
             prepare_segment(dir, n + 1)?;
         }
-        let wal = Wal {
+        let wal = RedoLog {
             dir: dir.to_owned(),
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment { n, file, len: 0 }),
@@ -249,7 +258,7 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Appends one batch's record (in memory; durable after [`Wal::sync`]).
+    /// Appends one batch's record (in memory; durable after [`RedoLog::sync`]).
     pub fn append(&self, lsn: u64, writes: &[u8]) {
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(&lsn.to_le_bytes());
@@ -276,9 +285,7 @@ impl Wal {
     /// they survive a crash. Returns the segment's new length.
     pub fn sync(&self) -> std::io::Result<u64> {
         if let Some(e) = &self.lock_checkpoint().failed {
-            return Err(std::io::Error::other(format!(
-                "a background flush of the store failed: {e}"
-            )));
+            return Err(std::io::Error::other(CheckpointFailed(Arc::clone(e))));
         }
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
@@ -291,7 +298,7 @@ impl Wal {
     /// If the current segment is past [`SEGMENT_MAX`] and no checkpoint is
     /// running: starts a new segment for everything appended from now on
     /// and returns its number — every older segment may be deleted (with
-    /// [`Wal::finish_checkpoint`]) once sled is flushed. Call only where
+    /// [`RedoLog::finish_checkpoint`]) once sled is flushed. Call only where
     /// every record written so far is already applied to sled (the writer,
     /// right after a commit).
     pub fn begin_checkpoint(&self) -> std::io::Result<Option<u64>> {
@@ -318,10 +325,13 @@ impl Wal {
         Ok(Some(n))
     }
 
-    /// Ends the checkpoint [`Wal::begin_checkpoint`] started: with sled
+    /// Ends the checkpoint [`RedoLog::begin_checkpoint`] started: with sled
     /// flushed (`flushed` is `Ok`), deletes the segments before `below`.
-    pub fn finish_checkpoint(&self, below: u64, flushed: Result<(), String>) {
-        let result = flushed.and_then(|()| self.drop_below(below).map_err(|e| e.to_string()));
+    pub fn finish_checkpoint(&self, below: u64, flushed: Result<(), CheckpointCause>) {
+        let result = flushed.and_then(|()| {
+            self.drop_below(below)
+                .map_err(|e| -> CheckpointCause { Arc::new(e) })
+        });
         let mut state = self.lock_checkpoint();
         state.running = false;
         match result {
@@ -412,9 +422,7 @@ impl Wal {
 /// record in it is acknowledged. A segment is written full of zeros first
 /// (unless a checkpoint already prepared it, see [`prepare_segment`]):
 /// records then overwrite allocated blocks, so an fdatasync has no file size
-/// or extent change to write besides the data. Measured on this VM's ext4
-/// (700-byte writes): 4.9–6.0k fdatasyncs/s instead of 3.2–4.1k when
-/// appending.
+/// or extent change to write besides the data, and syncs are faster.
 ///
 /// On a nearly full disk the segment is created empty and grows with its
 /// records instead (slower syncs, but the journal still opens and reads
@@ -446,7 +454,7 @@ pub const PREPARE_MIN_FREE: u64 = 4 * SEGMENT_MAX;
 /// segment this way, off the writer's path. Does nothing while less than
 /// [`PREPARE_MIN_FREE`] is free (the segment then grows as it is written).
 fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
-    if fs2::available_space(dir)? < PREPARE_MIN_FREE {
+    if fs4::available_space(dir)? < PREPARE_MIN_FREE {
         return Ok(());
     }
     let tmp = dir.join(format!("{n:020}.prep"));
@@ -471,7 +479,8 @@ fn prepare_segment(dir: &Path, n: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// fsyncs a directory, making the entries of files created in it durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -493,7 +502,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1).unwrap();
         let a = writes(&[Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]);
         let b = writes(&[Op::Insert(b"", b"")]);
         wal.append(7, &a);
@@ -534,7 +543,7 @@ mod tests {
 
         // Starting again deletes what replay consumed and reuses the blank
         // segment.
-        let wal = Wal::start(dir.path(), found.next_segment).unwrap();
+        let wal = RedoLog::start(dir.path(), found.next_segment).unwrap();
         drop(wal);
         assert!(!seg.exists());
         let found = read(dir.path()).unwrap();
@@ -545,7 +554,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1).unwrap();
         wal.append(1, &writes(&[Op::Insert(b"a", b"1")]));
         wal.append(2, &writes(&[Op::Insert(b"b", b"2")]));
         wal.sync().unwrap();
@@ -558,7 +567,7 @@ mod tests {
         let second = HEADER + 8 + writes(&[Op::Insert(b"a", b"1")]).len();
         bytes[second + HEADER + 9] ^= 1;
         fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
-        let wal2 = Wal {
+        let wal2 = RedoLog {
             dir: dir.path().to_owned(),
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment {

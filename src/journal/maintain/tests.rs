@@ -1,0 +1,129 @@
+//! Tests of migration and verification on a version-1 data directory
+//! written by hand.
+
+use std::path::Path;
+
+use super::{migrate, verify};
+use crate::decode::PortalProfile;
+use crate::journal::format::{check_format_upgrading, OpenError, ENGINE_DIR};
+use crate::journal::record::{EventRecord, PortalRecord};
+use crate::journal::record::{Interned, StoredData};
+use crate::journal::store::WriteBatch;
+use crate::types::MemberId;
+
+const EVENTS: u64 = 150;
+
+fn event(seq: u64, name: u32) -> EventRecord {
+    let entity = (!seq.is_multiple_of(10)).then(|| (seq % 7).to_string());
+    EventRecord {
+        id: uuid::Uuid::now_v7().into_bytes(),
+        ts: 1_700_000_000 + seq,
+        event: Interned::At(name),
+        data: match &entity {
+            Some(_) => StoredData::FieldsId,
+            None => StoredData::Json(format!("{{\"N\":{seq}}}").into_bytes()),
+        },
+        entity_id: entity,
+        event_handler_id: None,
+        profile: Interned::At(0),
+        auth: Vec::new(),
+    }
+}
+
+/// Writes a version-1 data directory: one portal, `EVENTS` events, a
+/// few with duplicates; returns the stored event bytes by seq.
+fn write_v1(data: &Path) -> Vec<Vec<u8>> {
+    std::fs::write(
+        data.join(crate::journal::FORMAT_FILE),
+        "b24-journal data format 1\n",
+    )
+    .unwrap();
+    let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let mut batch = WriteBatch::default();
+    let mut p = PortalRecord::new(0, &MemberId::parse("m1").unwrap());
+    p.profile_index(&PortalProfile {
+        domain: "a.bitrix24.com".into(),
+        client_endpoint: None,
+        server_endpoint: None,
+        fixed: Vec::new(),
+    });
+    let name = p.name_index("ONCRMACTIVITYADD").unwrap();
+    let mut stored = Vec::new();
+    for seq in 1..=EVENTS {
+        let rec = event(seq, name);
+        let dups = u32::from(seq % 40 == 5);
+        let bytes = rec.to_bytes(dups);
+        batch.put_v1_event(0, seq, bytes.clone());
+        stored.push(bytes);
+        p.next_seq += 1;
+        p.events += 1;
+        p.duplicates += u64::from(dups);
+        if let Some(sealed) = p.summarise(seq, rec.ts) {
+            batch.put_summary(0, &sealed);
+        }
+    }
+    if let Some(s) = &p.summary {
+        batch.put_summary(0, s);
+    }
+    batch.put_v1_portal(&p);
+    store.commit(batch).unwrap();
+    stored
+}
+
+#[test]
+fn migrate_converts_a_version_1_directory_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let stored = write_v1(data);
+    assert!(matches!(
+        check_format_upgrading(data),
+        Err(OpenError::NeedsMigration { found: 1, .. })
+    ));
+
+    let report = migrate(data).unwrap();
+    assert_eq!((report.portals, report.events), (1, EVENTS));
+    assert!(report.old_files.as_ref().unwrap().exists());
+    let v = verify(data).unwrap();
+    assert_eq!(v.problem_count, 0, "{:?}", v.problems);
+    assert_eq!(v.events, EVENTS);
+
+    let store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let reader = store.reader();
+    let events: Vec<(u64, Vec<u8>)> = reader
+        .events(0, 1, EVENTS)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: Vec<(u64, Vec<u8>)> = (1..).zip(stored).collect();
+    assert_eq!(events, want, "every event, duplicates counters included");
+    let three: Vec<u64> = reader
+        .entity(0, "3", 1, EVENTS)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: Vec<u64> = (1..=EVENTS)
+        .filter(|s| !s.is_multiple_of(10) && s % 7 == 3)
+        .collect();
+    assert_eq!(three, want);
+    let portal = &reader.portals().unwrap()[0];
+    assert_eq!((portal.events, portal.duplicates), (EVENTS, 4));
+    drop(store);
+
+    // Already current: nothing to do.
+    assert_eq!(migrate(data).unwrap().events, 0);
+}
+
+#[test]
+fn an_interrupted_migration_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    write_v1(data);
+    // As if a run had moved the old engine aside and crashed while
+    // building: a stray half-built engine and side directory.
+    std::fs::rename(data.join(ENGINE_DIR), data.join("sled.v1")).unwrap();
+    std::fs::create_dir(data.join(ENGINE_DIR)).unwrap();
+    std::fs::write(data.join(ENGINE_DIR).join("junk"), "x").unwrap();
+    std::fs::create_dir(data.join("sled.migrating")).unwrap();
+    let report = migrate(data).unwrap();
+    assert_eq!(report.events, EVENTS);
+    let v = verify(data).unwrap();
+    assert_eq!(v.problem_count, 0, "{:?}", v.problems);
+}

@@ -1,0 +1,300 @@
+//! Offline verification: opens a stopped data directory and checks every
+//! key, index and counter against the events themselves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::error::MaintainError;
+use super::offline::open_store;
+use crate::journal::format::{read_format_upgrading, ENGINE_DIR};
+use crate::journal::record::{dedup_key_of_record, EventRecord, PortalIx, PortalRecord};
+use crate::journal::store::codec;
+use crate::journal::store::{KeyKind, Reader, StoreError};
+use crate::journal::Directory;
+
+/// What `verify` found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Format version.
+    pub format: u32,
+    /// Portals (not counting erased ones).
+    pub portals: usize,
+    /// Events.
+    pub events: u64,
+    /// Entity index entries.
+    pub entity_entries: u64,
+    /// Dedup keys.
+    pub dedup_keys: u64,
+    /// Summary blocks.
+    pub summaries: u64,
+    /// Registrations.
+    pub registrations: u64,
+    /// Problems found (at most [`MAX_PROBLEMS`] listed; `problem_count` has them all).
+    pub problems: Vec<String>,
+    /// Number of problems.
+    pub problem_count: u64,
+}
+
+/// Most problems listed in a report.
+pub const MAX_PROBLEMS: usize = 100;
+
+impl VerifyReport {
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(what);
+        }
+    }
+}
+
+#[derive(Default)]
+struct PortalTally {
+    events: u64,
+    duplicates: u64,
+    max_seq: u64,
+}
+
+/// Opens a stopped data directory and checks every tree and index.
+/// Blocking.
+pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
+    let format = read_format_upgrading(data_dir)?;
+    let store = open_store(&data_dir.join(ENGINE_DIR), data_dir)?;
+    let reader = store.reader();
+    let mut report = VerifyReport {
+        data_dir: data_dir.to_owned(),
+        format,
+        ..VerifyReport::default()
+    };
+    let records = reader.portals()?;
+    let registrations = reader.registrations()?;
+    let dir = match Directory::from_records(records.clone(), registrations.clone()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.problem(format!("portal records: {e}"));
+            return Ok(report);
+        }
+    };
+    report.registrations = registrations.len() as u64;
+    report.portals = records.iter().filter(|p| !p.member_id.is_empty()).count();
+    let portal = |ix: PortalIx| dir.portals().get(ix as usize);
+    let mut tallies: HashMap<PortalIx, PortalTally> = HashMap::new();
+    let mut seen_dedup: BTreeMap<(PortalIx, u64), u32> = BTreeMap::new();
+
+    // Sealed entity events and the index entries for them, per portal:
+    // every entry is checked against its event below, so equal counts mean
+    // every sealed entity event is indexed exactly once.
+    let mut sealed_entity_events: HashMap<PortalIx, u64> = HashMap::new();
+    let mut index_entries: HashMap<PortalIx, u64> = HashMap::new();
+    let mut prev_chunk: Option<(PortalIx, String, u64)> = None;
+    for item in reader.all_keys() {
+        let (_, kind, value) = item?;
+        match kind {
+            KeyKind::Tail { portal: ix, seq } => {
+                let Some(p) = portal(ix) else {
+                    report.problem(format!("event {ix}/{seq} of a portal without a record"));
+                    continue;
+                };
+                if seq <= codec::sealed_upto(p.last_seq()) || seq < p.first_seq() {
+                    report.problem(format!("tail event {ix}/{seq} outside the portal's tail"));
+                }
+                check_event(&mut report, &mut tallies, reader, p, seq, &value, None)?;
+            }
+            KeyKind::Block { portal: ix, block } => {
+                let Some(p) = portal(ix) else {
+                    report.problem(format!("block {ix}/{block} of a portal without a record"));
+                    continue;
+                };
+                let first = codec::event_block_first(block);
+                if first + codec::BLOCK_SPAN - 1 > codec::sealed_upto(p.last_seq()) {
+                    report.problem(format!("block {ix}/{block} is past the portal's last seq"));
+                }
+                let entries = match codec::decode_block(&value) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        report.problem(format!("block {ix}/{block}: {}", StoreError::from(e)));
+                        continue;
+                    }
+                };
+                for (seq, bytes) in (first..).zip(entries) {
+                    if seq < p.first_seq() {
+                        continue;
+                    }
+                    if bytes.is_empty() {
+                        report.problem(format!("event {ix}/{seq} missing from its block"));
+                        continue;
+                    }
+                    let sealed = sealed_entity_events.entry(ix).or_default();
+                    check_event(
+                        &mut report,
+                        &mut tallies,
+                        reader,
+                        p,
+                        seq,
+                        bytes,
+                        Some(sealed),
+                    )?;
+                }
+            }
+            KeyKind::Chunk {
+                portal: ix,
+                entity,
+                first,
+            } => {
+                let Some(p) = portal(ix) else {
+                    report.problem(format!("entity chunk of a portal without a record: {ix}"));
+                    continue;
+                };
+                let entries = match codec::decode_chunk(first, &value) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        report.problem(format!(
+                            "entity chunk {ix}/{entity}/{first}: {}",
+                            StoreError::from(e)
+                        ));
+                        continue;
+                    }
+                };
+                if let Some((pix, pentity, pmax)) = &prev_chunk {
+                    if *pix == ix && *pentity == entity && first <= *pmax {
+                        report.problem(format!("entity chunks of {ix}/{entity} overlap"));
+                    }
+                }
+                if let Some(last) = entries.last() {
+                    prev_chunk = Some((ix, entity.clone(), last.seq));
+                }
+                for e in entries.iter().filter(|e| e.seq >= p.first_seq()) {
+                    report.entity_entries += 1;
+                    *index_entries.entry(ix).or_default() += 1;
+                    let matches = match reader.event(ix, e.seq)? {
+                        Some(bytes) if e.seq <= codec::sealed_upto(p.last_seq()) => {
+                            match EventRecord::from_bytes(&bytes) {
+                                Ok((rec, _)) => {
+                                    rec.entity_id.as_deref() == Some(entity.as_str())
+                                        && rec.ts == e.ts
+                                        && codec::name_tag(rec.event_name(p)) == e.tag
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                        _ => false,
+                    };
+                    if !matches {
+                        report.problem(format!(
+                            "entity index {ix}/{entity}/{} does not match a sealed event",
+                            e.seq
+                        ));
+                    }
+                }
+            }
+            KeyKind::Dedup {
+                portal: ix, seq, ..
+            } => {
+                report.dedup_keys += 1;
+                *seen_dedup.entry((ix, seq)).or_default() += 1;
+                if reader.event(ix, seq)?.is_none() {
+                    report.problem(format!("dedup key {ix}/{seq} points to a missing event"));
+                }
+            }
+            KeyKind::Summary {
+                portal: ix,
+                summary,
+            } => {
+                report.summaries += 1;
+                if summary.min_ts > summary.max_ts {
+                    report.problem(format!("summary {ix}/{} has min > max", summary.block));
+                }
+                if portal(ix).is_none() {
+                    report.problem(format!("summary of a portal without a record: {ix}"));
+                }
+            }
+            KeyKind::Portal(_) | KeyKind::Registration | KeyKind::Health | KeyKind::Lsn => {}
+            KeyKind::Unknown => report.problem("a key of unknown kind".into()),
+        }
+    }
+    for p in dir.portals() {
+        let sealed = sealed_entity_events.get(&p.ix).copied().unwrap_or(0);
+        let indexed = index_entries.get(&p.ix).copied().unwrap_or(0);
+        if sealed != indexed {
+            report.problem(format!(
+                "portal {}: {sealed} sealed entity events but {indexed} index entries",
+                p.member_id
+            ));
+        }
+    }
+    for ((ix, seq), n) in seen_dedup {
+        if n > 1 {
+            report.problem(format!("{n} dedup keys point to event {ix}/{seq}"));
+        }
+    }
+    for p in dir.portals() {
+        let t = tallies.remove(&p.ix).unwrap_or_default();
+        if t.events != p.events {
+            report.problem(format!(
+                "portal {}: record says {} events, found {}",
+                p.member_id, p.events, t.events
+            ));
+        }
+        if t.duplicates != p.duplicates {
+            report.problem(format!(
+                "portal {}: record says {} duplicates, events count {}",
+                p.member_id, p.duplicates, t.duplicates
+            ));
+        }
+        if t.max_seq > p.last_seq() {
+            report.problem(format!(
+                "portal {}: events up to seq {} but next seq is {}",
+                p.member_id, t.max_seq, p.next_seq
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// Checks one stored event and counts it; `sealed` counts sealed events
+/// with an entity id (they must be in the entity index).
+fn check_event(
+    report: &mut VerifyReport,
+    tallies: &mut HashMap<PortalIx, PortalTally>,
+    reader: &Reader,
+    p: &PortalRecord,
+    seq: u64,
+    bytes: &[u8],
+    sealed: Option<&mut u64>,
+) -> Result<(), StoreError> {
+    let ix = p.ix;
+    report.events += 1;
+    let (rec, dups) = match EventRecord::from_bytes(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            report.problem(format!("event {ix}/{seq} does not decode: {e}"));
+            return Ok(());
+        }
+    };
+    let t = tallies.entry(ix).or_default();
+    t.events += 1;
+    t.duplicates += u64::from(dups);
+    t.max_seq = t.max_seq.max(seq);
+    if seq > p.last_seq() {
+        report.problem(format!(
+            "event {ix}/{seq} is past the portal's last seq {}",
+            p.last_seq()
+        ));
+    }
+    if rec.entity_id.is_some() {
+        if let Some(n) = sealed {
+            *n += 1;
+        }
+        return Ok(());
+    }
+    match dedup_key_of_record(&rec, p) {
+        Some(key) => match reader.dedup(ix, &key)? {
+            Some(s) if s == seq => {}
+            Some(s) => report.problem(format!("dedup key of event {ix}/{seq} points to seq {s}")),
+            None => report.problem(format!("event {ix}/{seq} has no dedup key")),
+        },
+        None => report.problem(format!("event {ix}/{seq}: stored fields invalid")),
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! [`WriteBatch`]: the writes one commit makes, built with the layout's
+//! typed setters so that no caller spells a key.
+
+use std::collections::BTreeMap;
+
+use super::codec::{self, ChunkEntry};
+#[cfg(test)]
+use super::keys::V1_EVENT;
+use super::keys::{
+    chunk_key, key, registration_key, seq_key, Key, BLOCK, COUNTERS, DEDUP, HEALTH, LSN, PORTAL,
+    SUMMARY, TAIL,
+};
+use super::log;
+use crate::journal::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
+
+/// A set of writes, committed together by
+/// [`Store::commit_logged`](super::Store::commit_logged) or
+/// [`Store::commit`](super::Store::commit). One write per key (the last one
+/// made), in key order, as in `sled::Batch`.
+#[derive(Default)]
+pub struct WriteBatch {
+    /// Key → value to insert, or `None` to remove.
+    pub(super) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    len: usize,
+}
+
+impl WriteBatch {
+    fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key, Some(value.into()));
+        self.len += 1;
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+        self.len += 1;
+    }
+
+    /// The writes as one atomic sled batch, with the LSN if given.
+    pub(super) fn into_sled(self, lsn: Option<u64>) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        if let Some(lsn) = lsn {
+            batch.insert(&[LSN][..], &lsn.to_be_bytes()[..]);
+        }
+        batch
+    }
+
+    /// The writes encoded for the redo log.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in &self.writes {
+            match v {
+                Some(v) => log::encode_insert(&mut out, k, v),
+                None => log::encode_remove(&mut out, k),
+            }
+        }
+        out
+    }
+
+    /// Stores an encoded event of the unsealed tail.
+    pub fn put_tail(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
+        self.insert(seq_key(TAIL, portal, seq), value);
+    }
+
+    /// Deletes a tail event (sealed into a block, or retention).
+    pub fn delete_tail(&mut self, portal: PortalIx, seq: u64) {
+        self.remove(seq_key(TAIL, portal, seq));
+    }
+
+    /// Stores an encoded block (see [`codec::encode_block`]).
+    pub fn put_block(&mut self, portal: PortalIx, block: u64, value: Vec<u8>) {
+        self.insert(seq_key(BLOCK, portal, block), value);
+    }
+
+    /// Deletes a block (retention).
+    pub fn delete_block(&mut self, portal: PortalIx, block: u64) {
+        self.remove(seq_key(BLOCK, portal, block));
+    }
+
+    /// Stores an entity chunk whose first entry is `first`.
+    pub fn put_chunk(
+        &mut self,
+        portal: PortalIx,
+        entity: &str,
+        first: u64,
+        entries: &[ChunkEntry],
+    ) {
+        self.insert(
+            chunk_key(portal, entity, first),
+            codec::encode_chunk(first, entries),
+        );
+    }
+
+    /// Deletes an entity chunk (retention).
+    pub fn delete_chunk(&mut self, portal: PortalIx, entity: &str, first: u64) {
+        self.remove(chunk_key(portal, entity, first));
+    }
+
+    /// Stores the `ts` range of a summary block.
+    pub fn put_summary(&mut self, portal: PortalIx, s: &BlockSummary) {
+        let mut v = s.min_ts.to_be_bytes().to_vec();
+        v.extend_from_slice(&s.max_ts.to_be_bytes());
+        self.insert(seq_key(SUMMARY, portal, s.block), v);
+    }
+
+    /// Records a dedup key as taken by `seq`.
+    pub fn put_dedup(&mut self, portal: PortalIx, dedup: &DedupKey, seq: u64) {
+        self.insert(key(DEDUP, portal, &[dedup]), seq.to_be_bytes().to_vec());
+    }
+
+    /// Stores a portal record (tables and counters).
+    pub fn put_portal(&mut self, record: &PortalRecord) {
+        let (fixed, counters) = record.to_split_bytes();
+        self.insert(key(PORTAL, record.ix, &[]), fixed);
+        self.insert(key(COUNTERS, record.ix, &[]), counters);
+    }
+
+    /// Stores only a portal record's counters (its tables are unchanged).
+    pub fn put_portal_counters(&mut self, record: &PortalRecord) {
+        let (_, counters) = record.to_split_bytes();
+        self.insert(key(COUNTERS, record.ix, &[]), counters);
+    }
+
+    /// Stores a whole portal record as version 1 did (tests of `migrate`).
+    #[cfg(test)]
+    pub(crate) fn put_v1_portal(&mut self, record: &PortalRecord) {
+        self.insert(key(PORTAL, record.ix, &[]), record.to_bytes());
+    }
+
+    /// Stores a portal registration.
+    pub fn put_registration(&mut self, reg: &Registration) {
+        self.insert(registration_key(&reg.member_id), reg.to_bytes());
+    }
+
+    /// Removes a portal registration.
+    pub fn remove_registration(&mut self, member_id: &str) {
+        self.remove(registration_key(member_id));
+    }
+
+    /// Records a health probe (proves the journal takes writes).
+    pub fn put_health(&mut self, now_ms: u64) {
+        self.insert(vec![HEALTH], now_ms.to_be_bytes().to_vec());
+    }
+
+    /// Deletes a key found by a scan.
+    pub fn delete(&mut self, key: &Key) {
+        self.remove(key.0.clone());
+    }
+
+    /// Deletes a dedup key.
+    pub fn delete_dedup(&mut self, portal: PortalIx, dedup: &DedupKey) {
+        self.remove(key(DEDUP, portal, &[dedup]));
+    }
+
+    /// Deletes a summary block.
+    pub fn delete_summary(&mut self, portal: PortalIx, block: u64) {
+        self.remove(seq_key(SUMMARY, portal, block));
+    }
+
+    /// Stores an event in the version-1 layout (tests of `migrate`).
+    #[cfg(test)]
+    pub(crate) fn put_v1_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
+        self.insert(seq_key(V1_EVENT, portal, seq), value);
+    }
+
+    /// Number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

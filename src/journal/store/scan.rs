@@ -1,0 +1,201 @@
+//! [`SeqScan`]: a portal's events by seq, in either direction, wherever
+//! each one lives (a tail item or its sealed block).
+
+use super::codec;
+use super::error::StoreError;
+use super::keys::{seq_key, seq_suffix, BLOCK, TAIL};
+use crate::journal::record::PortalIx;
+
+/// Where one seq was found.
+enum Lookup {
+    Found(Vec<u8>),
+    /// An empty entry in a block: the event was deleted before sealing.
+    Gone,
+    /// Neither a tail item nor its block: deleted (retention keeps a prefix,
+    /// so everything below is gone too).
+    BlockGone(u64),
+}
+
+/// Iterator over a portal's events by seq, both directions.
+///
+/// `hi` must not exceed the portal's last seq written to the engine: then
+/// every seq up to `sealed_upto(hi)` is in a sealed block (the write that
+/// fills a block seals it), and only the seqs above can be tail items. Those
+/// are looked up in the tail first and then in their block: a seal writes
+/// the block before it removes the tail items, so in that order a
+/// concurrent seal cannot hide an event.
+///
+/// The tail part is read with one range scan, not one `get` per seq: a
+/// latest-50 page is mostly tail items, and a sled `get` walks the tree from
+/// its root each time.
+pub struct SeqScan {
+    tree: Option<sled::Tree>,
+    err: Option<StoreError>,
+    portal: PortalIx,
+    lo: u64,
+    hi: u64,
+    /// The `hi` the scan started with (`hi` moves as a reverse scan goes);
+    /// seqs up to `sealed_upto(top)` are in sealed blocks.
+    top: u64,
+    /// Whether the scan is of one seq.
+    point: bool,
+    /// The tail items above `sealed_upto(top)`, once read.
+    tail: Option<Vec<(u64, sled::IVec)>>,
+    /// The last block read.
+    cache: Option<CachedBlock>,
+}
+
+/// A block held by a [`SeqScan`]: its number, bytes, and the byte range of
+/// each entry.
+struct CachedBlock {
+    block: u64,
+    bytes: sled::IVec,
+    ranges: Vec<(usize, usize)>,
+}
+
+impl SeqScan {
+    pub(super) fn new(
+        tree: Result<sled::Tree, StoreError>,
+        portal: PortalIx,
+        lo: u64,
+        hi: u64,
+    ) -> Self {
+        let (tree, err) = match tree {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(e)),
+        };
+        SeqScan {
+            tree,
+            err,
+            portal,
+            lo: lo.max(1),
+            hi,
+            top: hi,
+            point: lo.max(1) == hi,
+            tail: None,
+            cache: None,
+        }
+    }
+
+    /// The tail items with seqs in `sealed_upto(top) + 1 ..= top` as of now, read once
+    /// (fewer than [`codec::BLOCK_SPAN`]). A seq missing here that a caller
+    /// may read was sealed (or deleted) before this read, so its block is
+    /// where to look.
+    fn tail_items(&mut self, tree: &sled::Tree) -> Result<&[(u64, sled::IVec)], StoreError> {
+        if self.tail.is_none() {
+            let sealed = codec::sealed_upto(self.top);
+            let from = seq_key(TAIL, self.portal, sealed + 1);
+            let to = seq_key(TAIL, self.portal, self.top);
+            let items = tree
+                .range(from..=to)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((seq_suffix(&k)?, v))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.tail = Some(items);
+        }
+        Ok(self.tail.as_deref().unwrap_or_default())
+    }
+
+    fn cached(&self, seq: u64) -> Option<Lookup> {
+        let c = self.cache.as_ref()?;
+        if c.block != codec::event_block(seq) {
+            return None;
+        }
+        // In range: decode_block checked there are BLOCK_SPAN entries.
+        let (from, to) = c.ranges[((seq - 1) % codec::BLOCK_SPAN) as usize];
+        Some(if from == to {
+            Lookup::Gone
+        } else {
+            Lookup::Found(c.bytes[from..to].to_vec())
+        })
+    }
+
+    fn lookup(&mut self, tree: &sled::Tree, seq: u64) -> Result<Lookup, StoreError> {
+        if let Some(found) = self.cached(seq) {
+            return Ok(found);
+        }
+        if seq > codec::sealed_upto(self.top) {
+            if self.point {
+                // A one-seq scan (`Reader::event`): a point lookup is cheaper
+                // than a range scan.
+                if let Some(v) = tree.get(seq_key(TAIL, self.portal, seq))? {
+                    return Ok(Lookup::Found(v.to_vec()));
+                }
+            } else {
+                let tail = self.tail_items(tree)?;
+                if let Ok(at) = tail.binary_search_by_key(&seq, |(s, _)| *s) {
+                    return Ok(Lookup::Found(tail[at].1.to_vec()));
+                }
+            }
+        }
+        let block = codec::event_block(seq);
+        let Some(bytes) = tree.get(seq_key(BLOCK, self.portal, block))? else {
+            return Ok(Lookup::BlockGone(block));
+        };
+        let base = bytes.as_ptr() as usize;
+        let ranges = codec::decode_block(&bytes)?
+            .into_iter()
+            .map(|e| {
+                let from = e.as_ptr() as usize - base;
+                (from, from + e.len())
+            })
+            .collect();
+        self.cache = Some(CachedBlock {
+            block,
+            bytes,
+            ranges,
+        });
+        // Just cached: present.
+        Ok(self.cached(seq).unwrap_or(Lookup::Gone))
+    }
+
+    fn step(&mut self, forward: bool) -> Option<Result<(u64, Vec<u8>), StoreError>> {
+        if let Some(e) = self.err.take() {
+            self.lo = 1;
+            self.hi = 0;
+            return Some(Err(e));
+        }
+        let tree = self.tree.clone()?;
+        while self.lo <= self.hi {
+            let seq = if forward { self.lo } else { self.hi };
+            if forward {
+                self.lo += 1;
+            } else {
+                self.hi -= 1;
+            }
+            match self.lookup(&tree, seq) {
+                Ok(Lookup::Found(bytes)) => return Some(Ok((seq, bytes))),
+                Ok(Lookup::Gone) => {}
+                Ok(Lookup::BlockGone(block)) => {
+                    if forward {
+                        self.lo = self.lo.max(codec::event_block_first(block + 1));
+                    } else {
+                        self.hi = 0;
+                    }
+                }
+                Err(e) => {
+                    self.lo = 1;
+                    self.hi = 0;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for SeqScan {
+    type Item = Result<(u64, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(true)
+    }
+}
+
+impl DoubleEndedIterator for SeqScan {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(false)
+    }
+}
