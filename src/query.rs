@@ -926,7 +926,7 @@ impl DayCache {
             Some((cached, date)) if cached == day => date,
             _ => {
                 let mut date = *b"1970-01-01";
-                // The date part of the day's midnight, by humantime.
+                // The date part of the day's midnight.
                 if let Ok(midnight) = Ts::from_secs(day * 86_400) {
                     let text = midnight.to_rfc3339();
                     if let Some(part) = text.as_bytes().get(..10) {
@@ -1173,7 +1173,8 @@ mod tests {
         }
     }
 
-    /// The day cache writes what humantime writes for the whole timestamp,
+    /// The day cache writes what `Ts::to_rfc3339` and `millis_to_rfc3339`
+    /// write for the whole timestamp,
     /// whether the day is cached or not: day and year boundaries, leap
     /// days, the last second of year 9999, and a pseudo-random spread.
     #[test]
