@@ -7,7 +7,7 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::journal::maintain::{self, MaintainError};
-use crate::journal::record::{Registration, Source, Status};
+use crate::journal::registration::{Registration, Source, Status};
 use crate::settings::{BackupArgs, PortalsAction, PortalsArgs};
 use crate::types::{Domain, MemberId, Secret};
 

@@ -2,8 +2,8 @@
 //!
 //! Every read is a range scan over big-endian keys, newest first by seq: the
 //! portal's event log, or its entity index. A time range (`since`/`until`)
-//! first scans the portal's block summaries (one entry per 256 events, with
-//! the block's lowest and highest `ts`) and reads only the blocks that can
+//! first scans the portal's span summaries (one entry per 256 events, with
+//! the span's lowest and highest `ts`) and reads only the spans that can
 //! match. Readers only ever see events up to the last seq known durable,
 //! so a dashboard never shows an event that a crash could still take back.
 //! A page scans at most [`SCAN_BUDGET`] entries: a filter that matches rarely
@@ -23,11 +23,11 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::decode::PortalProfile;
 use crate::http::{check_bearer, json_bytes_response, json_response, respond, ApiError};
 use crate::journal::record::{
-    block_of, EventRecord, Interned, PortalRecord, Source, Status, StoredData, SUMMARY_SPAN,
+    span_of, EventRecord, Interned, PortalProfile, PortalRecord, StoredData, SUMMARY_SPAN,
 };
+use crate::journal::registration::{Source, Status};
 use crate::journal::store::{Reader, StoreError};
 use crate::server::App;
 use crate::types::{millis_to_rfc3339, EntityId, EventName, Ts};
@@ -842,19 +842,16 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
             q.since.unwrap_or(Ts::MIN).secs(),
             q.until.unwrap_or(Ts::MAX).secs(),
         );
-        // The open block's summary is in the portal record; full blocks'
-        // are stored.
-        let open = portal
-            .summary
-            .filter(|s| s.block <= block_of(start))
-            .map(Ok);
+        // The open span's summary is in the portal record; full spans' are
+        // stored.
+        let open = portal.summary.filter(|s| s.span <= span_of(start)).map(Ok);
         let stored = reader
-            .summaries_desc(ix, block_of(start))
-            .filter(|s| !matches!((s, &portal.summary), (Ok(s), Some(o)) if s.block == o.block));
-        'blocks: for summary in open.into_iter().chain(stored) {
+            .summaries_desc(ix, span_of(start))
+            .filter(|s| !matches!((s, &portal.summary), (Ok(s), Some(o)) if s.span == o.span));
+        'spans: for summary in open.into_iter().chain(stored) {
             let summary = summary?;
-            let lo = (summary.block * SUMMARY_SPAN + 1).max(portal.first_seq());
-            let hi = ((summary.block + 1) * SUMMARY_SPAN).min(start);
+            let lo = (summary.span * SUMMARY_SPAN + 1).max(portal.first_seq());
+            let hi = ((summary.span + 1) * SUMMARY_SPAN).min(start);
             page.scanned += 1;
             if summary.max_ts < since || summary.min_ts > until {
                 if !page.budget_left(lo) {
@@ -865,7 +862,7 @@ pub fn run(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Pa
             for event in reader.events(ix, lo, hi).rev() {
                 let (seq, bytes) = event?;
                 if !page.offer(seq, &bytes)? {
-                    break 'blocks;
+                    break 'spans;
                 }
             }
         }

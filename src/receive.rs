@@ -17,7 +17,7 @@ use warp::{Filter, Rejection};
 
 use crate::decode::{self, BodyKind};
 use crate::http::{json_response, respond, ApiError};
-use crate::journal::{AppendError, AppendOutcome, NewEvent};
+use crate::journal::{AppendError, AppendOutcome};
 use crate::metrics::metrics;
 use crate::server::App;
 use crate::verify::VerifyError;
@@ -102,10 +102,7 @@ where
     let name = event.event.clone();
     let outcome = app
         .journal
-        .append(NewEvent {
-            lifecycle,
-            ..NewEvent::from(event)
-        })
+        .append(event.into_new_event(lifecycle))
         .await
         .map_err(|e| match e {
             AppendError::Conflict(member) => {

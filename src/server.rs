@@ -17,8 +17,8 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::http::{json_response, recover};
-use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
-use crate::settings::{Retention, Settings};
+use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError, RetentionPolicy};
+use crate::settings::Settings;
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
 use crate::{admin, metrics, query, receive};
@@ -330,7 +330,7 @@ const RETAIN_STEP: usize = 2_000;
 
 /// Runs retention every `policy.every`, in bounded steps that queue behind
 /// ingest like any other writer job.
-async fn retain_forever(journal: JournalHandle, policy: Retention) {
+async fn retain_forever(journal: JournalHandle, policy: RetentionPolicy) {
     tracing::info!(?policy, "retention on");
     loop {
         loop {

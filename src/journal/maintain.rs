@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::dedup::dedup_key_of_record;
 use super::pack;
-use super::record::{
-    block_of, dedup_key_of_record, EventRecord, PortalIx, PortalRecord, Registration,
-};
+use super::record::{span_of, EventRecord, PortalIx, PortalRecord};
+use super::registration::Registration;
 use super::store::{KeyKind, Store, StoreError, WriteBatch};
-use super::{check_format, read_format, Directory, JournalHandle, OpenError, ENGINE_DIR};
+use super::{check_format, read_format, JournalHandle, OpenError, PortalDirectory, ENGINE_DIR};
 
 /// sled cache for maintenance opens: they stream, caching buys nothing.
 const MAINTENANCE_CACHE: u64 = 32 * 1024 * 1024;
@@ -166,13 +166,10 @@ fn copy_portal(
             laid = Some(seq);
         }
     }
-    for item in source.summaries_desc(portal.ix, block_of(last)) {
+    for item in source.summaries_desc(portal.ix, span_of(last)) {
         let summary = item?;
-        // The open block's summary lives in the portal record.
-        if portal
-            .summary
-            .is_none_or(|open| open.block != summary.block)
-        {
+        // The open span's summary lives in the portal record.
+        if portal.summary.is_none_or(|open| open.span != summary.span) {
             batch.put_summary(portal.ix, &summary);
         }
     }
@@ -363,7 +360,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
     };
     let records = reader.portals()?;
     let registrations = reader.registrations()?;
-    let dir = match Directory::from_records(records.clone(), registrations.clone()) {
+    let dir = match PortalDirectory::from_records(records.clone(), registrations.clone()) {
         Ok(dir) => dir,
         Err(e) => {
             report.problem(format!("portal records: {e}"));
@@ -494,7 +491,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             } => {
                 report.summaries += 1;
                 if summary.min_ts > summary.max_ts {
-                    report.problem(format!("summary {ix}/{} has min > max", summary.block));
+                    report.problem(format!("summary {ix}/{} has min > max", summary.span));
                 }
                 if portal(ix).is_none() {
                     report.problem(format!("summary of a portal without a record: {ix}"));
@@ -591,7 +588,7 @@ fn check_event(
 }
 
 /// Opens a stopped data directory for an offline change.
-fn open_offline(data_dir: &Path) -> Result<(Store, Directory), MaintainError> {
+fn open_offline(data_dir: &Path) -> Result<(Store, PortalDirectory), MaintainError> {
     read_format(data_dir)?;
     let store = Store::open(&data_dir.join(ENGINE_DIR), MAINTENANCE_CACHE).map_err(|source| {
         OpenError::Store {
@@ -599,7 +596,8 @@ fn open_offline(data_dir: &Path) -> Result<(Store, Directory), MaintainError> {
             source,
         }
     })?;
-    let dir = Directory::from_records(store.reader().portals()?, store.reader().registrations()?)?;
+    let dir =
+        PortalDirectory::from_records(store.reader().portals()?, store.reader().registrations()?)?;
     Ok((store, dir))
 }
 
@@ -644,8 +642,7 @@ fn commit_error(e: super::store::CommitError) -> MaintainError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::PortalProfile;
-    use crate::journal::record::{Interned, StoredData};
+    use crate::journal::record::{Interned, PortalProfile, StoredData};
     use crate::types::MemberId;
 
     const EVENTS: u64 = 150;

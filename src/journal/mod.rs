@@ -1,20 +1,29 @@
 //! Journal: the durable, deduplicated, per-portal ordered store of events.
 //!
-//! - [`store`] is the storage engine boundary (the only code naming sled);
 //! - [`record`] defines what is stored and how it is encoded;
-//! - `writer` is the single writer thread doing group commit.
+//! - [`PortalDirectory`] (`directory`) is the table of portals, and
+//!   [`registration`] the rules of installs and uninstalls;
+//! - [`dedup`] decides whether an event is already stored;
+//! - `writer` is the single writer thread doing group commit;
+//! - [`RetentionPolicy`] (`retention`) says what may be deleted;
+//! - [`store`] is the storage engine boundary (the only code naming sled),
+//!   with [`pack`] and [`wal`] below it, and [`maintain`] the offline
+//!   commands.
 //!
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.
 
+pub mod dedup;
+mod directory;
 pub mod maintain;
 pub mod pack;
 pub mod record;
+pub mod registration;
+mod retention;
 pub mod store;
 pub mod wal;
 mod writer;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -23,11 +32,12 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::decode::{IncomingEvent, PortalProfile};
 use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
-use record::{PortalIx, PortalRecord, Registration};
-use store::{Reader, Store, StoreError};
+use record::PortalProfile;
+use store::{CommitError, Reader, Store, StoreError};
 
+pub use directory::PortalDirectory;
+pub use retention::RetentionPolicy;
 pub use writer::MAX_BATCH;
 
 /// The on-disk format this binary writes and reads. See
@@ -69,11 +79,12 @@ pub struct NewEvent {
 }
 
 /// The effect of an application lifecycle event on a portal's registration,
-/// applied atomically with journaling the event itself.
+/// applied atomically with journaling the event itself (see
+/// [`registration::Registration::after`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifecycle {
-    /// An ordinary event.
-    None,
+    /// An ordinary event: the registration does not change.
+    Ordinary,
     /// ONAPPINSTALL: register (or re-activate) the portal with this token.
     Install {
         /// Digest of the presented application token.
@@ -84,23 +95,6 @@ pub enum Lifecycle {
     },
     /// ONAPPUNINSTALL: mark the portal uninstalled.
     Uninstall,
-}
-
-impl From<IncomingEvent> for NewEvent {
-    /// Drops the application token: past verification nothing needs it.
-    fn from(e: IncomingEvent) -> Self {
-        NewEvent {
-            event: e.event,
-            ts: e.ts,
-            member_id: e.member_id,
-            profile: e.profile,
-            event_handler_id: e.event_handler_id,
-            entity_id: e.entity_id,
-            data: e.data,
-            auth_rest: e.auth_rest,
-            lifecycle: Lifecycle::None,
-        }
-    }
 }
 
 /// What an append did.
@@ -122,15 +116,16 @@ pub enum AppendOutcome {
     },
 }
 
-/// Why an append was not acknowledged. Both mean "not stored, try later" (503).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// Why an append was not acknowledged. `QueueFull` and `Unavailable` mean
+/// "not stored, try later" (503).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     /// The writer's queue is full.
     #[error("journal queue is full")]
     QueueFull,
     /// The journal could not store or flush the event.
     #[error("journal unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] UnavailableCause),
     /// An ONAPPINSTALL tried to register a different token for a portal that
     /// is installed with another one.
     #[error("portal {0} is already installed with a different application token")]
@@ -138,6 +133,24 @@ pub enum AppendError {
     /// The event names a domain that belongs to another portal.
     #[error("domain {0} belongs to another portal")]
     DomainTaken(String),
+}
+
+/// Why the journal could not take a job, with the storage error kept
+/// (shared, so that one failed commit answers every waiter of its batch).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UnavailableCause {
+    /// The writer thread is gone.
+    #[error("journal writer stopped")]
+    WriterStopped,
+    /// The writer is stopping and refuses what is still queued.
+    #[error("journal is shutting down")]
+    ShuttingDown,
+    /// A read, or a batch commit, failed in the store.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// A single-step commit (erase, retention) failed.
+    #[error(transparent)]
+    Commit(Arc<CommitError>),
 }
 
 /// Why the journal could not be opened.
@@ -189,109 +202,6 @@ pub enum OpenError {
     },
 }
 
-/// Portals by number, member id and domain, as last committed.
-#[derive(Debug, Clone, Default)]
-pub struct Directory {
-    portals: Vec<PortalRecord>,
-    by_member: HashMap<String, PortalIx>,
-    by_domain: HashMap<String, PortalIx>,
-    registrations: HashMap<String, Registration>,
-}
-
-impl Directory {
-    pub(crate) fn from_records(
-        records: Vec<PortalRecord>,
-        registrations: Vec<Registration>,
-    ) -> Result<Self, StoreError> {
-        let mut dir = Directory {
-            registrations: registrations
-                .into_iter()
-                .map(|r| (r.member_id.clone(), r))
-                .collect(),
-            ..Directory::default()
-        };
-        for rec in records {
-            if rec.ix as usize != dir.portals.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "portal numbers are not dense at {}",
-                    rec.ix
-                )));
-            }
-            dir.upsert(rec);
-        }
-        Ok(dir)
-    }
-
-    /// Inserts or replaces a portal record. New portals must come in number
-    /// order (the writer sorts them), so a new one is always the next index.
-    /// An erased portal (empty member id) loses its member and domain names.
-    fn upsert(&mut self, rec: PortalRecord) {
-        if rec.member_id.is_empty() {
-            let ix = rec.ix;
-            self.by_member.retain(|_, v| *v != ix);
-            self.by_domain.retain(|_, v| *v != ix);
-        }
-        debug_assert!(
-            rec.ix as usize <= self.portals.len(),
-            "portal numbers are dense"
-        );
-        if !rec.member_id.is_empty() {
-            self.by_member.insert(rec.member_id.clone(), rec.ix);
-            for p in &rec.profiles {
-                self.by_domain.insert(p.domain.clone(), rec.ix);
-            }
-        }
-        let ix = rec.ix as usize;
-        if ix < self.portals.len() {
-            self.portals[ix] = rec;
-        } else {
-            self.portals.push(rec);
-        }
-    }
-
-    /// A portal's registration, if it has one.
-    pub fn registration(&self, member: &str) -> Option<&Registration> {
-        self.registrations.get(member)
-    }
-
-    /// Every registration.
-    pub fn registrations(&self) -> impl Iterator<Item = &Registration> {
-        self.registrations.values()
-    }
-
-    fn set_registration(&mut self, reg: Registration) {
-        self.registrations.insert(reg.member_id.clone(), reg);
-    }
-
-    fn remove_registration(&mut self, member: &str) {
-        self.registrations.remove(member);
-    }
-
-    /// A portal by member id, or else by domain (case-insensitive).
-    pub fn resolve(&self, key: &str) -> Option<&PortalRecord> {
-        let ix = self
-            .by_member
-            .get(key)
-            .or_else(|| self.by_domain.get(&key.to_ascii_lowercase()))?;
-        self.portals.get(*ix as usize)
-    }
-
-    /// The portal that owns `domain`, if any.
-    pub fn domain_owner(&self, domain: &str) -> Option<PortalIx> {
-        self.by_domain.get(domain).copied()
-    }
-
-    /// A portal by member id.
-    pub fn by_member(&self, member: &str) -> Option<&PortalRecord> {
-        self.portals.get(*self.by_member.get(member)? as usize)
-    }
-
-    /// All portals, in number order (erased ones have an empty member id).
-    pub fn portals(&self) -> &[PortalRecord] {
-        &self.portals
-    }
-}
-
 /// The open journal: owns the writer thread.
 pub struct Journal {
     handle: JournalHandle,
@@ -321,7 +231,7 @@ pub struct JournalOptions {
 pub struct JournalHandle {
     tx: mpsc::Sender<writer::Job>,
     reader: Reader,
-    directory: Arc<RwLock<Directory>>,
+    directory: Arc<RwLock<PortalDirectory>>,
     commits: watch::Receiver<u64>,
 }
 
@@ -338,7 +248,7 @@ impl Journal {
         store.set_snapshot_every(options.snapshot_every_bytes);
         let records = store.reader().portals().map_err(store_err)?;
         let registrations = store.reader().registrations().map_err(store_err)?;
-        let directory = Directory::from_records(records, registrations).map_err(store_err)?;
+        let directory = PortalDirectory::from_records(records, registrations).map_err(store_err)?;
         let published = Arc::new(RwLock::new(directory.clone()));
         let reader = store.reader().clone();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
@@ -395,12 +305,9 @@ impl JournalHandle {
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => AppendError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => {
-                    AppendError::Unavailable("journal writer stopped".into())
-                }
+                mpsc::error::TrySendError::Closed(_) => writer_stopped(),
             })?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Erases a portal completely (events, indexes, dedup keys, counters,
@@ -414,18 +321,13 @@ impl JournalHandle {
                 reply,
             })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Deletes up to `budget` events that `policy` no longer keeps, oldest
     /// first, with their index entries and dedup keys; returns how many.
-    pub async fn retain(
-        &self,
-        policy: crate::settings::Retention,
-        budget: usize,
-    ) -> Result<u64, AppendError> {
+    pub async fn retain(&self, policy: RetentionPolicy, budget: usize) -> Result<u64, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(writer::Job::Retain {
@@ -434,9 +336,8 @@ impl JournalHandle {
                 reply,
             })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Writes and flushes a probe record: `Ok` means the journal is writable.
@@ -445,14 +346,14 @@ impl JournalHandle {
         self.tx
             .send(writer::Job::Probe { reply })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Runs `f` with the durable portal directory.
-    pub fn with_directory<T>(&self, f: impl FnOnce(&Directory) -> T) -> T {
-        // See Writer::publish on poisoning.
+    pub fn with_directory<T>(&self, f: impl FnOnce(&PortalDirectory) -> T) -> T {
+        // A poisoned lock means a reader panicked while holding it; the
+        // data (plain records) is still consistent, so keep going.
         let dir = self.directory.read().unwrap_or_else(|p| p.into_inner());
         f(&dir)
     }
@@ -472,6 +373,11 @@ impl JournalHandle {
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }
+}
+
+/// "Not stored, try later": the writer thread is gone.
+fn writer_stopped() -> AppendError {
+    AppendError::Unavailable(UnavailableCause::WriterStopped)
 }
 
 /// Reads the format version of an existing data directory without creating

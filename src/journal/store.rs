@@ -37,8 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::dedup::DedupKey;
 use super::pack::{self, ChunkEntry};
-use super::record::{BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration};
+use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use super::registration::Registration;
 use super::wal::{self, Wal};
 
 const TAIL: u8 = b'T';
@@ -303,12 +305,12 @@ pub enum KeyKind {
         /// Seq of the event that holds it.
         seq: u64,
     },
-    /// A summary block.
+    /// A span summary.
     Summary {
         /// Portal.
         portal: PortalIx,
         /// The summary.
-        summary: BlockSummary,
+        summary: SpanSummary,
     },
     /// A portal record (either part: tables `P` or counters `C`).
     Portal(PortalIx),
@@ -442,11 +444,11 @@ impl WriteBatch {
         self.remove(chunk_key(portal, entity, first));
     }
 
-    /// Stores the `ts` range of a summary block.
-    pub fn put_summary(&mut self, portal: PortalIx, s: &BlockSummary) {
+    /// Stores the `ts` range of a summary span.
+    pub fn put_summary(&mut self, portal: PortalIx, s: &SpanSummary) {
         let mut v = s.min_ts.to_be_bytes().to_vec();
         v.extend_from_slice(&s.max_ts.to_be_bytes());
-        self.insert(key(SUMMARY, portal, &[&s.block.to_be_bytes()]), v);
+        self.insert(key(SUMMARY, portal, &[&s.span.to_be_bytes()]), v);
     }
 
     /// Records a dedup key as taken by `seq`.
@@ -502,9 +504,9 @@ impl WriteBatch {
         self.remove(key(DEDUP, portal, &[dedup]));
     }
 
-    /// Deletes a summary block.
-    pub fn delete_summary(&mut self, portal: PortalIx, block: u64) {
-        self.remove(key(SUMMARY, portal, &[&block.to_be_bytes()]));
+    /// Deletes a span summary.
+    pub fn delete_summary(&mut self, portal: PortalIx, span: u64) {
+        self.remove(key(SUMMARY, portal, &[&span.to_be_bytes()]));
     }
 
     /// Stores an event in the version-1 layout (tests of `migrate`).
@@ -1189,12 +1191,12 @@ impl Reader {
         })
     }
 
-    /// `portal`'s summary blocks numbered `<= upper`, newest first.
+    /// `portal`'s span summaries numbered `<= upper`, newest first.
     pub fn summaries_desc(
         &self,
         portal: PortalIx,
         upper: u64,
-    ) -> impl Iterator<Item = Result<BlockSummary, StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<SpanSummary, StoreError>> + '_ {
         let lo = key(SUMMARY, portal, &[&0u64.to_be_bytes()]);
         let hi = key(SUMMARY, portal, &[&upper.to_be_bytes()]);
         scan(self.tree(), move |tree| {
@@ -1207,8 +1209,8 @@ impl Reader {
                 let mut max = [0u8; 8];
                 min.copy_from_slice(&v[..8]);
                 max.copy_from_slice(&v[8..]);
-                Ok(BlockSummary {
-                    block: seq_suffix(&k)?,
+                Ok(SpanSummary {
+                    span: seq_suffix(&k)?,
                     min_ts: u64::from_be_bytes(min),
                     max_ts: u64::from_be_bytes(max),
                 })
@@ -1456,10 +1458,10 @@ fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         },
         Some(&SUMMARY) if k.len() == 13 && v.len() == 16 => {
             match (portal(), be_u64(&k[5..]), be_u64(v), be_u64(&v[8..])) {
-                (Some(portal), Some(block), Some(min_ts), Some(max_ts)) => Some(KeyKind::Summary {
+                (Some(portal), Some(span), Some(min_ts), Some(max_ts)) => Some(KeyKind::Summary {
                     portal,
-                    summary: BlockSummary {
-                        block,
+                    summary: SpanSummary {
+                        span,
                         min_ts,
                         max_ts,
                     },
