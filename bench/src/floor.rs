@@ -88,7 +88,7 @@ pub fn probe(a: ProbeArgs) -> Result<(), String> {
     let mut rng = Rng::new(a.seed);
     let page = |rng: &mut Rng| -> Result<(usize, usize), String> {
         let p = &portals[rng.below(portals.len() as u64) as usize];
-        let page = query::run(&reader, p, &q).map_err(|e| e.to_string())?;
+        let page = query::newest(&reader, p, &q).map_err(|e| e.to_string())?;
         let events = page.event_count();
         Ok((events, page.into_body().len()))
     };

@@ -5,6 +5,7 @@
 //!   [`registration`] the rules of installs and uninstalls;
 //! - [`dedup`] decides whether an event is already stored;
 //! - `writer` is the single writer thread doing group commit;
+//! - [`read`] holds the read path's scans (filter, order, budget);
 //! - [`RetentionPolicy`] (`retention`) says what may be deleted;
 //! - [`store`] is the storage engine boundary (the only code naming sled),
 //!   with [`pack`] and [`wal`] below it, and [`maintain`] the offline
@@ -17,6 +18,7 @@ pub mod dedup;
 mod directory;
 pub mod maintain;
 pub mod pack;
+pub mod read;
 pub mod record;
 pub mod registration;
 mod retention;
