@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::dedup::dedup_key_of_record;
+use super::dedup::key::dedup_key_of_record;
 use super::pack;
 use super::record::{span_of, EventRecord, PortalIx, PortalRecord};
 use super::registration::Registration;

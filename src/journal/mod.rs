@@ -1,5 +1,7 @@
 //! Journal: the durable, deduplicated, per-portal ordered store of events.
 //!
+//! - `append` names what an append takes and answers ([`NewEvent`],
+//!   [`AppendOutcome`], [`AppendError`]);
 //! - [`record`] defines what is stored and how it is encoded;
 //! - [`PortalDirectory`] (`directory`) is the table of portals, and
 //!   [`registration`] the rules of installs and uninstalls;
@@ -14,6 +16,7 @@
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.
 
+mod append;
 pub mod dedup;
 mod directory;
 pub mod maintain;
@@ -30,15 +33,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
-use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
-use record::PortalProfile;
-use store::{CommitError, Reader, Store, StoreError};
+use store::{Reader, Store, StoreError};
 
+pub use append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
 pub use directory::PortalDirectory;
+pub use registration::Lifecycle;
 pub use retention::RetentionPolicy;
 pub use writer::MAX_BATCH;
 
@@ -56,104 +57,6 @@ pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";
 /// Sub-directory of the data directory that holds the sled database.
 pub(crate) const ENGINE_DIR: &str = "sled";
-
-/// An event ready to be journaled: typed, verified, and without secrets.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// Upper-case event name.
-    pub event: EventName,
-    /// The portal's `ts`.
-    pub ts: Ts,
-    /// The portal.
-    pub member_id: MemberId,
-    /// Domain and endpoints at receipt.
-    pub profile: PortalProfile,
-    /// `event_handler_id`.
-    pub event_handler_id: Option<String>,
-    /// The entity id, if any.
-    pub entity_id: Option<EntityId>,
-    /// `data` as received.
-    pub data: Option<Value>,
-    /// Non-secret `auth` fields besides member id, domain and endpoints.
-    pub auth_rest: Map<String, Value>,
-    /// What this event does to the portal's registration.
-    pub lifecycle: Lifecycle,
-}
-
-/// The effect of an application lifecycle event on a portal's registration,
-/// applied atomically with journaling the event itself (see
-/// [`registration::Registration::after`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// An ordinary event: the registration does not change.
-    Ordinary,
-    /// ONAPPINSTALL: register (or re-activate) the portal with this token.
-    Install {
-        /// Digest of the presented application token.
-        token: TokenDigest,
-        /// The portal's token is configured (settings), so no digest is
-        /// recorded and no takeover check applies: only the status changes.
-        configured: bool,
-    },
-    /// ONAPPUNINSTALL: mark the portal uninstalled.
-    Uninstall,
-}
-
-/// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Stored as a new event, durably.
-    Stored {
-        /// The new event's id.
-        id: Uuid,
-        /// Its per-portal seq.
-        seq: u64,
-    },
-    /// Already stored; the original's duplicate counter was bumped.
-    Duplicate {
-        /// The original's id.
-        id: Uuid,
-        /// The original's seq.
-        seq: u64,
-    },
-}
-
-/// Why an append was not acknowledged. `QueueFull` and `Unavailable` mean
-/// "not stored, try later" (503).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AppendError {
-    /// The writer's queue is full.
-    #[error("journal queue is full")]
-    QueueFull,
-    /// The journal could not store or flush the event.
-    #[error("journal unavailable: {0}")]
-    Unavailable(#[source] UnavailableCause),
-    /// An ONAPPINSTALL tried to register a different token for a portal that
-    /// is installed with another one.
-    #[error("portal {0} is already installed with a different application token")]
-    Conflict(String),
-    /// The event names a domain that belongs to another portal.
-    #[error("domain {0} belongs to another portal")]
-    DomainTaken(String),
-}
-
-/// Why the journal could not take a job, with the storage error kept
-/// (shared, so that one failed commit answers every waiter of its batch).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UnavailableCause {
-    /// The writer thread is gone.
-    #[error("journal writer stopped")]
-    WriterStopped,
-    /// The writer is stopping and refuses what is still queued.
-    #[error("journal is shutting down")]
-    ShuttingDown,
-    /// A read, or a batch commit, failed in the store.
-    #[error(transparent)]
-    Store(Arc<StoreError>),
-    /// A single-step commit (erase, retention) failed.
-    #[error(transparent)]
-    Commit(Arc<CommitError>),
-}
 
 /// Why the journal could not be opened.
 #[derive(Debug, thiserror::Error)]

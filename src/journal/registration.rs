@@ -9,7 +9,32 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AppendError, Lifecycle};
+use crate::types::TokenDigest;
+
+/// The effect of an application lifecycle event on a portal's registration,
+/// applied atomically with journaling the event itself (see
+/// [`Registration::after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// An ordinary event: the registration does not change.
+    Ordinary,
+    /// ONAPPINSTALL: register (or re-activate) the portal with this token.
+    Install {
+        /// Digest of the presented application token.
+        token: TokenDigest,
+        /// The portal's token is configured (settings), so no digest is
+        /// recorded and no takeover check applies: only the status changes.
+        configured: bool,
+    },
+    /// ONAPPUNINSTALL: mark the portal uninstalled.
+    Uninstall,
+}
+
+/// An install that would take over a portal installed with another token;
+/// the writer answers it as a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the portal is already installed with a different application token")]
+pub struct Takeover;
 
 /// How a portal's token came to be on record in the journal.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,16 +90,15 @@ impl Registration {
     /// The registration of `member` (whose event names `domain`) after an
     /// event with `lifecycle`, given its `current` one: `Ok(None)` when
     /// nothing changes. An install with a different token over an active
-    /// registration is a takeover and refused with
-    /// [`AppendError::Conflict`], unless the portal's token is configured
-    /// (then only the status is recorded).
+    /// registration is a [`Takeover`] and refused, unless the portal's
+    /// token is configured (then only the status is recorded).
     pub fn after(
         current: Option<&Registration>,
         member: &str,
         domain: &str,
         lifecycle: Lifecycle,
         now_ms: u64,
-    ) -> Result<Option<Registration>, AppendError> {
+    ) -> Result<Option<Registration>, Takeover> {
         let next = match lifecycle {
             Lifecycle::Ordinary => return Ok(None),
             Lifecycle::Install { token, configured } => {
@@ -82,7 +106,7 @@ impl Registration {
                 if let Some(cur) = current {
                     let other_token = cur.token_sha256.is_some() && cur.token_sha256 != token;
                     if cur.status == Status::Active && other_token && !configured {
-                        return Err(AppendError::Conflict(member.to_owned()));
+                        return Err(Takeover);
                     }
                     if cur.status == Status::Active && !other_token {
                         // A repeated install: nothing changes.

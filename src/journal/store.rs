@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::dedup::DedupKey;
+use super::dedup::key::DedupKey;
 use super::pack::{self, ChunkEntry};
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;

@@ -9,13 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::super::append::{AppendError, UnavailableCause};
+use super::super::directory::PortalDirectory;
 use super::super::pack;
 use super::super::record::{PortalIx, PortalRecord};
 use super::super::registration::Registration;
 use super::super::store::{CommitError, StoreError, WriteBatch};
-use super::super::{AppendError, PortalDirectory, UnavailableCause};
-use super::stage::Batch;
-use super::{now_ms, Writer};
+use super::{now_ms, Batch, Writer};
 
 impl Writer {
     /// Commits through the store, remembering a failure: sled keeps the

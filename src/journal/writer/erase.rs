@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use super::super::append::{AppendError, UnavailableCause};
 use super::super::record::{PortalIx, PortalRecord};
 use super::super::store::{CommitError, KeyKind, StoreError, WriteBatch};
-use super::super::{AppendError, UnavailableCause};
 use super::{unavailable, Writer};
 use crate::types::MemberId;
 

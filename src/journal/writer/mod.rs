@@ -16,22 +16,30 @@
 //! Because only the writer reads and writes what dedup looks at, "check and
 //! append" is one atomic step without locks, and concurrent requests share
 //! one fsync.
+//!
+//! The writer's state and the batch it builds are defined here; each step
+//! adds its methods in its own file and this one names nothing of theirs,
+//! so the steps depend on it and never the other way round.
 
 mod commit;
 mod erase;
 mod retain;
 mod stage;
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
+use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
+use super::directory::PortalDirectory;
+use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use super::registration::Registration;
+use super::retention::RetentionPolicy;
 use super::store::{Store, StoreError};
-use super::{
-    AppendError, AppendOutcome, NewEvent, PortalDirectory, RetentionPolicy, UnavailableCause,
-};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
 /// memory it holds.
@@ -64,6 +72,40 @@ pub(super) enum Job {
     },
     /// Commit what came before, then stop.
     Shutdown,
+}
+
+/// A new event waiting in the current batch.
+struct Pending {
+    portal: PortalIx,
+    seq: u64,
+    dedup: DedupKey,
+    record: EventRecord,
+    duplicates: u32,
+}
+
+/// Everything one batch changes, kept apart from the writer's committed
+/// state until the batch is applied.
+#[derive(Default)]
+struct Batch {
+    /// Working copies of the portals this batch changes.
+    portals: HashMap<PortalIx, PortalRecord>,
+    /// Portals created in this batch, by member id.
+    new_members: HashMap<String, PortalIx>,
+    new_events: Vec<Pending>,
+    /// Dedup keys taken in this batch → index in `new_events`.
+    taken: HashMap<(PortalIx, DedupKey), usize>,
+    /// Summary spans this batch completes.
+    sealed: Vec<(PortalIx, SpanSummary)>,
+    /// Domains first claimed in this batch, by portal.
+    domains: HashMap<String, PortalIx>,
+    /// Registrations this batch changes.
+    registrations: HashMap<String, Registration>,
+    /// Stored events whose duplicate counter this batch bumps.
+    rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
+    /// Each waiter with the answer it gets if the batch commits.
+    replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
+    /// Probes answered once the batch is durable.
+    probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
 }
 
 /// The writer thread's state.
@@ -154,7 +196,7 @@ impl Writer {
         if self.broken {
             self.recover();
         }
-        let mut batch = stage::Batch::default();
+        let mut batch = Batch::default();
         let mut stop = false;
         for job in jobs.drain(..) {
             match job {

@@ -11,11 +11,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::super::dedup::dedup_key_of_record;
+use super::super::append::{AppendError, UnavailableCause};
+use super::super::dedup::key::dedup_key_of_record;
 use super::super::pack;
 use super::super::record::{span_of, EventRecord, PortalIx, PortalRecord};
+use super::super::retention::RetentionPolicy;
 use super::super::store::{StoreError, WriteBatch};
-use super::super::{AppendError, RetentionPolicy, UnavailableCause};
 use super::{now_ms, unavailable, Writer};
 
 impl Writer {

@@ -6,52 +6,16 @@
 //! its portal. Nothing here touches the store's contents: the batch is
 //! kept apart from the writer's committed state until `commit` applies it.
 
-use std::collections::HashMap;
-
 use uuid::Uuid;
 
-use super::super::dedup::{dedup_key, DedupKey};
+use super::super::append::{AppendError, AppendOutcome, NewEvent};
+use super::super::dedup::key::dedup_key;
 use super::super::record::{
-    bump_duplicates, store_data, EventRecord, Interned, PortalIx, PortalRecord, SpanSummary,
+    bump_duplicates, store_data, EventRecord, Interned, PortalIx, PortalRecord,
 };
-use super::super::registration::Registration;
+use super::super::registration::{Lifecycle, Registration};
 use super::super::store::StoreError;
-use super::super::{AppendError, AppendOutcome, Lifecycle, NewEvent};
-use super::{now_ms, unavailable, AppendReply, Writer};
-
-/// A new event waiting in the current batch.
-pub(super) struct Pending {
-    pub(super) portal: PortalIx,
-    pub(super) seq: u64,
-    pub(super) dedup: DedupKey,
-    pub(super) record: EventRecord,
-    pub(super) duplicates: u32,
-}
-
-/// Everything one batch changes, kept apart from the writer's committed
-/// state until the batch is applied.
-#[derive(Default)]
-pub(super) struct Batch {
-    /// Working copies of the portals this batch changes.
-    pub(super) portals: HashMap<PortalIx, PortalRecord>,
-    /// Portals created in this batch, by member id.
-    new_members: HashMap<String, PortalIx>,
-    pub(super) new_events: Vec<Pending>,
-    /// Dedup keys taken in this batch → index in `new_events`.
-    taken: HashMap<(PortalIx, DedupKey), usize>,
-    /// Summary spans this batch completes.
-    pub(super) sealed: Vec<(PortalIx, SpanSummary)>,
-    /// Domains first claimed in this batch, by portal.
-    domains: HashMap<String, PortalIx>,
-    /// Registrations this batch changes.
-    pub(super) registrations: HashMap<String, Registration>,
-    /// Stored events whose duplicate counter this batch bumps.
-    pub(super) rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
-    /// Each waiter with the answer it gets if the batch commits.
-    pub(super) replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
-    /// Probes answered once the batch is durable.
-    pub(super) probes: Vec<tokio::sync::oneshot::Sender<Result<(), AppendError>>>,
-}
+use super::{now_ms, unavailable, Batch, Pending, Writer};
 
 impl Writer {
     /// The number of `member`'s portal, in the store or created in `batch`.
@@ -103,7 +67,8 @@ impl Writer {
             &event.profile.domain,
             event.lifecycle,
             now_ms(),
-        )?;
+        )
+        .map_err(|_takeover| AppendError::Conflict(member.to_owned()))?;
         if let Some(next) = next {
             batch.registrations.insert(member.to_owned(), next);
         }
