@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::cli::{BackupArgs, Cli, Command, PortalsAction, PortalsArgs};
 use crate::journal::maintain::{self, MaintainError};
-use crate::journal::record::{Registration, Source, Status};
+use crate::journal::registration::{Registration, Source, Status};
 use crate::server::{self, RunError};
 use crate::settings::{Settings, SettingsError};
 use crate::types::{Domain, MemberId, Secret};

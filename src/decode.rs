@@ -9,6 +9,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::journal::record::PortalProfile;
+use crate::journal::{Lifecycle, NewEvent};
 use crate::types::{Domain, EntityId, EventName, Invalid, MemberId, Secret, Ts};
 
 /// Deepest nesting accepted (`a[b][c]…` or JSON objects/arrays). Real events
@@ -59,19 +61,6 @@ impl DecodeError {
 /// the next, so they belong in the profile stored once per portal.
 pub const PROFILE_FIELDS: [&str; 3] = ["scope", "status", "expires_in"];
 
-/// The portal-constant part of `auth`: stored once per portal, not per event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct PortalProfile {
-    /// `auth[domain]`, lower-case.
-    pub domain: String,
-    /// `auth[client_endpoint]`, if sent.
-    pub client_endpoint: Option<String>,
-    /// `auth[server_endpoint]`, if sent.
-    pub server_endpoint: Option<String>,
-    /// Those of [`PROFILE_FIELDS`] that were sent as strings, in that order.
-    pub fixed: Vec<(String, String)>,
-}
-
 /// An event as received, typed, with every secret removed except the
 /// application token, which is kept apart (redacted in `Debug`) until it has
 /// been verified.
@@ -96,6 +85,25 @@ pub struct IncomingEvent {
     /// Non-secret `auth` fields other than member_id, domain and endpoints
     /// (scope, status, user_id, expires, …).
     pub auth_rest: Map<String, Value>,
+}
+
+impl IncomingEvent {
+    /// The event to journal once verified, with what it does to the
+    /// portal's registration. Drops the application token: past
+    /// verification nothing needs it.
+    pub fn into_new_event(self, lifecycle: Lifecycle) -> NewEvent {
+        NewEvent {
+            event: self.event,
+            ts: self.ts,
+            member_id: self.member_id,
+            profile: self.profile,
+            event_handler_id: self.event_handler_id,
+            entity_id: self.entity_id,
+            data: self.data,
+            auth_rest: self.auth_rest,
+            lifecycle,
+        }
+    }
 }
 
 /// Decodes a body of the given kind.

@@ -7,7 +7,7 @@
 //! so it changes nothing.
 
 use crate::decode::{self, BodyKind, DecodeError};
-use crate::journal::{AppendError, AppendOutcome, JournalHandle, NewEvent};
+use crate::journal::{AppendError, AppendOutcome, JournalHandle};
 use crate::types::{EventName, MemberId};
 use crate::verify::{Verifier, VerifyError};
 
@@ -64,11 +64,7 @@ pub async fn ingest(
         })?;
     let member_id = event.member_id.clone();
     let name = event.event.clone();
-    let new = NewEvent {
-        lifecycle,
-        ..NewEvent::from(event)
-    };
-    match journal.append(new).await {
+    match journal.append(event.into_new_event(lifecycle)).await {
         Ok(outcome) => Ok(Ingested {
             member_id,
             event: name,

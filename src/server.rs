@@ -16,9 +16,9 @@ use tokio::sync::{watch, Semaphore};
 use warp::Filter;
 
 use crate::app::App;
-use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
+use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError, RetentionPolicy};
 use crate::routes::routes;
-use crate::settings::{Retention, Settings};
+use crate::settings::Settings;
 use crate::verify::Verifier;
 
 /// Most connections served at once; more wait in the listen backlog.
@@ -168,7 +168,7 @@ async fn join_backups(app: &App) {
 
 /// Runs retention every `policy.every`, in bounded steps that queue behind
 /// ingest like any other writer job.
-async fn retain_forever(journal: JournalHandle, policy: Retention) {
+async fn retain_forever(journal: JournalHandle, policy: RetentionPolicy) {
     tracing::info!(?policy, "retention on");
     loop {
         loop {

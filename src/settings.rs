@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::{ServeArgs, DEFAULT_DATA_DIR};
+use crate::journal::RetentionPolicy;
 use crate::types::{MemberId, Secret};
 use crate::verify::DomainPattern;
 
@@ -88,27 +89,9 @@ pub struct Settings {
     /// The admin API's bearer token.
     pub admin_token: Option<Secret>,
     /// Retention policy.
-    pub retention: Retention,
+    pub retention: RetentionPolicy,
     /// Log as JSON lines instead of text.
     pub log_json: bool,
-}
-
-/// What to delete in the background (both off by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Delete events received more than this long ago.
-    pub max_age: Option<Duration>,
-    /// Keep at most this many events per portal.
-    pub per_portal: Option<u64>,
-    /// Time between retention passes.
-    pub every: Duration,
-}
-
-impl Retention {
-    /// Whether any retention is configured.
-    pub fn is_on(&self) -> bool {
-        self.max_age.is_some() || self.per_portal.is_some()
-    }
 }
 
 /// A setting that cannot be used.
@@ -246,7 +229,7 @@ impl Settings {
             install_domains,
             max_streams,
             admin_token,
-            retention: Retention {
+            retention: RetentionPolicy {
                 max_age: retain_days.map(|d| Duration::from_secs(d.saturating_mul(86_400))),
                 per_portal: retain_per_portal,
                 every: Duration::from_secs(

@@ -6,11 +6,12 @@
 //! never re-validates.
 
 use std::fmt;
-use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
+use time::format_description::FormatItem;
+use time::macros::format_description;
 use time::OffsetDateTime;
 
 /// Why a raw value was refused; the caller adds the field name.
@@ -195,28 +196,36 @@ impl Ts {
 
     /// RFC 3339 in UTC, e.g. `2016-06-20T16:21:54Z`.
     pub fn to_rfc3339(self) -> String {
-        // Cannot fail (to_string panics only on a Display error): a Ts is
-        // capped at the last second of year 9999, the last one humantime
-        // formats.
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.0)).to_string()
+        format_utc(i128::from(self.0) * 1_000_000_000, SECONDS)
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+const SECONDS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// Formats Unix nanoseconds within [`Ts`]'s range as UTC.
+fn format_utc(nanos: i128, format: &[FormatItem<'_>]) -> String {
+    // Cannot fail: callers stay within 1970..=9999, which `time`
+    // represents and formats with four-digit years.
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .expect("a time within 1970..=9999 is in range")
+        .format(format)
+        .expect("a time within 1970..=9999 formats")
 }
 
 /// Unix milliseconds as RFC 3339 UTC with millisecond precision, e.g.
 /// `2016-06-20T16:21:54.123Z`; as the plain number past year 9999, which no
-/// clock this runs on reaches.
-///
-/// Through humantime's direct digit writer rather than `time`'s format
-/// descriptions, which took ~7 % of the CPU of a latest-50 query when every
-/// event's timestamps went through them (perf, 10M-event journal). Event
-/// rendering now writes the time of day itself and asks for the date only
-/// once per day (`query::DayCache`).
+/// clock this runs on reaches. Not for per-event use on hot paths: event
+/// rendering writes the time of day itself (`query::render`).
 pub fn millis_to_rfc3339(ms: u64) -> String {
     if ms / 1000 > Ts::MAX.0 {
         return ms.to_string();
     }
-    // Cannot fail: in range for humantime, checked above.
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    format_utc(i128::from(ms) * 1_000_000, MILLIS)
 }
 
 /// A secret (application token, read token). Its `Debug` never shows the

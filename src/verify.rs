@@ -4,7 +4,6 @@
 //! a fixed secret per installation (../shared/PROTOCOL.md). We keep only the
 //! SHA-256 digest of each configured token and compare digests in constant
 //! time, so neither the token's bytes nor its length leak through timing.
-
 //!
 //! Tokens come from two places: the configuration (`--portal`, env, file),
 //! which always wins, and the journal's registrations, learnt from
@@ -14,8 +13,8 @@
 use std::collections::HashMap;
 
 use crate::decode::IncomingEvent;
-use crate::journal::record::Status;
-use crate::journal::{Directory, Lifecycle};
+use crate::journal::registration::Status;
+use crate::journal::{Lifecycle, PortalDirectory};
 use crate::types::{MemberId, Secret, TokenDigest};
 
 /// The event that carries a new installation's token.
@@ -103,7 +102,11 @@ impl Verifier {
     /// Checks an event against the configuration and the journal's
     /// registrations, and says what it does to the registration. The writer
     /// re-checks an install against registrations atomically (takeover).
-    pub fn check(&self, event: &IncomingEvent, dir: &Directory) -> Result<Lifecycle, VerifyError> {
+    pub fn check(
+        &self,
+        event: &IncomingEvent,
+        dir: &PortalDirectory,
+    ) -> Result<Lifecycle, VerifyError> {
         let presented = event.application_token.digest();
         let member = event.member_id.as_str();
         let configured = self.tokens.get(member);
@@ -154,7 +157,7 @@ impl Verifier {
         Ok(if name == UNINSTALL_EVENT {
             Lifecycle::Uninstall
         } else {
-            Lifecycle::None
+            Lifecycle::Ordinary
         })
     }
 
@@ -192,8 +195,8 @@ mod tests {
             ],
             Vec::new(),
         );
-        let dir = Directory::default();
-        assert_eq!(v.check(&event("m1", "t1"), &dir), Ok(Lifecycle::None));
+        let dir = PortalDirectory::default();
+        assert_eq!(v.check(&event("m1", "t1"), &dir), Ok(Lifecycle::Ordinary));
         assert_eq!(
             v.check(&event("m1", "t2"), &dir),
             Err(VerifyError::WrongToken)

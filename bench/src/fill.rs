@@ -1,6 +1,7 @@
 //! Bulk fill through the service's own write path, linked as a library:
-//! form body → `decode::decode` → `NewEvent::from` → `JournalHandle::append`,
-//! with many appends in flight so the single writer group-commits.
+//! form body → `decode::decode` → `IncomingEvent::into_new_event` →
+//! `JournalHandle::append`, with many appends in flight so the single writer
+//! group-commits.
 //!
 //! Runs as its own process (`b24-bench fill …`) so that its peak RSS is the
 //! journal's, not the harness's, and so a second fill can continue the first
@@ -15,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 
 use b24_journal::decode::{decode, BodyKind};
 use b24_journal::journal::store::SNAPSHOT_AFTER_LOGGED;
-use b24_journal::journal::{AppendError, AppendOutcome, Journal, JournalOptions, NewEvent};
+use b24_journal::journal::{AppendError, AppendOutcome, Journal, JournalOptions, Lifecycle};
 
 use crate::gen::{portals, write_body, FillPlan, Rng};
 use crate::sys;
@@ -126,7 +127,7 @@ pub fn run(a: FillArgs) -> anyhow::Result<()> {
                     );
                     let incoming =
                         decode(BodyKind::Form, &body).context("generated body does not decode")?;
-                    let new_event = NewEvent::from(incoming);
+                    let new_event = incoming.into_new_event(Lifecycle::Ordinary);
                     // The queue holds more than `inflight` appends: never full.
                     match handle.append(new_event).await {
                         Ok(AppendOutcome::Stored { .. }) => {

@@ -73,7 +73,7 @@ pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     let mut rng = Rng::new(a.seed);
     let page = |rng: &mut Rng| -> anyhow::Result<(usize, usize)> {
         let p = &portals[rng.below(portals.len() as u64) as usize];
-        let page = query::run(&reader, p, &q).context("latest-50 page")?;
+        let page = query::newest(&reader, p, &q).context("latest-50 page")?;
         let events = page.event_count();
         Ok((events, page.into_body().len()))
     };

@@ -1,234 +1,51 @@
 //! Journal: the durable, deduplicated, per-portal ordered store of events.
 //!
-//! - [`store`] is the storage engine boundary (the only code naming sled);
+//! - `append` names what an append takes and answers ([`NewEvent`],
+//!   [`AppendOutcome`], [`AppendError`]);
 //! - [`record`] defines what is stored and how it is encoded;
-//! - `writer` is the single writer thread doing group commit.
+//! - [`PortalDirectory`] (`directory`) is the table of portals, and
+//!   [`registration`] the rules of installs and uninstalls;
+//! - [`dedup`] decides whether an event is already stored;
+//! - `writer` is the single writer thread doing group commit;
+//! - [`read`] holds the read path's scans (filter, order, budget);
+//! - [`RetentionPolicy`] (`retention`) says what may be deleted;
+//! - [`layout`] decides how events are packed into blocks and entity chunks;
+//! - [`store`] is the storage engine boundary (the only code naming sled),
+//!   with its pure packing codec and redo log inside it;
+//! - `format` checks the data directory's format version, and [`maintain`]
+//!   holds the offline commands (backup, verify, migrate, registrations).
 //!
 //! The rest of the program talks to a [`JournalHandle`]: `append` (answers
 //! only once the event is on disk), `probe`, and read access for queries.
 
+mod append;
+pub mod dedup;
+mod directory;
 mod format;
 pub mod layout;
 pub mod maintain;
+pub mod read;
 pub mod record;
+pub mod registration;
+mod retention;
 pub mod store;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
-use crate::decode::{IncomingEvent, PortalProfile};
-use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
-use record::{PortalIx, PortalRecord, Registration};
-use store::{Reader, Store, StoreError};
+use store::{Reader, Store};
 
+pub use append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
+pub use directory::PortalDirectory;
+pub use registration::Lifecycle;
+pub use retention::RetentionPolicy;
 pub use writer::MAX_BATCH;
 
 pub(crate) use format::{check_format_upgrading, ENGINE_DIR};
 pub use format::{OpenError, FORMAT_FILE, FORMAT_VERSION};
-
-/// An event ready to be journaled: typed, verified, and without secrets.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// Upper-case event name.
-    pub event: EventName,
-    /// The portal's `ts`.
-    pub ts: Ts,
-    /// The portal.
-    pub member_id: MemberId,
-    /// Domain and endpoints at receipt.
-    pub profile: PortalProfile,
-    /// `event_handler_id`.
-    pub event_handler_id: Option<String>,
-    /// The entity id, if any.
-    pub entity_id: Option<EntityId>,
-    /// `data` as received.
-    pub data: Option<Value>,
-    /// Non-secret `auth` fields besides member id, domain and endpoints.
-    pub auth_rest: Map<String, Value>,
-    /// What this event does to the portal's registration.
-    pub lifecycle: Lifecycle,
-}
-
-/// The effect of an application lifecycle event on a portal's registration,
-/// applied atomically with journaling the event itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// An ordinary event.
-    None,
-    /// ONAPPINSTALL: register (or re-activate) the portal with this token.
-    Install {
-        /// Digest of the presented application token.
-        token: TokenDigest,
-        /// The portal's token is configured (settings), so no digest is
-        /// recorded and no takeover check applies: only the status changes.
-        configured: bool,
-    },
-    /// ONAPPUNINSTALL: mark the portal uninstalled.
-    Uninstall,
-}
-
-impl From<IncomingEvent> for NewEvent {
-    /// Drops the application token: past verification nothing needs it.
-    fn from(e: IncomingEvent) -> Self {
-        NewEvent {
-            event: e.event,
-            ts: e.ts,
-            member_id: e.member_id,
-            profile: e.profile,
-            event_handler_id: e.event_handler_id,
-            entity_id: e.entity_id,
-            data: e.data,
-            auth_rest: e.auth_rest,
-            lifecycle: Lifecycle::None,
-        }
-    }
-}
-
-/// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Stored as a new event, durably.
-    Stored {
-        /// The new event's id.
-        id: Uuid,
-        /// Its per-portal seq.
-        seq: u64,
-    },
-    /// Already stored; the original's duplicate counter was bumped.
-    Duplicate {
-        /// The original's id.
-        id: Uuid,
-        /// The original's seq.
-        seq: u64,
-    },
-}
-
-/// Why an append was not acknowledged. Both mean "not stored, try later" (503).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum AppendError {
-    /// The writer's queue is full.
-    #[error("journal queue is full")]
-    QueueFull,
-    /// The journal could not store or flush the event.
-    #[error("journal unavailable: {0}")]
-    Unavailable(String),
-    /// An ONAPPINSTALL tried to register a different token for a portal that
-    /// is installed with another one.
-    #[error("portal {0} is already installed with a different application token")]
-    Conflict(String),
-    /// The event names a domain that belongs to another portal.
-    #[error("domain {0} belongs to another portal")]
-    DomainTaken(String),
-}
-
-/// Portals by number, member id and domain, as last committed.
-#[derive(Debug, Clone, Default)]
-pub struct Directory {
-    portals: Vec<PortalRecord>,
-    by_member: HashMap<String, PortalIx>,
-    by_domain: HashMap<String, PortalIx>,
-    registrations: HashMap<String, Registration>,
-}
-
-impl Directory {
-    pub(crate) fn from_records(
-        records: Vec<PortalRecord>,
-        registrations: Vec<Registration>,
-    ) -> Result<Self, StoreError> {
-        let mut dir = Directory {
-            registrations: registrations
-                .into_iter()
-                .map(|r| (r.member_id.clone(), r))
-                .collect(),
-            ..Directory::default()
-        };
-        for rec in records {
-            if rec.ix as usize != dir.portals.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "portal numbers are not dense at {}",
-                    rec.ix
-                )));
-            }
-            dir.upsert(rec);
-        }
-        Ok(dir)
-    }
-
-    /// Inserts or replaces a portal record. New portals must come in number
-    /// order (the writer sorts them), so a new one is always the next index.
-    /// An erased portal (empty member id) loses its member and domain names.
-    fn upsert(&mut self, rec: PortalRecord) {
-        if rec.member_id.is_empty() {
-            let ix = rec.ix;
-            self.by_member.retain(|_, v| *v != ix);
-            self.by_domain.retain(|_, v| *v != ix);
-        }
-        debug_assert!(
-            rec.ix as usize <= self.portals.len(),
-            "portal numbers are dense"
-        );
-        if !rec.member_id.is_empty() {
-            self.by_member.insert(rec.member_id.clone(), rec.ix);
-            for p in &rec.profiles {
-                self.by_domain.insert(p.domain.clone(), rec.ix);
-            }
-        }
-        let ix = rec.ix as usize;
-        if ix < self.portals.len() {
-            self.portals[ix] = rec;
-        } else {
-            self.portals.push(rec);
-        }
-    }
-
-    /// A portal's registration, if it has one.
-    pub fn registration(&self, member: &str) -> Option<&Registration> {
-        self.registrations.get(member)
-    }
-
-    /// Every registration.
-    pub fn registrations(&self) -> impl Iterator<Item = &Registration> {
-        self.registrations.values()
-    }
-
-    fn set_registration(&mut self, reg: Registration) {
-        self.registrations.insert(reg.member_id.clone(), reg);
-    }
-
-    fn remove_registration(&mut self, member: &str) {
-        self.registrations.remove(member);
-    }
-
-    /// A portal by member id, or else by domain (case-insensitive).
-    pub fn resolve(&self, key: &str) -> Option<&PortalRecord> {
-        let ix = self
-            .by_member
-            .get(key)
-            .or_else(|| self.by_domain.get(&key.to_ascii_lowercase()))?;
-        self.portals.get(*ix as usize)
-    }
-
-    /// The portal that owns `domain`, if any.
-    pub fn domain_owner(&self, domain: &str) -> Option<PortalIx> {
-        self.by_domain.get(domain).copied()
-    }
-
-    /// A portal by member id.
-    pub fn by_member(&self, member: &str) -> Option<&PortalRecord> {
-        self.portals.get(*self.by_member.get(member)? as usize)
-    }
-
-    /// All portals, in number order (erased ones have an empty member id).
-    pub fn portals(&self) -> &[PortalRecord] {
-        &self.portals
-    }
-}
 
 /// The open journal: owns the writer thread.
 pub struct Journal {
@@ -259,7 +76,7 @@ pub struct JournalOptions {
 pub struct JournalHandle {
     tx: mpsc::Sender<writer::Job>,
     reader: Reader,
-    directory: Arc<RwLock<Directory>>,
+    directory: Arc<RwLock<PortalDirectory>>,
     commits: watch::Receiver<u64>,
 }
 
@@ -276,7 +93,7 @@ impl Journal {
         store.set_snapshot_every(options.snapshot_every_bytes);
         let records = store.reader().portals().map_err(store_err)?;
         let registrations = store.reader().registrations().map_err(store_err)?;
-        let directory = Directory::from_records(records, registrations).map_err(store_err)?;
+        let directory = PortalDirectory::from_records(records, registrations).map_err(store_err)?;
         let published = Arc::new(RwLock::new(directory.clone()));
         let reader = store.reader().clone();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
@@ -333,12 +150,9 @@ impl JournalHandle {
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => AppendError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => {
-                    AppendError::Unavailable("journal writer stopped".into())
-                }
+                mpsc::error::TrySendError::Closed(_) => writer_stopped(),
             })?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Erases a portal completely (events, indexes, dedup keys, counters,
@@ -352,18 +166,13 @@ impl JournalHandle {
                 reply,
             })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Deletes up to `budget` events that `policy` no longer keeps, oldest
     /// first, with their index entries and dedup keys; returns how many.
-    pub async fn retain(
-        &self,
-        policy: crate::settings::Retention,
-        budget: usize,
-    ) -> Result<u64, AppendError> {
+    pub async fn retain(&self, policy: RetentionPolicy, budget: usize) -> Result<u64, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(writer::Job::Retain {
@@ -372,9 +181,8 @@ impl JournalHandle {
                 reply,
             })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Writes and flushes a probe record: `Ok` means the journal is writable.
@@ -383,14 +191,14 @@ impl JournalHandle {
         self.tx
             .send(writer::Job::Probe { reply })
             .await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("journal writer stopped".into()))?
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     /// Runs `f` with the durable portal directory.
-    pub fn with_directory<T>(&self, f: impl FnOnce(&Directory) -> T) -> T {
-        // See Writer::publish on poisoning.
+    pub fn with_directory<T>(&self, f: impl FnOnce(&PortalDirectory) -> T) -> T {
+        // A poisoned lock means a reader panicked while holding it; the
+        // data (plain records) is still consistent, so keep going.
         let dir = self.directory.read().unwrap_or_else(|p| p.into_inner());
         f(&dir)
     }
@@ -410,4 +218,9 @@ impl JournalHandle {
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }
+}
+
+/// "Not stored, try later": the writer thread is gone.
+fn writer_stopped() -> AppendError {
+    AppendError::Unavailable(UnavailableCause::WriterStopped)
 }

@@ -6,14 +6,27 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::decode::PortalProfile;
-use crate::types::{EntityId, EventName, MemberId, Ts};
+use crate::types::MemberId;
 
 /// Dense per-journal number of a portal; keys carry it instead of the
 /// member id so that they stay short and fixed-width.
 pub type PortalIx = u32;
+
+/// The portal-constant part of an event's `auth`: stored once per portal,
+/// not per event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortalProfile {
+    /// `auth[domain]`, lower-case.
+    pub domain: String,
+    /// `auth[client_endpoint]`, if sent.
+    pub client_endpoint: Option<String>,
+    /// `auth[server_endpoint]`, if sent.
+    pub server_endpoint: Option<String>,
+    /// The portal-constant `auth` fields that were sent as strings (see
+    /// `decode::PROFILE_FIELDS`), in that order.
+    pub fixed: Vec<(String, String)>,
+}
 
 /// A portal as the journal knows it. Written in the same atomic batch as the
 /// events that change it, so its counters can never disagree with them.
@@ -39,33 +52,34 @@ pub struct PortalRecord {
     pub first_received_ms: Option<u64>,
     /// Unix ms of the last stored event.
     pub last_received_ms: Option<u64>,
-    /// The `ts` range of the newest summary block (see [`SUMMARY_SPAN`]).
-    pub summary: Option<BlockSummary>,
+    /// The `ts` range of the newest span (see [`SUMMARY_SPAN`]).
+    pub summary: Option<SpanSummary>,
 }
 
-/// The range of `ts` over the events of one block of [`SUMMARY_SPAN`] seqs.
-/// A time-range query skips every block whose range misses the query's, so
-/// it reads only the blocks that can match instead of a second index entry
-/// per event.
+/// The range of `ts` over the events of one span of [`SUMMARY_SPAN`] seqs.
+/// A time-range query skips every span whose range misses the query's, so
+/// it reads only the spans that can match instead of a second index entry
+/// per event. (A span is a unit of this summary only; the packed storage
+/// unit of 64 events is a block, see `pack`.)
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BlockSummary {
-    /// Block number: seqs `block * SUMMARY_SPAN + 1 ..= (block + 1) * SUMMARY_SPAN`.
-    pub block: u64,
-    /// Lowest `ts` in the block.
+pub struct SpanSummary {
+    /// Span number: seqs `span * SUMMARY_SPAN + 1 ..= (span + 1) * SUMMARY_SPAN`.
+    pub span: u64,
+    /// Lowest `ts` in the span.
     pub min_ts: u64,
-    /// Highest `ts` in the block.
+    /// Highest `ts` in the span.
     pub max_ts: u64,
 }
 
-/// Seqs per summary block.
+/// Seqs per summary span.
 pub const SUMMARY_SPAN: u64 = 256;
 /// Most event names interned per portal; later new names are stored inline.
 pub const MAX_NAMES: usize = 1024;
 /// Most profiles interned per portal; later new ones are stored inline.
 pub const MAX_PROFILES: usize = 256;
 
-/// The block a seq belongs to.
-pub fn block_of(seq: u64) -> u64 {
+/// The summary span a seq belongs to.
+pub fn span_of(seq: u64) -> u64 {
     seq.saturating_sub(1) / SUMMARY_SPAN
 }
 
@@ -114,18 +128,18 @@ impl PortalRecord {
         intern(&mut self.event_names, &name.to_owned(), MAX_NAMES)
     }
 
-    /// Widens the newest summary block with an event; returns the previous
-    /// block's summary when this event starts a new block.
-    pub fn summarise(&mut self, seq: u64, ts: u64) -> Option<BlockSummary> {
-        let block = block_of(seq);
+    /// Widens the newest span's summary with an event; returns the previous
+    /// span's summary when this event starts a new span.
+    pub fn summarise(&mut self, seq: u64, ts: u64) -> Option<SpanSummary> {
+        let span = span_of(seq);
         match &mut self.summary {
-            Some(s) if s.block == block => {
+            Some(s) if s.span == span => {
                 s.min_ts = s.min_ts.min(ts);
                 s.max_ts = s.max_ts.max(ts);
                 None
             }
-            _ => self.summary.replace(BlockSummary {
-                block,
+            _ => self.summary.replace(SpanSummary {
+                span,
                 min_ts: ts,
                 max_ts: ts,
             }),
@@ -195,57 +209,6 @@ pub enum StoredData {
     FieldsId,
     /// Anything else, as compact JSON.
     Json(Vec<u8>),
-}
-
-/// How a portal's token came to be on record in the journal.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum Source {
-    /// Learnt from the portal's ONAPPINSTALL event.
-    Install,
-    /// Added by an operator (`b24-journal portals add`).
-    Operator,
-}
-
-/// Whether a portal's application is installed.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum Status {
-    /// Events are accepted.
-    Active,
-    /// ONAPPUNINSTALL was received: events are refused until a new ONAPPINSTALL.
-    Uninstalled,
-}
-
-/// A portal registered at runtime: its token digest (never the token) and
-/// its state. Written in the same atomic batch as the install or uninstall
-/// event that changed it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Registration {
-    /// `auth[member_id]`.
-    pub member_id: String,
-    /// SHA-256 of the application token; `None` when only the status is
-    /// recorded (a configured portal that was uninstalled).
-    pub token_sha256: Option<[u8; 32]>,
-    /// The domain at registration.
-    pub domain: String,
-    /// Where the token came from.
-    pub source: Source,
-    /// Installed or not.
-    pub status: Status,
-    /// Unix ms of the last change.
-    pub updated_ms: u64,
-}
-
-impl Registration {
-    /// Encodes for storage.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Cannot fail: see PortalRecord::to_bytes.
-        postcard::to_stdvec(self).expect("registration serialises")
-    }
-
-    /// Decodes from storage.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
-    }
 }
 
 /// One journaled event, as stored (secrets were never part of it).
@@ -346,9 +309,11 @@ pub fn store_data(data: Option<&Value>, entity_id: Option<&str>) -> StoredData {
         (Some(d), Some(id)) if *d == serde_json::json!({ "FIELDS": { "ID": id } }) => {
             StoredData::FieldsId
         }
-        // Cannot fail in practice: serialising a serde_json::Value only fails
-        // for non-string map keys, which Value cannot hold.
-        (Some(d), _) => StoredData::Json(serde_json::to_vec(d).unwrap_or_default()),
+        (Some(d), _) => StoredData::Json(
+            // Cannot fail: serialising a serde_json::Value only fails for
+            // non-string map keys, which Value cannot hold.
+            serde_json::to_vec(d).expect("a JSON value serialises"),
+        ),
     }
 }
 
@@ -378,90 +343,6 @@ pub fn bump_duplicates(bytes: &mut [u8]) -> u32 {
     let next = u32::from_be_bytes(header).saturating_add(1);
     bytes[..HEADER].copy_from_slice(&next.to_be_bytes());
     next
-}
-
-/// The deduplication key of an event within its portal: a 128-bit digest of
-/// (event, entity id — or the digest of the canonical `data` when there is
-/// none —, ts). 128 bits make an accidental collision practically impossible
-/// while keeping keys short.
-pub type DedupKey = [u8; 16];
-
-/// Computes the dedup key (the portal is part of the storage key).
-pub fn dedup_key(
-    event: &EventName,
-    entity_id: Option<&EntityId>,
-    data: Option<&Value>,
-    ts: Ts,
-) -> DedupKey {
-    let mut h = Sha256::new();
-    h.update(event.as_str().as_bytes());
-    h.update([0]);
-    match entity_id {
-        Some(id) => {
-            h.update([1]);
-            h.update(id.as_str().as_bytes());
-        }
-        None => {
-            h.update([2]);
-            let mut canonical = Vec::new();
-            if let Some(data) = data {
-                write_canonical(data, &mut canonical);
-            }
-            h.update(Sha256::digest(&canonical));
-        }
-    }
-    h.update([0]);
-    h.update(ts.secs().to_be_bytes());
-    let digest = h.finalize();
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
-}
-
-/// Recomputes the dedup key of a stored event (for verification and for
-/// deleting it); `None` if its stored fields no longer parse.
-pub fn dedup_key_of_record(rec: &EventRecord, portal: &PortalRecord) -> Option<DedupKey> {
-    let event = EventName::parse(rec.event_name(portal)).ok()?;
-    let entity = match &rec.entity_id {
-        Some(e) => Some(EntityId::parse(e).ok()?),
-        None => None,
-    };
-    let data = rec.data_value();
-    let ts = Ts::from_secs(rec.ts).ok()?;
-    Some(dedup_key(&event, entity.as_ref(), data.as_ref(), ts))
-}
-
-/// Canonical JSON: object keys sorted, no whitespace. Two bodies that differ
-/// only in field order (a form and a JSON post of the same event) dedup.
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String((*k).clone()), out);
-                out.push(b':');
-                write_canonical(&map[*k], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        // Cannot fail: serialising a scalar JSON value into a Vec never errors.
-        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).expect("scalar serialises")),
-    }
 }
 
 #[cfg(test)]
@@ -533,29 +414,7 @@ mod tests {
         assert_eq!(p.summarise(1, 50), None);
         assert_eq!(p.summarise(SUMMARY_SPAN, 40), None);
         let sealed = p.summarise(SUMMARY_SPAN + 1, 60).unwrap();
-        assert_eq!((sealed.block, sealed.min_ts, sealed.max_ts), (0, 40, 50));
-        assert_eq!(p.summary.unwrap().block, 1);
-    }
-
-    #[test]
-    fn dedup_key_ignores_field_order_only() {
-        let e = EventName::parse("ONX").unwrap();
-        let ts = Ts::from_secs(5).unwrap();
-        let a = json!({"a": "1", "b": {"c": "2", "d": "3"}});
-        let b = json!({"b": {"d": "3", "c": "2"}, "a": "1"});
-        let c = json!({"b": {"d": "3", "c": "2"}, "a": "2"});
-        assert_eq!(
-            dedup_key(&e, None, Some(&a), ts),
-            dedup_key(&e, None, Some(&b), ts)
-        );
-        assert_ne!(
-            dedup_key(&e, None, Some(&a), ts),
-            dedup_key(&e, None, Some(&c), ts)
-        );
-        let id = EntityId::parse("7").unwrap();
-        assert_ne!(
-            dedup_key(&e, Some(&id), None, ts),
-            dedup_key(&e, Some(&id), None, Ts::from_secs(6).unwrap())
-        );
+        assert_eq!((sealed.span, sealed.min_ts, sealed.max_ts), (0, 40, 50));
+        assert_eq!(p.summary.unwrap().span, 1);
     }
 }

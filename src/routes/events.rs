@@ -52,11 +52,11 @@ async fn events(
     let page = if query.is_plain_page() {
         // One page of consecutive events is a few cached block reads: less
         // work than handing it to another thread and back.
-        query::run(&reader, &portal, &query)
+        query::newest(&reader, &portal, &query)
     } else {
         // Filters may scan far: synchronous sled range scans stay off the
         // async workers.
-        tokio::task::spawn_blocking(move || query::run(&reader, &portal, &query))
+        tokio::task::spawn_blocking(move || query::newest(&reader, &portal, &query))
             .await
             .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
     }
@@ -124,7 +124,7 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
             let reader = app.journal.reader().clone();
             let q = query.clone();
             let (events, scanned_to) = tokio::task::spawn_blocking(move || {
-                query::tail(&reader, &portal, &q, after, q.page_size())
+                query::follow(&reader, &portal, &q, after, q.page_size())
             })
             .await
             .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?

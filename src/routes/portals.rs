@@ -12,7 +12,7 @@ use super::auth::{bearer, Api, Bearer};
 use super::filters::with_app;
 use crate::app::App;
 use crate::http::{json_response, respond, ApiError};
-use crate::journal::record::{Source, Status};
+use crate::journal::registration::{Source, Status};
 use crate::types::millis_to_rfc3339;
 
 /// `GET /v1/portals`

@@ -127,7 +127,7 @@ async fn next_stream_event(
             let reader = st.app.journal.reader().clone();
             let (q, after) = (st.query.clone(), st.after);
             let batch = tokio::task::spawn_blocking(move || {
-                query::tail(&reader, &portal, &q, after, STREAM_BATCH)
+                query::follow(&reader, &portal, &q, after, STREAM_BATCH)
             })
             .await;
             match batch {

@@ -15,11 +15,11 @@ use std::path::Path;
 
 use super::error::MaintainError;
 use super::offline::open_store;
+use crate::journal::dedup::key::dedup_key_of_record;
 use crate::journal::format::{check_format_upgrading, ENGINE_DIR};
 use crate::journal::layout;
-use crate::journal::record::{
-    block_of, dedup_key_of_record, EventRecord, PortalRecord, Registration,
-};
+use crate::journal::record::{span_of, EventRecord, PortalRecord};
+use crate::journal::registration::Registration;
 use crate::journal::store::codec;
 use crate::journal::store::{Reader, Store, StoreError, WriteBatch};
 use crate::journal::JournalHandle;
@@ -142,13 +142,10 @@ pub(super) fn copy_portal(
             laid = Some(seq);
         }
     }
-    for item in source.summaries_desc(portal.ix, block_of(last)) {
+    for item in source.summaries_desc(portal.ix, span_of(last)) {
         let summary = item?;
         // The open block's summary lives in the portal record.
-        if portal
-            .summary
-            .is_none_or(|open| open.block != summary.block)
-        {
+        if portal.summary.is_none_or(|open| open.span != summary.span) {
             batch.put_summary(portal.ix, &summary);
         }
     }

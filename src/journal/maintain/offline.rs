@@ -6,7 +6,7 @@ use std::path::Path;
 use super::error::MaintainError;
 use crate::journal::format::{read_format_upgrading, OpenError, ENGINE_DIR};
 use crate::journal::store::Store;
-use crate::journal::Directory;
+use crate::journal::PortalDirectory;
 
 /// Engine page cache for maintenance opens: they stream, caching buys
 /// nothing.
@@ -24,10 +24,11 @@ pub(super) fn open_store(engine: &Path, data_dir: &Path) -> Result<Store, OpenEr
 /// Opens a stopped data directory for an offline change: its format
 /// checked (a version-2 directory is upgraded in place), its store and
 /// its portals.
-pub(super) fn open_offline(data_dir: &Path) -> Result<(Store, Directory), MaintainError> {
+pub(super) fn open_offline(data_dir: &Path) -> Result<(Store, PortalDirectory), MaintainError> {
     read_format_upgrading(data_dir)?;
     let store = open_store(&data_dir.join(ENGINE_DIR), data_dir)?;
-    let dir = Directory::from_records(store.reader().portals()?, store.reader().registrations()?)?;
+    let dir =
+        PortalDirectory::from_records(store.reader().portals()?, store.reader().registrations()?)?;
     Ok((store, dir))
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::error::MaintainError;
 use super::offline::open_offline;
-use crate::journal::record::Registration;
+use crate::journal::registration::Registration;
 use crate::journal::store::WriteBatch;
 
 /// The registrations of a stopped data directory.

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::{migrate, verify};
-use crate::decode::PortalProfile;
 use crate::journal::format::{check_format_upgrading, OpenError, ENGINE_DIR};
+use crate::journal::record::PortalProfile;
 use crate::journal::record::{EventRecord, PortalRecord};
 use crate::journal::record::{Interned, StoredData};
 use crate::journal::store::WriteBatch;

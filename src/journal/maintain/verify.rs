@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::error::MaintainError;
 use super::offline::open_store;
+use crate::journal::dedup::key::dedup_key_of_record;
 use crate::journal::format::{read_format_upgrading, ENGINE_DIR};
-use crate::journal::record::{dedup_key_of_record, EventRecord, PortalIx, PortalRecord};
+use crate::journal::record::{EventRecord, PortalIx, PortalRecord};
 use crate::journal::store::codec;
 use crate::journal::store::{KeyKind, Reader, StoreError};
-use crate::journal::Directory;
+use crate::journal::PortalDirectory;
 
 /// What `verify` found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -69,7 +70,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
     };
     let records = reader.portals()?;
     let registrations = reader.registrations()?;
-    let dir = match Directory::from_records(records.clone(), registrations.clone()) {
+    let dir = match PortalDirectory::from_records(records.clone(), registrations.clone()) {
         Ok(dir) => dir,
         Err(e) => {
             report.problem(format!("portal records: {e}"));
@@ -203,7 +204,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             } => {
                 report.summaries += 1;
                 if summary.min_ts > summary.max_ts {
-                    report.problem(format!("summary {ix}/{} has min > max", summary.block));
+                    report.problem(format!("summary {ix}/{} has min > max", summary.span));
                 }
                 if portal(ix).is_none() {
                     report.problem(format!("summary of a portal without a record: {ix}"));

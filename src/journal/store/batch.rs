@@ -11,7 +11,9 @@ use super::keys::{
     SUMMARY, TAIL,
 };
 use super::log;
-use crate::journal::record::{BlockSummary, DedupKey, PortalIx, PortalRecord, Registration};
+use crate::journal::dedup::key::DedupKey;
+use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
+use crate::journal::registration::Registration;
 
 /// A set of writes, committed together by
 /// [`Store::commit_logged`](super::Store::commit_logged) or
@@ -102,10 +104,10 @@ impl WriteBatch {
     }
 
     /// Stores the `ts` range of a summary block.
-    pub fn put_summary(&mut self, portal: PortalIx, s: &BlockSummary) {
+    pub fn put_summary(&mut self, portal: PortalIx, s: &SpanSummary) {
         let mut v = s.min_ts.to_be_bytes().to_vec();
         v.extend_from_slice(&s.max_ts.to_be_bytes());
-        self.insert(seq_key(SUMMARY, portal, s.block), v);
+        self.insert(seq_key(SUMMARY, portal, s.span), v);
     }
 
     /// Records a dedup key as taken by `seq`.

@@ -18,7 +18,8 @@
 //! scan yields newest-first without sorting.
 
 use super::error::StoreError;
-use crate::journal::record::{BlockSummary, DedupKey, PortalIx};
+use crate::journal::dedup::key::DedupKey;
+use crate::journal::record::{PortalIx, SpanSummary};
 
 pub(super) const TAIL: u8 = b'T';
 /// Version 1's per-event key (see migrations-notes/): read by `migrate` only.
@@ -80,7 +81,7 @@ pub enum KeyKind {
         /// Portal.
         portal: PortalIx,
         /// The summary.
-        summary: BlockSummary,
+        summary: SpanSummary,
     },
     /// A portal record (either part: tables `P` or counters `C`).
     Portal(PortalIx),
@@ -193,10 +194,10 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         },
         Some(&SUMMARY) if k.len() == 13 && v.len() == 16 => {
             match (portal(), be_u64(&k[5..]), be_u64(v), be_u64(&v[8..])) {
-                (Some(portal), Some(block), Some(min_ts), Some(max_ts)) => Some(KeyKind::Summary {
+                (Some(portal), Some(span), Some(min_ts), Some(max_ts)) => Some(KeyKind::Summary {
                     portal,
-                    summary: BlockSummary {
-                        block,
+                    summary: SpanSummary {
+                        span,
                         min_ts,
                         max_ts,
                     },

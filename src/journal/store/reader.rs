@@ -11,9 +11,9 @@ use super::keys::{
     PORTAL, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
 };
 use super::scan::SeqScan;
-use crate::journal::record::{
-    BlockSummary, DedupKey, EventRecord, PortalIx, PortalRecord, Registration,
-};
+use crate::journal::dedup::key::DedupKey;
+use crate::journal::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use crate::journal::registration::Registration;
 
 /// A read-only view of the store, cloneable into request handlers. It
 /// follows the store through reopens.
@@ -302,7 +302,7 @@ impl Reader {
         &self,
         portal: PortalIx,
         upper: u64,
-    ) -> impl Iterator<Item = Result<BlockSummary, StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<SpanSummary, StoreError>> + '_ {
         let lo = seq_key(SUMMARY, portal, 0);
         let hi = seq_key(SUMMARY, portal, upper);
         scan(self.tree(), move |tree| {
@@ -315,8 +315,8 @@ impl Reader {
                 let mut max = [0u8; 8];
                 min.copy_from_slice(&v[..8]);
                 max.copy_from_slice(&v[8..]);
-                Ok(BlockSummary {
-                    block: seq_suffix(&k)?,
+                Ok(SpanSummary {
+                    span: seq_suffix(&k)?,
                     min_ts: u64::from_be_bytes(min),
                     max_ts: u64::from_be_bytes(max),
                 })

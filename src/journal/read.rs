@@ -1,0 +1,244 @@
+//! The read path's scans: which stored events of a portal match a filter,
+//! in which order, within what budget.
+//!
+//! Every read is a range scan over seqs: the portal's event log, or its
+//! entity index. A time window (`since`/`until`) without an entity first
+//! scans the portal's span summaries (one per [`SUMMARY_SPAN`] events, with
+//! the span's lowest and highest `ts`) and reads only the spans that can
+//! match. A scan looks at most [`SCAN_BUDGET`] entries: a filter that
+//! matches rarely then ends early and says where it stopped, instead of
+//! walking the whole portal in one request. Scans only see seqs up to the
+//! portal record's last seq, which the writer publishes once durable.
+//!
+//! Each matching event is handed to a visitor as it is read (decoded, not
+//! copied or collected), which renders it wherever it goes and says whether
+//! to go on: so a page is written straight into its response body.
+
+use std::ops::ControlFlow;
+
+use super::record::{span_of, EventRecord, PortalRecord, SUMMARY_SPAN};
+use super::store::{Reader, StoreError};
+use crate::types::{EntityId, EventName, Ts};
+
+/// Most index or log entries (and span summaries) one scan looks at.
+pub const SCAN_BUDGET: usize = 20_000;
+
+/// Which events a scan yields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventFilter<'a> {
+    /// Only these event names.
+    pub events: Option<&'a [EventName]>,
+    /// Only this entity (read through the entity index).
+    pub entity_id: Option<&'a EntityId>,
+    /// `ts >= since`.
+    pub since: Option<Ts>,
+    /// `ts <= until`.
+    pub until: Option<Ts>,
+}
+
+impl EventFilter<'_> {
+    /// Whether `rec` passes the name and time conditions (the entity is
+    /// chosen by the index a scan reads).
+    fn matches(&self, rec: &EventRecord, portal: &PortalRecord) -> bool {
+        if let Some(names) = self.events {
+            let name = rec.event_name(portal);
+            if !names.iter().any(|n| n.as_str() == name) {
+                return false;
+            }
+        }
+        if self.since.is_some_and(|s| rec.ts < s.secs()) {
+            return false;
+        }
+        if self.until.is_some_and(|u| rec.ts > u.secs()) {
+            return false;
+        }
+        true
+    }
+}
+
+/// Where a scan ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// Every candidate in range was looked at.
+    Exhausted,
+    /// The visitor stopped the scan at this seq.
+    Stopped(u64),
+    /// The budget ran out at this seq (looked at, or the lowest seq of a
+    /// span skipped): a continuation starts past it.
+    OutOfBudget(u64),
+}
+
+/// A matching event as a scan hands it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Found<'r> {
+    /// Its seq.
+    pub seq: u64,
+    /// The stored record.
+    pub record: &'r EventRecord,
+    /// Its duplicate counter.
+    pub duplicates: u32,
+}
+
+/// One scan's state: what it looks for, what it has looked at, and who
+/// gets the matches.
+struct Scan<'a, V> {
+    portal: &'a PortalRecord,
+    filter: &'a EventFilter<'a>,
+    looked: usize,
+    visit: V,
+}
+
+impl<V> Scan<'_, V>
+where
+    V: FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
+{
+    /// Looks at stored event `seq`; `Some` when the scan ends here.
+    fn look(&mut self, seq: u64, bytes: &[u8]) -> Result<Option<ScanEnd>, StoreError> {
+        let (record, duplicates) =
+            EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.looked += 1;
+        if self.filter.matches(&record, self.portal) {
+            let found = Found {
+                seq,
+                record: &record,
+                duplicates,
+            };
+            if (self.visit)(found)?.is_break() {
+                return Ok(Some(ScanEnd::Stopped(seq)));
+            }
+        }
+        Ok(self.spent(seq))
+    }
+
+    /// `Some` once the budget is spent, ending the scan at `seq`.
+    fn spent(&self, seq: u64) -> Option<ScanEnd> {
+        (self.looked >= SCAN_BUDGET).then_some(ScanEnd::OutOfBudget(seq))
+    }
+}
+
+/// The event a seq from the entity index names.
+fn indexed_event(reader: &Reader, portal: &PortalRecord, seq: u64) -> Result<Vec<u8>, StoreError> {
+    reader
+        .event(portal.ix, seq)?
+        .ok_or_else(|| StoreError::Corrupt(format!("entity index names missing event {seq}")))
+}
+
+/// Hands `visit` the events of `portal` that match `filter`, newest first,
+/// from seq `at_most` (clamped to the durable end) down, until `visit`
+/// breaks or the budget runs out. Reads one snapshot of the store.
+pub fn newest(
+    reader: &Reader,
+    portal: &PortalRecord,
+    filter: &EventFilter<'_>,
+    at_most: u64,
+    visit: impl FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<ScanEnd, StoreError> {
+    let reader = &reader.pinned()?;
+    let ix = portal.ix;
+    let start = at_most.min(portal.last_seq());
+    let mut scan = Scan {
+        portal,
+        filter,
+        looked: 0,
+        visit,
+    };
+    if start == 0 {
+        return Ok(ScanEnd::Exhausted);
+    }
+    if let Some(entity) = filter.entity_id {
+        for seq in reader
+            .entity(ix, entity.as_str(), portal.first_seq(), start)
+            .rev()
+        {
+            let seq = seq?;
+            if let Some(end) = scan.look(seq, &indexed_event(reader, portal, seq)?)? {
+                return Ok(end);
+            }
+        }
+    } else if filter.since.is_some() || filter.until.is_some() {
+        let (since, until) = (
+            filter.since.unwrap_or(Ts::MIN).secs(),
+            filter.until.unwrap_or(Ts::MAX).secs(),
+        );
+        // The open span's summary is in the portal record; full spans' are
+        // stored.
+        let open = portal.summary.filter(|s| s.span <= span_of(start)).map(Ok);
+        let stored = reader
+            .summaries_desc(ix, span_of(start))
+            .filter(|s| !matches!((s, &portal.summary), (Ok(s), Some(o)) if s.span == o.span));
+        for summary in open.into_iter().chain(stored) {
+            let summary = summary?;
+            let lo = (summary.span * SUMMARY_SPAN + 1).max(portal.first_seq());
+            let hi = ((summary.span + 1) * SUMMARY_SPAN).min(start);
+            scan.looked += 1;
+            if summary.max_ts < since || summary.min_ts > until {
+                if let Some(end) = scan.spent(lo) {
+                    return Ok(end);
+                }
+                continue;
+            }
+            for event in reader.events(ix, lo, hi).rev() {
+                let (seq, bytes) = event?;
+                if let Some(end) = scan.look(seq, &bytes)? {
+                    return Ok(end);
+                }
+            }
+        }
+    } else {
+        for event in reader.events(ix, portal.first_seq(), start).rev() {
+            let (seq, bytes) = event?;
+            if let Some(end) = scan.look(seq, &bytes)? {
+                return Ok(end);
+            }
+        }
+    }
+    Ok(ScanEnd::Exhausted)
+}
+
+/// Hands `visit` the events of `portal` that match `filter` with seq above
+/// `after`, oldest first, up to the durable end, until `visit` breaks or
+/// the budget runs out. Returns the highest seq looked at: where the next
+/// call continues. Reads one snapshot of the store.
+pub fn after(
+    reader: &Reader,
+    portal: &PortalRecord,
+    filter: &EventFilter<'_>,
+    after: u64,
+    visit: impl FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<u64, StoreError> {
+    let reader = &reader.pinned()?;
+    let ix = portal.ix;
+    let upper = portal.last_seq();
+    if after >= upper {
+        return Ok(after);
+    }
+    // Retention may have deleted the oldest events.
+    let from = (after + 1).max(portal.first_seq());
+    let mut scan = Scan {
+        portal,
+        filter,
+        looked: 0,
+        visit,
+    };
+    let end = |end: ScanEnd| match end {
+        ScanEnd::Stopped(seq) | ScanEnd::OutOfBudget(seq) => seq,
+        ScanEnd::Exhausted => upper,
+    };
+    if let Some(entity) = filter.entity_id {
+        for seq in reader.entity(ix, entity.as_str(), from, upper) {
+            let seq = seq?;
+            if let Some(stop) = scan.look(seq, &indexed_event(reader, portal, seq)?)? {
+                return Ok(end(stop));
+            }
+        }
+    } else {
+        for event in reader.events(ix, from, upper) {
+            let (seq, bytes) = event?;
+            if let Some(stop) = scan.look(seq, &bytes)? {
+                return Ok(end(stop));
+            }
+        }
+    }
+    // Everything up to the durable end was looked at.
+    Ok(upper)
+}

@@ -1,0 +1,236 @@
+//! Committing a batch: lay it out, make it durable, show it to readers,
+//! answer its waiters — and recover when a commit fails.
+//!
+//! Order matters: the writer's own view moves on only once the batch is
+//! durable (dedup and seqs of the next batch build on it), then readers
+//! see it, then waiters hear. A failed commit answers the whole batch 503
+//! and, unless nothing was touched, marks the engine for a reopen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::super::append::{AppendError, UnavailableCause};
+use super::super::directory::PortalDirectory;
+use super::super::layout;
+use super::super::record::{PortalIx, PortalRecord};
+use super::super::registration::Registration;
+use super::super::store::codec;
+use super::super::store::{CommitError, StoreError, WriteBatch};
+use super::{now_ms, Batch, Writer};
+
+impl Writer {
+    /// Commits through the store, remembering a failure: sled keeps the
+    /// first I/O error for the life of the database object, so after one the
+    /// engine is reopened (see [`Writer::recover`]) before the next commit.
+    pub(super) fn commit_store(&mut self, writes: WriteBatch) -> Result<(), CommitError> {
+        let result = self.store.commit(writes);
+        // A refusal for lack of space touched nothing: no reopen needed.
+        if result.is_err()
+            && !matches!(
+                result,
+                Err(CommitError::NotApplied(StoreError::DiskFull { .. }))
+            )
+        {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// After a failed commit (a full disk, say): reopen the engine and
+    /// rebuild the directory from what it recovered — a batch that failed
+    /// after being applied may or may not have reached the disk, so the
+    /// in-memory counters cannot be trusted. Until this succeeds every job
+    /// is answered 503; it is retried with every batch.
+    pub(super) fn recover(&mut self) {
+        if let Err(e) = self.store.reopen() {
+            tracing::warn!(error = %e, "journal still unavailable; will retry");
+            return;
+        }
+        let reader = self.store.reader();
+        let loaded = reader.portals().and_then(|portals| {
+            let regs = reader.registrations()?;
+            PortalDirectory::from_records(portals, regs)
+        });
+        match loaded {
+            Ok(dir) => {
+                self.directory = dir.clone();
+                *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
+                self.tails.forget_all();
+                self.broken = false;
+                self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                tracing::info!("journal reopened after a storage error; accepting events again");
+            }
+            Err(e) => tracing::error!(error = %e, "journal reopened but unreadable; will retry"),
+        }
+    }
+
+    /// Puts the batch's new and rewritten events into `writes`, laid out
+    /// as `pack` describes.
+    fn lay_out(&self, batch: &mut Batch, writes: &mut WriteBatch) -> Result<(), StoreError> {
+        let committed_last = |portal: PortalIx| {
+            self.directory
+                .portal(portal)
+                .map_or(0, PortalRecord::last_seq)
+        };
+        let mut fresh: HashMap<PortalIx, BTreeMap<u64, Vec<u8>>> = HashMap::new();
+        for p in &batch.new_events {
+            fresh
+                .entry(p.portal)
+                .or_default()
+                .insert(p.seq, p.record.to_bytes(p.duplicates));
+            if p.record.entity_id.is_none() {
+                writes.put_dedup(p.portal, &p.dedup, p.seq);
+            }
+        }
+        // Duplicate counters: a tail event is rewritten (or sealed) with the
+        // rest; one in a sealed block rewrites its block.
+        let mut blocks: BTreeMap<(PortalIx, u64), Vec<Vec<u8>>> = BTreeMap::new();
+        for ((portal, seq), bytes) in batch.rewritten.drain() {
+            if seq > codec::sealed_upto(committed_last(portal)) {
+                fresh.entry(portal).or_default().insert(seq, bytes);
+                continue;
+            }
+            let block = codec::event_block(seq);
+            let entries = match blocks.entry((portal, block)) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let raw = self.store.reader().block(portal, block)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("block {portal}/{block} vanished"))
+                    })?;
+                    v.insert(
+                        codec::decode_block(&raw)?
+                            .into_iter()
+                            .map(<[u8]>::to_vec)
+                            .collect(),
+                    )
+                }
+            };
+            // In range: decode_block checked the block has BLOCK_SPAN entries.
+            entries[((seq - 1) % codec::BLOCK_SPAN) as usize] = bytes;
+        }
+        for ((portal, block), entries) in blocks {
+            let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+            writes.put_block(portal, block, codec::encode_block(&refs));
+        }
+        for (portal, events) in fresh {
+            let rec = batch
+                .portals
+                .get(&portal)
+                .ok_or_else(|| StoreError::Corrupt(format!("portal {portal} not in batch")))?;
+            layout::lay_out(
+                writes,
+                self.store.reader(),
+                rec,
+                committed_last(portal),
+                events,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Commits the batch, then publishes it and answers every waiter; a
+    /// batch that cannot be committed is answered 503.
+    pub(super) fn commit(&mut self, mut batch: Batch) {
+        let mut writes = WriteBatch::default();
+        let laid_out = self.lay_out(&mut batch, &mut writes);
+        for (portal, summary) in &batch.sealed {
+            writes.put_summary(*portal, summary);
+        }
+        // The open span's summary lives in the portal record (queries read
+        // it from there); its `S` key is written once, when the span is full.
+        for rec in batch.portals.values() {
+            match self.directory.portal(rec.ix) {
+                Some(old) if !rec.tables_differ(old) => writes.put_portal_counters(rec),
+                _ => writes.put_portal(rec),
+            }
+        }
+        for reg in batch.registrations.values() {
+            writes.put_registration(reg);
+        }
+        if !batch.probes.is_empty() {
+            writes.put_health(now_ms());
+        }
+        let registrations: Vec<Registration> = batch.registrations.into_values().collect();
+        // In number order: new portals must be appended to the directory in
+        // the order their numbers were given.
+        let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
+        touched.sort_by_key(|rec| rec.ix);
+
+        if laid_out.is_ok() && writes.is_empty() {
+            // Only refused jobs (or nothing): no write to make durable.
+            for (reply, outcome) in batch.replies {
+                let _ = reply.send(outcome);
+            }
+            return;
+        }
+        let committed = laid_out
+            .map_err(CommitError::NotApplied)
+            .and_then(|()| self.store.commit_logged(writes));
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "journal batch not committed; answering 503");
+            // A refusal for lack of space touched nothing; anything else
+            // may have left sled's in-memory state half-changed, or the
+            // batch may or may not be durable: reopen before the next.
+            if !matches!(e, CommitError::NotApplied(StoreError::DiskFull { .. })) {
+                self.broken = true;
+            }
+            let cause = match e {
+                CommitError::NotApplied(e) | CommitError::NotDurable(e) => {
+                    UnavailableCause::Store(Arc::new(e))
+                }
+            };
+            for (reply, outcome) in batch.replies {
+                let _ = reply.send(outcome.and(Err(AppendError::Unavailable(cause.clone()))));
+            }
+            for probe in batch.probes {
+                let _ = probe.send(Err(AppendError::Unavailable(cause.clone())));
+            }
+            return;
+        }
+        // Durable: the writer's view moves on (dedup and seqs of the next
+        // batch build on it), then readers see it, then waiters hear.
+        self.tails.committed(
+            batch
+                .new_events
+                .iter()
+                .map(|p| (p.portal, p.seq, &p.record)),
+            &touched,
+        );
+        let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
+        for rec in touched {
+            self.directory.upsert(rec);
+        }
+        for reg in &registrations {
+            self.directory.set_registration(reg.clone());
+        }
+        self.publish(&ixs, registrations);
+        for (reply, outcome) in batch.replies {
+            // The handler may have gone (client disconnected).
+            let _ = reply.send(outcome);
+        }
+        for probe in batch.probes {
+            let _ = probe.send(Ok(()));
+        }
+    }
+
+    /// Shows durable state to readers and wakes live readers.
+    pub(super) fn publish(&self, ixs: &[PortalIx], registrations: Vec<Registration>) {
+        if ixs.is_empty() && registrations.is_empty() {
+            return;
+        }
+        {
+            // A poisoned lock means a reader panicked while holding it; the
+            // data (plain records) is still consistent, so keep going.
+            let mut shared = self.published.write().unwrap_or_else(|p| p.into_inner());
+            for &ix in ixs {
+                if let Some(rec) = self.directory.portal(ix) {
+                    shared.upsert(rec.clone());
+                }
+            }
+            for reg in registrations {
+                shared.set_registration(reg);
+            }
+        }
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}

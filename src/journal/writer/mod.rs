@@ -1,0 +1,323 @@
+//! The single writer: group commit with atomic dedup.
+//!
+//! One OS thread owns every append. Request handlers send it a [`Job`] with a
+//! reply channel; it takes whatever is queued (up to [`MAX_BATCH`]) and
+//! handles it in steps, one file each:
+//!
+//! - `stage`: each event is checked against the store and against the batch
+//!   itself for a duplicate (see `journal::dedup`), applies its registration
+//!   change, and takes the next per-portal seq;
+//! - `commit`: the batch is laid out (`pack`) and committed — one record in
+//!   the redo log, one fdatasync, then the writes into sled — and only then
+//!   shown to readers and answered; jobs that arrive meanwhile form the next
+//!   batch;
+//! - `erase` and `retain`: the two jobs that delete.
+//!
+//! Because only the writer reads and writes what dedup looks at, "check and
+//! append" is one atomic step without locks, and concurrent requests share
+//! one fsync.
+//!
+//! The writer's state and the batch it builds are defined here; each step
+//! adds its methods in its own file and this one names nothing of theirs,
+//! so the steps depend on it and never the other way round.
+
+mod commit;
+mod erase;
+mod retain;
+mod stage;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
+use super::dedup::key::DedupKey;
+use super::dedup::TailCache;
+use super::directory::PortalDirectory;
+use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use super::registration::Registration;
+use super::retention::RetentionPolicy;
+use super::store::{Store, StoreError};
+
+/// Most jobs committed together. Bounds the latency one batch adds and the
+/// memory it holds.
+pub const MAX_BATCH: usize = 1024;
+
+/// Where the writer answers one append.
+type AppendReply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+/// Work for the writer.
+pub(super) enum Job {
+    /// Journal one event.
+    Append {
+        event: Box<NewEvent>,
+        reply: AppendReply,
+    },
+    /// Prove the journal takes a durable write.
+    Probe {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Erase one portal completely.
+    Erase {
+        member_id: String,
+        reply: oneshot::Sender<Result<Option<u64>, AppendError>>,
+    },
+    /// Delete what the retention policy no longer keeps (bounded).
+    Retain {
+        policy: RetentionPolicy,
+        budget: usize,
+        reply: oneshot::Sender<Result<u64, AppendError>>,
+    },
+    /// Commit what came before, then stop.
+    Shutdown,
+}
+
+/// A new event waiting in the current batch.
+struct Pending {
+    portal: PortalIx,
+    seq: u64,
+    dedup: DedupKey,
+    record: EventRecord,
+    duplicates: u32,
+}
+
+/// Everything one batch changes, kept apart from the writer's committed
+/// state until the batch is applied.
+#[derive(Default)]
+struct Batch {
+    /// Working copies of the portals this batch changes.
+    portals: HashMap<PortalIx, PortalRecord>,
+    /// Portals created in this batch, by member id.
+    new_members: HashMap<String, PortalIx>,
+    new_events: Vec<Pending>,
+    /// Dedup keys taken in this batch → index in `new_events`.
+    taken: HashMap<(PortalIx, DedupKey), usize>,
+    /// Summary spans this batch completes.
+    sealed: Vec<(PortalIx, SpanSummary)>,
+    /// Domains first claimed in this batch, by portal.
+    domains: HashMap<String, PortalIx>,
+    /// Registrations this batch changes.
+    registrations: HashMap<String, Registration>,
+    /// Stored events whose duplicate counter this batch bumps.
+    rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
+    /// Each waiter with the answer it gets if the batch commits.
+    replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
+    /// Probes answered once the batch is durable.
+    probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    store: Store,
+    /// Portals as committed (applied) in the store.
+    directory: PortalDirectory,
+    /// What readers see: only portals whose state is known durable.
+    published: Arc<RwLock<PortalDirectory>>,
+    /// Bumped after every durable commit, waking live readers.
+    commits: watch::Sender<u64>,
+    /// A commit failed: the engine must be reopened before the next one.
+    broken: bool,
+    /// Per portal, its unsealed tail as deduplication needs it.
+    tails: TailCache,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// "Not stored, try later" for a storage failure.
+fn unavailable(e: StoreError) -> AppendError {
+    AppendError::Unavailable(UnavailableCause::Store(Arc::new(e)))
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Store,
+        directory: PortalDirectory,
+        published: Arc<RwLock<PortalDirectory>>,
+        commits: watch::Sender<u64>,
+    ) -> Self {
+        Writer {
+            store,
+            directory,
+            published,
+            commits,
+            broken: false,
+            tails: TailCache::default(),
+        }
+    }
+
+    /// Runs until a [`Job::Shutdown`] or until every sender is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut stop = false;
+        // Jobs in the last batch (see `SPIN_US`).
+        let mut last_batch = 0;
+        while !stop {
+            let next = if last_batch <= SPIN_BATCH_MAX {
+                spin_recv(&mut rx)
+            } else {
+                rx.blocking_recv()
+            };
+            match next {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            crate::metrics::metrics()
+                .batch_size
+                .observe(jobs.len() as f64);
+            last_batch = jobs.len();
+            stop = self.process(&mut jobs);
+        }
+        // Refuse whatever is still queued, so no handler waits forever.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            refuse(job);
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
+        tracing::info!("journal writer stopped");
+    }
+
+    /// Commits one batch of jobs; returns whether a shutdown was requested.
+    fn process(&mut self, jobs: &mut Vec<Job>) -> bool {
+        if self.broken {
+            self.recover();
+        }
+        let mut batch = Batch::default();
+        let mut stop = false;
+        for job in jobs.drain(..) {
+            match job {
+                Job::Append { event, reply } => {
+                    let outcome = self.stage(&mut batch, *event);
+                    batch.replies.push((reply, outcome));
+                }
+                Job::Probe { reply } => batch.probes.push(reply),
+                Job::Erase { member_id, reply } => {
+                    // Commit what came before, so the erase sees it.
+                    self.commit(std::mem::take(&mut batch));
+                    let _ = reply.send(self.erase(&member_id));
+                }
+                Job::Retain {
+                    policy,
+                    budget,
+                    reply,
+                } => {
+                    self.commit(std::mem::take(&mut batch));
+                    let _ = reply.send(self.retain(policy, budget));
+                }
+                Job::Shutdown => stop = true,
+            }
+        }
+        self.commit(batch);
+        if !stop && !self.broken && self.store.snapshot_due() {
+            self.refresh_snapshot();
+        }
+        stop
+    }
+
+    /// Reopens the engine so that sled writes a fresh page-table snapshot
+    /// (see [`Store::snapshot_due`]); readers and appends wait meanwhile.
+    /// The directory and the tails stay valid: every logged batch is
+    /// applied, and the reopened engine holds exactly what the old one did.
+    fn refresh_snapshot(&mut self) {
+        let started = Instant::now();
+        match self.store.refresh_snapshot() {
+            Ok(true) => tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "journal reopened so that sled writes a fresh snapshot"
+            ),
+            // A backup is running: tried again after the next batch.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reopen the journal for a fresh snapshot");
+                // Closed and not reopened: recover before the next commit.
+                self.broken = !self.store.is_open();
+            }
+        }
+    }
+}
+
+/// How long the writer polls its queue after a batch of at most
+/// [`SPIN_BATCH_MAX`] jobs before it goes to sleep: a lone sender's next
+/// event usually comes this soon, and waking a sleeping writer costs more
+/// latency than polling costs CPU (docs/perf-notes-journal.md, `SPIN_US`).
+const SPIN_US: u64 = 200;
+
+/// Polling only follows batches this small: under load the queue is rarely
+/// empty, and a spinning writer would take a core from the HTTP workers.
+const SPIN_BATCH_MAX: usize = 1;
+
+/// Waits for the next job: polls for [`SPIN_US`] before sleeping.
+fn spin_recv(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    let until = Instant::now() + Duration::from_micros(SPIN_US);
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if Instant::now() >= until {
+            return rx.blocking_recv();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Answers a job the stopping writer will not run.
+fn refuse(job: Job) {
+    let err = || AppendError::Unavailable(UnavailableCause::ShuttingDown);
+    match job {
+        Job::Append { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Probe { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Erase { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Retain { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::Shutdown => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_recv_takes_a_job_that_comes_after_the_poll_and_ends_with_the_senders() {
+        let (tx, mut rx) = mpsc::channel::<Job>(4);
+        let sender = std::thread::spawn(move || {
+            // Well past the poll: the writer must be asleep and still wake.
+            std::thread::sleep(std::time::Duration::from_micros(SPIN_US * 20));
+            tx.blocking_send(Job::Shutdown).map_err(|_| "send").unwrap();
+            // `tx` dropped here.
+        });
+        assert!(matches!(spin_recv(&mut rx), Some(Job::Shutdown)));
+        sender.join().unwrap();
+        assert!(spin_recv(&mut rx).is_none(), "no senders left: None");
+    }
+
+    #[test]
+    fn spin_recv_takes_a_queued_job_at_once() {
+        let (tx, mut rx) = mpsc::channel::<Job>(4);
+        tx.try_send(Job::Shutdown).map_err(|_| "send").unwrap();
+        assert!(matches!(spin_recv(&mut rx), Some(Job::Shutdown)));
+    }
+}
