@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_b24-journal");
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 pub const READ_TOKEN: &str = "rd-Kq7Vx2Lm9Pz4Tn8Wc3Yb6";
 /// Distinctive OAuth values placed in every generated event so that leak
