@@ -43,7 +43,7 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
         before.push((portal.member.to_string(), id));
     }
     // Duplicates count too.
-    TestServer::expect_duplicate(
+    expect_duplicate(
         &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYUPDATE", Some("0"), T).form())
             .await,
     );
@@ -287,7 +287,7 @@ async fn metrics_count_what_happened() {
         ))
         .await;
     }
-    TestServer::expect_duplicate(
+    expect_duplicate(
         &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T).form())
             .await,
     );

@@ -18,7 +18,7 @@ async fn duplicate_returns_original_id_and_seq_and_counts() {
     assert_eq!(seq, 1);
     for n in 1..=3 {
         let r = s.post_form(&ev.form()).await;
-        let (did, dseq) = TestServer::expect_duplicate(&r);
+        let (did, dseq) = expect_duplicate(&r);
         assert_eq!(did, id, "duplicate #{n} must carry the original id");
         assert_eq!(dseq, seq, "duplicate #{n} must carry the original seq");
         let events = s.all_events(P1.member).await;
@@ -85,7 +85,7 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     ));
     for (what, body, ct) in &same_key {
         let r = s.post_raw_ct(Some(ct), body.clone()).await;
-        let (did, dseq) = TestServer::expect_duplicate(&r);
+        let (did, dseq) = expect_duplicate(&r);
         assert_eq!((did.as_str(), dseq), (id.as_str(), seq), "{what}");
     }
 
@@ -116,13 +116,13 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     ));
     for (what, ev) in &new_events {
         let r = s.post_form(&ev.form()).await;
-        let (nid, _) = TestServer::expect_stored(&r);
+        let (nid, _) = expect_stored(&r);
         assert_ne!(nid, id, "{what}");
     }
     let same_task = EventSpec::new(P1, "ONTASKUPDATE", None, 1700000000)
         .with("data[FIELDS_BEFORE]", "undefined")
         .with("data[FIELDS_AFTER][ID]", "200");
-    TestServer::expect_duplicate(&s.post_form(&same_task.form()).await);
+    expect_duplicate(&s.post_form(&same_task.form()).await);
 
     let p1 = s.all_events(P1.member).await;
     assert_eq!(p1.len(), 5, "original + other ts/event/entity/task");
@@ -147,7 +147,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
     // No data at all.
     let nodata = EventSpec::new(P1, "ONAPPTEST", None, 1700000000);
     let (nid, _) = s.store(&nodata).await;
-    let (did, _) = TestServer::expect_duplicate(&s.post_form(&nodata.form()).await);
+    let (did, _) = expect_duplicate(&s.post_form(&nodata.form()).await);
     assert_eq!(did, nid);
 
     // Same data, keys in another order (form and JSON): duplicate.
@@ -162,7 +162,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
         .with("data[CONNECTOR]", "telegrambot")
         .with("data[OPTS][X]", "1")
         .with("data[LINE]", "3");
-    let (did, _) = TestServer::expect_duplicate(&s.post_form(&ba.form()).await);
+    let (did, _) = expect_duplicate(&s.post_form(&ba.form()).await);
     assert_eq!(did, abid, "reordered form keys");
     let json_body = json!({
         "event": "ONIMCONNECTORSTATUS",
@@ -170,7 +170,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
         "data": {"OPTS": {"Y": "2", "X": "1"}, "LINE": "3", "CONNECTOR": "telegrambot"},
         "auth": short_auth_json(P1),
     });
-    let (did, _) = TestServer::expect_duplicate(&s.post_json(&json_body).await);
+    let (did, _) = expect_duplicate(&s.post_json(&json_body).await);
     assert_eq!(did, abid, "reordered JSON keys");
 
     // Different data: new events.

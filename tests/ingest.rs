@@ -70,7 +70,7 @@ async fn fixture_contact_add_app_form_is_stored_with_every_field() {
     let mut s = TestServer::start(dir.path(), &[]);
     let before = now_unix();
     let r = s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_uuid_v7(&id);
     assert_eq!(seq, 1, "first event of a portal has seq 1");
 
@@ -132,7 +132,7 @@ async fn fixture_activity_update_app_form_without_handler_id() {
     let mut s = TestServer::start(dir.path(), &[]);
     let before = now_unix();
     let r = s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_eq!(seq, 1);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
@@ -158,7 +158,7 @@ async fn fixture_docs_json_lower_case_event_is_stored_upper_cased() {
     let before = now_unix();
     let body = fixture("onCrmActivityUpdate-docs.json");
     let r = s.post_raw_ct(Some(JSON_CT), body).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_eq!(seq, 1);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
@@ -189,7 +189,7 @@ async fn fixture_activity_delete_webhook_short_auth() {
     let r = s
         .post_form(&fixture("ONCRMACTIVITYDELETE-webhook.form"))
         .await;
-    let (id, _) = TestServer::expect_stored(&r);
+    let (id, _) = expect_stored(&r);
     let events = s.all_events("some-domain.bitrix24.com").await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
@@ -220,19 +220,18 @@ async fn all_fixtures_together_form_and_docs_json_deduplicate() {
     let dir = tempdir();
     let mut s = TestServer::start(dir.path(), &[]);
     let (upd_id, upd_seq) =
-        TestServer::expect_stored(&s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await);
+        expect_stored(&s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await);
     let dup = s
         .post_raw_ct(Some(JSON_CT), fixture("onCrmActivityUpdate-docs.json"))
         .await;
-    let (dup_id, dup_seq) = TestServer::expect_duplicate(&dup);
+    let (dup_id, dup_seq) = expect_duplicate(&dup);
     assert_eq!((dup_id.as_str(), dup_seq), (upd_id.as_str(), upd_seq));
-    let (_, del_seq) = TestServer::expect_stored(
+    let (_, del_seq) = expect_stored(
         &s.post_form(&fixture("ONCRMACTIVITYDELETE-webhook.form"))
             .await,
     );
     assert_eq!(del_seq, upd_seq + 1);
-    let (_, add_seq) =
-        TestServer::expect_stored(&s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await);
+    let (_, add_seq) = expect_stored(&s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await);
     assert_eq!(add_seq, 1, "seq is per portal");
 
     let p1 = s.all_events(P1.member).await;
@@ -273,7 +272,7 @@ async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
             Style::Php | Style::RawBrackets => assert!(body.contains("Call+back")),
             _ => assert!(body.contains("Call%20back")),
         }
-        let (id, _) = TestServer::expect_stored(&s.post_form(&body).await);
+        let (id, _) = expect_stored(&s.post_form(&body).await);
         posted.push((id, entity, *style));
     }
     // charset parameter on the content type is accepted too.
@@ -286,7 +285,7 @@ async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
             ev.form(),
         )
         .await;
-    let (id, _) = TestServer::expect_stored(&r);
+    let (id, _) = expect_stored(&r);
     posted.push((id, "600".into(), Style::Php));
 
     let events = s.all_events(P1.member).await;
@@ -327,7 +326,7 @@ async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
         "ts": 1700000100,
         "auth": short_auth_json(P1),
     });
-    let (id_int, _) = TestServer::expect_stored(&s.post_json(&body).await);
+    let (id_int, _) = expect_stored(&s.post_json(&body).await);
 
     let body2 = json!({
         "event": "ONCRMDEALADD",
@@ -341,7 +340,7 @@ async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
             serde_json::to_vec(&body2).unwrap(),
         )
         .await;
-    let (id_str, _) = TestServer::expect_stored(&r);
+    let (id_str, _) = expect_stored(&r);
 
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 2);
@@ -481,7 +480,7 @@ async fn body_of_exactly_64_kib_is_accepted() {
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("64"), 1700000000);
     let body = padded_form(&ev, MAX_BODY);
     let r = s.post_form(&body).await;
-    TestServer::expect_stored(&r);
+    expect_stored(&r);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
     let pad = events[0]["data"]["PAD"].as_str().expect("PAD kept");
@@ -540,7 +539,7 @@ async fn portals_listing_counts_events_and_duplicates() {
     // Two duplicates of the first one.
     let dup = EventSpec::new(P1, "ONCRMDEALADD", Some("0"), 1700000000);
     for _ in 0..2 {
-        TestServer::expect_duplicate(&s.post_form(&dup.form()).await);
+        expect_duplicate(&s.post_form(&dup.form()).await);
     }
     s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await;
 

@@ -86,7 +86,7 @@ async fn install_accept_uninstall_refuse_reinstall_and_restart() {
     r.assert_error(401, "auth[application_token]", "wrong token after install");
 
     // A repeated install with the same token is harmless.
-    TestServer::expect_duplicate(&s.post_form(&install(N1, N1.token, T + 1).form()).await);
+    expect_duplicate(&s.post_form(&install(N1, N1.token, T + 1).form()).await);
     s.store(&install(N1, N1.token, T + 4)).await;
     s.store(&activity(N1, N1.token, "12", T + 5)).await;
 
