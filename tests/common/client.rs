@@ -1,7 +1,8 @@
-//! The HTTP side of every test: one [`Client`] per server, which the
-//! harness holds and dereferences to, so a test body calls `s.get(…)`,
-//! `s.store(…)`, `s.walk(…)` directly. Answers come back as [`Resp`]; every
-//! body received is kept for the leak checks.
+//! The HTTP side of every test, whichever harness started the server: one
+//! [`Client`] that both `TestServer` (the real binary) and `TestApp` (the
+//! application in-process) hold and dereference to, so a test body reads the
+//! same under either. Answers come back as [`Resp`]; every body received is
+//! kept for the leak checks.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
