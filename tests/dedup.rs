@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_returns_original_id_and_seq_and_counts() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("100"), 1700000000);
     let (id, seq) = s.store(&ev).await;
     assert_eq!(seq, 1);
@@ -38,13 +38,13 @@ async fn duplicate_returns_original_id_and_seq_and_counts() {
     let p1 = s.portal_entry(P1.member).await.expect("P1 listed");
     assert_eq!(p1["events"], 2);
     assert_eq!(p1["duplicates"], 3);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dedup_key_is_member_event_entity_and_ts() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let orig = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("200"), 1700000000)
         .with("data[FIELDS][TITLE]", "first");
     let (id, seq) = s.store(&orig).await;
@@ -136,13 +136,13 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     assert_eq!(p2.len(), 1);
     assert_eq!(p2[0]["seq"], 1);
     assert_eq!(p2[0]["duplicates"], 0);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_entity_id_dedup_uses_canonical_data() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
 
     // No data at all.
     let nodata = EventSpec::new(P1, "ONAPPTEST", None, 1700000000);
@@ -203,7 +203,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
     assert_eq!(dups[&nid], 1);
     assert_eq!(dups[&abid], 2);
     assert_eq!(dups[&oid], 0);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,7 +211,7 @@ async fn concurrent_duplicates_store_each_event_exactly_once() {
     const TASKS: usize = 32;
     const EVENTS: usize = 50;
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let bodies: Vec<String> = (0..EVENTS)
         .map(|i| {
             // Mix entity-keyed and data-keyed events.
@@ -306,7 +306,7 @@ async fn concurrent_duplicates_store_each_event_exactly_once() {
     let p1 = s.portal_entry(P1.member).await.unwrap();
     assert_eq!(p1["events"], EVENTS);
     assert_eq!(p1["duplicates"], EVENTS * (TASKS - 1));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -407,7 +407,7 @@ async fn first_events_of_many_portals_at_once() {
         extra.push(format!("{}={}", members[i], tokens[i]));
     }
     let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut s = TestServer::start(dir.path(), &extra_ref);
+    let s = spawn_app(dir.path(), &extra_ref).await;
 
     let body = |i: usize, n: u64| {
         json!({
@@ -457,5 +457,5 @@ async fn first_events_of_many_portals_at_once() {
         assert_eq!(seqs(&ev), vec![2, 1], "portal {i}");
         assert!(ev.iter().all(|e| e["member_id"] == members[i].as_str()));
     }
-    s.stop();
+    s.stop().await;
 }
