@@ -82,13 +82,14 @@ pub async fn try_spawn_app(args: Vec<String>) -> Result<TestApp, String> {
     let http = Client::new(addr.ip().to_string(), addr.port());
     // The journal opens before the accept loop starts: the first answer
     // means the service is up, as the binary's `listening on` line does.
-    let first = http.client.get(http.url("/healthz")).send();
+    // The static document changes no state (`/healthz` commits a probe).
+    let first = http.client.get(http.url("/openapi.json")).send();
     tokio::select! {
         ended = &mut serving => return Err(format!("b24-journal {args:?} stopped before it served: {}", outcome(ended))),
         answered = first => if let Err(e) = answered {
             let ended = tokio::time::timeout(Duration::from_secs(5), &mut serving).await;
             let why = ended.map_or_else(|_| "still running".to_string(), outcome);
-            return Err(format!("b24-journal {args:?} did not answer /healthz ({e}); serve: {why}"));
+            return Err(format!("b24-journal {args:?} did not answer /openapi.json ({e}); serve: {why}"));
         },
     }
     Ok(TestApp {
