@@ -30,7 +30,7 @@ LUA
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 # The streamed portal must exist; it then stays idle.
 curl -sf -XPOST -H 'Content-Type: application/x-www-form-urlencoded' \
-  --data-binary @../shared/fixtures/ONCRMCONTACTADD-app.form "http://127.0.0.1:$port/v1/bitrix24/events" >/dev/null
+  --data-binary @tests/fixtures/ONCRMCONTACTADD-app.form "http://127.0.0.1:$port/v1/bitrix24/events" >/dev/null
 rate() { wrk -t1 -c64 -d10s -s "$work/post.lua" "http://127.0.0.1:$port/" | awk '/Non-2xx/ {bad=$NF} /Requests\/sec/ {r=$2} END {print r " events/s" (bad ? " (non-2xx: " bad ")" : "")}'; }
 echo "no streams:        $(rate)"
 for _ in $(seq "$n"); do

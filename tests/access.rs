@@ -13,7 +13,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_portal_cannot_take_over_another_portals_domain() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let (p2_id, _) = s
         .store(&EventSpec::new(
             P2,
@@ -61,5 +61,5 @@ async fn a_portal_cannot_take_over_another_portals_domain() {
     assert_eq!(p2["events"], 1);
     // Nothing was written to P2.
     assert_eq!(s.count(P2.member).await, 1);
-    s.stop();
+    s.stop().await;
 }

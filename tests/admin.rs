@@ -28,7 +28,7 @@ fn cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event() {
     let dir = tempdir();
-    let mut s = TestServer::spawn(admin_args(dir.path()), &[("RUST_LOG", "info")]);
+    let s = spawn_app_with(admin_args(dir.path())).await;
     let mut before: Vec<(String, String)> = Vec::new();
     for i in 0..300u64 {
         let portal = [P1, P2, P3][(i % 3) as usize];
@@ -43,7 +43,7 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
         before.push((portal.member.to_string(), id));
     }
     // Duplicates count too.
-    TestServer::expect_duplicate(
+    expect_duplicate(
         &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYUPDATE", Some("0"), T).form())
             .await,
     );
@@ -117,13 +117,13 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
         )
         .await;
     r.assert_error(401, "admin token", "read token on the admin API");
-    s.stop();
+    s.stop().await;
 
     // The copy verifies and serves everything acknowledged before it began.
     let (ok, out) = cli(&["verify", "--data-dir", &target_s], &[]);
     assert!(ok, "verify failed: {out}");
     assert!(out.contains("\"problem_count\": 0"), "{out}");
-    let mut b = TestServer::start(&target, &[]);
+    let b = spawn_app(&target, &[]).await;
     let mut have: HashSet<(String, String)> = HashSet::new();
     for p in [P1, P2, P3] {
         for e in b.all_events(p.member).await {
@@ -138,7 +138,7 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
     }
     let p1 = b.portal_entry(P1.member).await.unwrap();
     assert_eq!(p1["duplicates"], 1, "{p1}");
-    b.stop();
+    b.stop().await;
     // The live directory verifies too.
     let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(ok, "verify of the live dir failed: {out}");
@@ -147,7 +147,7 @@ async fn online_backup_under_load_verifies_and_serves_every_acknowledged_event()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn erase_portal_removes_everything_and_it_can_start_over() {
     let dir = tempdir();
-    let mut s = TestServer::spawn(admin_args(dir.path()), &[]);
+    let s = spawn_app_with(admin_args(dir.path())).await;
     for i in 0..40u64 {
         s.store(&EventSpec::new(
             P1,
@@ -197,7 +197,7 @@ async fn erase_portal_removes_everything_and_it_can_start_over() {
         .store(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T))
         .await;
     assert_eq!(seq, 1);
-    s.stop();
+    s.stop().await;
     let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(ok, "verify after erase: {out}");
 }
@@ -287,7 +287,7 @@ async fn metrics_count_what_happened() {
         ))
         .await;
     }
-    TestServer::expect_duplicate(
+    expect_duplicate(
         &s.post_form(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("0"), T).form())
             .await,
     );
@@ -341,7 +341,7 @@ async fn retention_keeps_the_newest_events_per_portal() {
             .iter()
             .map(|s| s.to_string()),
     );
-    let mut s = TestServer::spawn(args, &[]);
+    let s = spawn_app_with(args).await;
     let mut ids = Vec::new();
     for i in 0..300u64 {
         let (id, _) = s
@@ -437,7 +437,7 @@ async fn retention_keeps_the_newest_events_per_portal() {
         want,
         "entity index after sealing a trimmed block"
     );
-    s.stop();
+    s.stop().await;
     let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(ok, "verify after retention: {out}");
 }

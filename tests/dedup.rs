@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_returns_original_id_and_seq_and_counts() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("100"), 1700000000);
     let (id, seq) = s.store(&ev).await;
     assert_eq!(seq, 1);
     for n in 1..=3 {
         let r = s.post_form(&ev.form()).await;
-        let (did, dseq) = TestServer::expect_duplicate(&r);
+        let (did, dseq) = expect_duplicate(&r);
         assert_eq!(did, id, "duplicate #{n} must carry the original id");
         assert_eq!(dseq, seq, "duplicate #{n} must carry the original seq");
         let events = s.all_events(P1.member).await;
@@ -38,13 +38,13 @@ async fn duplicate_returns_original_id_and_seq_and_counts() {
     let p1 = s.portal_entry(P1.member).await.expect("P1 listed");
     assert_eq!(p1["events"], 2);
     assert_eq!(p1["duplicates"], 3);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dedup_key_is_member_event_entity_and_ts() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let orig = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("200"), 1700000000)
         .with("data[FIELDS][TITLE]", "first");
     let (id, seq) = s.store(&orig).await;
@@ -85,7 +85,7 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     ));
     for (what, body, ct) in &same_key {
         let r = s.post_raw_ct(Some(ct), body.clone()).await;
-        let (did, dseq) = TestServer::expect_duplicate(&r);
+        let (did, dseq) = expect_duplicate(&r);
         assert_eq!((did.as_str(), dseq), (id.as_str(), seq), "{what}");
     }
 
@@ -116,13 +116,13 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     ));
     for (what, ev) in &new_events {
         let r = s.post_form(&ev.form()).await;
-        let (nid, _) = TestServer::expect_stored(&r);
+        let (nid, _) = expect_stored(&r);
         assert_ne!(nid, id, "{what}");
     }
     let same_task = EventSpec::new(P1, "ONTASKUPDATE", None, 1700000000)
         .with("data[FIELDS_BEFORE]", "undefined")
         .with("data[FIELDS_AFTER][ID]", "200");
-    TestServer::expect_duplicate(&s.post_form(&same_task.form()).await);
+    expect_duplicate(&s.post_form(&same_task.form()).await);
 
     let p1 = s.all_events(P1.member).await;
     assert_eq!(p1.len(), 5, "original + other ts/event/entity/task");
@@ -136,18 +136,18 @@ async fn dedup_key_is_member_event_entity_and_ts() {
     assert_eq!(p2.len(), 1);
     assert_eq!(p2[0]["seq"], 1);
     assert_eq!(p2[0]["duplicates"], 0);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_entity_id_dedup_uses_canonical_data() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
 
     // No data at all.
     let nodata = EventSpec::new(P1, "ONAPPTEST", None, 1700000000);
     let (nid, _) = s.store(&nodata).await;
-    let (did, _) = TestServer::expect_duplicate(&s.post_form(&nodata.form()).await);
+    let (did, _) = expect_duplicate(&s.post_form(&nodata.form()).await);
     assert_eq!(did, nid);
 
     // Same data, keys in another order (form and JSON): duplicate.
@@ -162,7 +162,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
         .with("data[CONNECTOR]", "telegrambot")
         .with("data[OPTS][X]", "1")
         .with("data[LINE]", "3");
-    let (did, _) = TestServer::expect_duplicate(&s.post_form(&ba.form()).await);
+    let (did, _) = expect_duplicate(&s.post_form(&ba.form()).await);
     assert_eq!(did, abid, "reordered form keys");
     let json_body = json!({
         "event": "ONIMCONNECTORSTATUS",
@@ -170,7 +170,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
         "data": {"OPTS": {"Y": "2", "X": "1"}, "LINE": "3", "CONNECTOR": "telegrambot"},
         "auth": short_auth_json(P1),
     });
-    let (did, _) = TestServer::expect_duplicate(&s.post_json(&json_body).await);
+    let (did, _) = expect_duplicate(&s.post_json(&json_body).await);
     assert_eq!(did, abid, "reordered JSON keys");
 
     // Different data: new events.
@@ -203,7 +203,7 @@ async fn without_entity_id_dedup_uses_canonical_data() {
     assert_eq!(dups[&nid], 1);
     assert_eq!(dups[&abid], 2);
     assert_eq!(dups[&oid], 0);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,7 +211,7 @@ async fn concurrent_duplicates_store_each_event_exactly_once() {
     const TASKS: usize = 32;
     const EVENTS: usize = 50;
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let bodies: Vec<String> = (0..EVENTS)
         .map(|i| {
             // Mix entity-keyed and data-keyed events.
@@ -306,7 +306,7 @@ async fn concurrent_duplicates_store_each_event_exactly_once() {
     let p1 = s.portal_entry(P1.member).await.unwrap();
     assert_eq!(p1["events"], EVENTS);
     assert_eq!(p1["duplicates"], EVENTS * (TASKS - 1));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -407,7 +407,7 @@ async fn first_events_of_many_portals_at_once() {
         extra.push(format!("{}={}", members[i], tokens[i]));
     }
     let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut s = TestServer::start(dir.path(), &extra_ref);
+    let s = spawn_app(dir.path(), &extra_ref).await;
 
     let body = |i: usize, n: u64| {
         json!({
@@ -457,5 +457,5 @@ async fn first_events_of_many_portals_at_once() {
         assert_eq!(seqs(&ev), vec![2, 1], "portal {i}");
         assert!(ev.iter().all(|e| e["member_id"] == members[i].as_str()));
     }
-    s.stop();
+    s.stop().await;
 }

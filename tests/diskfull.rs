@@ -175,7 +175,7 @@ async fn fill_up(fs: &SmallFs) -> Full {
     let mut acked = Vec::new();
     for i in 0..50 {
         let r = s.post_form(&body(i)).await;
-        acked.push(TestServer::expect_stored(&r));
+        acked.push(expect_stored(&r));
     }
 
     // Fill the file system, then keep posting until ingest refuses.
@@ -266,7 +266,7 @@ async fn disk_full_is_503_reads_work_and_nothing_acknowledged_is_lost() {
     let mut s = TestServer::spawn(default_args(&data), &[("RUST_LOG", "info")]);
     assert_acked_listed(&s, &acked, "after restart").await;
     let r = s.post_form(&body(next)).await;
-    acked.push(TestServer::expect_stored(&r));
+    acked.push(expect_stored(&r));
     let h = s.get_auth("/healthz", &[], None).await;
     assert_eq!(h.status, 200, "{}", h.text);
     assert_acked_listed(&s, &acked, "after restart and a new event").await;

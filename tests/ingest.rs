@@ -67,10 +67,10 @@ fn check_event_shape(e: &Value, before: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fixture_contact_add_app_form_is_stored_with_every_field() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let before = now_unix();
     let r = s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_uuid_v7(&id);
     assert_eq!(seq, 1, "first event of a portal has seq 1");
 
@@ -111,7 +111,7 @@ async fn fixture_contact_add_app_form_is_stored_with_every_field() {
     assert_eq!(r.status, 200, "P1: {}", r.text);
     assert_eq!(r.json()["events"], json!([]), "P1 must hold no events");
     assert_eq!(r.json()["next_cursor"], Value::Null);
-    s.stop();
+    s.stop().await;
 }
 
 fn activity_update_auth() -> Value {
@@ -129,10 +129,10 @@ fn activity_update_auth() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fixture_activity_update_app_form_without_handler_id() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let before = now_unix();
     let r = s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_eq!(seq, 1);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
@@ -148,17 +148,17 @@ async fn fixture_activity_update_app_form_without_handler_id() {
     assert_eq!(e["event_handler_id"], Value::Null);
     assert_eq!(e["data"], json!({"FIELDS": {"ID": "999"}}));
     assert_eq!(e["auth"], activity_update_auth());
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fixture_docs_json_lower_case_event_is_stored_upper_cased() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let before = now_unix();
     let body = fixture("onCrmActivityUpdate-docs.json");
     let r = s.post_raw_ct(Some(JSON_CT), body).await;
-    let (id, seq) = TestServer::expect_stored(&r);
+    let (id, seq) = expect_stored(&r);
     assert_eq!(seq, 1);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
@@ -178,18 +178,18 @@ async fn fixture_docs_json_lower_case_event_is_stored_upper_cased() {
     // The event filter matches it whatever the case used in the query.
     let (f, _) = s.page(P1.member, &[("event", "onCrmActivityUpdate")]).await;
     assert_eq!(ids(&f), vec![id]);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fixture_activity_delete_webhook_short_auth() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let before = now_unix();
     let r = s
         .post_form(&fixture("ONCRMACTIVITYDELETE-webhook.form"))
         .await;
-    let (id, _) = TestServer::expect_stored(&r);
+    let (id, _) = expect_stored(&r);
     let events = s.all_events("some-domain.bitrix24.com").await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
@@ -210,7 +210,7 @@ async fn fixture_activity_delete_webhook_short_auth() {
             "member_id": "a223c6b3710f85df22e9377d6c4f7553",
         })
     );
-    s.stop();
+    s.stop().await;
 }
 
 /// The docs JSON and the app form are the same delivery in two encodings:
@@ -218,21 +218,20 @@ async fn fixture_activity_delete_webhook_short_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_fixtures_together_form_and_docs_json_deduplicate() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let (upd_id, upd_seq) =
-        TestServer::expect_stored(&s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await);
+        expect_stored(&s.post_form(&fixture("ONCRMACTIVITYUPDATE-app.form")).await);
     let dup = s
         .post_raw_ct(Some(JSON_CT), fixture("onCrmActivityUpdate-docs.json"))
         .await;
-    let (dup_id, dup_seq) = TestServer::expect_duplicate(&dup);
+    let (dup_id, dup_seq) = expect_duplicate(&dup);
     assert_eq!((dup_id.as_str(), dup_seq), (upd_id.as_str(), upd_seq));
-    let (_, del_seq) = TestServer::expect_stored(
+    let (_, del_seq) = expect_stored(
         &s.post_form(&fixture("ONCRMACTIVITYDELETE-webhook.form"))
             .await,
     );
     assert_eq!(del_seq, upd_seq + 1);
-    let (_, add_seq) =
-        TestServer::expect_stored(&s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await);
+    let (_, add_seq) = expect_stored(&s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await);
     assert_eq!(add_seq, 1, "seq is per portal");
 
     let p1 = s.all_events(P1.member).await;
@@ -242,13 +241,13 @@ async fn all_fixtures_together_form_and_docs_json_deduplicate() {
     assert_eq!(p1[1]["duplicates"], 1);
     assert_eq!(p1[0]["duplicates"], 0);
     assert_eq!(s.count(P2.member).await, 1);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let title = "Call back: Müller & Sons + co = 100% (ok) [x] ~/é";
     let styles = [
         Style::Php,
@@ -273,7 +272,7 @@ async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
             Style::Php | Style::RawBrackets => assert!(body.contains("Call+back")),
             _ => assert!(body.contains("Call%20back")),
         }
-        let (id, _) = TestServer::expect_stored(&s.post_form(&body).await);
+        let (id, _) = expect_stored(&s.post_form(&body).await);
         posted.push((id, entity, *style));
     }
     // charset parameter on the content type is accepted too.
@@ -286,7 +285,7 @@ async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
             ev.form(),
         )
         .await;
-    let (id, _) = TestServer::expect_stored(&r);
+    let (id, _) = expect_stored(&r);
     posted.push((id, "600".into(), Style::Php));
 
     let events = s.all_events(P1.member).await;
@@ -309,13 +308,13 @@ async fn encoding_variants_raw_brackets_plus_and_pct20_decode_identically() {
             "{style:?}"
         );
     }
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let data = json!({
         "FIELDS": {"ID": "77", "ENTITY_TYPE_ID": "128", "TAGS": ["a", "b"], "N": 5, "B": true, "Z": null},
         "EXTRA": {"deep": {"deeper": {"deepest": "x y"}}},
@@ -327,7 +326,7 @@ async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
         "ts": 1700000100,
         "auth": short_auth_json(P1),
     });
-    let (id_int, _) = TestServer::expect_stored(&s.post_json(&body).await);
+    let (id_int, _) = expect_stored(&s.post_json(&body).await);
 
     let body2 = json!({
         "event": "ONCRMDEALADD",
@@ -341,7 +340,7 @@ async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
             serde_json::to_vec(&body2).unwrap(),
         )
         .await;
-    let (id_str, _) = TestServer::expect_stored(&r);
+    let (id_str, _) = expect_stored(&r);
 
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 2);
@@ -356,13 +355,13 @@ async fn json_bodies_ts_as_string_or_integer_and_nested_data_preserved() {
     assert_eq!(e2["ts_unix"], 1700000200);
     assert_eq!(e2["entity_id"], "78");
     assert_eq!(e2["event_handler_id"], Value::Null);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entity_id_comes_from_fields_then_fields_after_else_null() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let cases: Vec<(EventSpec, Value, Value)> = vec![
         (
             // Task event: FIELDS_BEFORE is the literal "undefined".
@@ -430,13 +429,13 @@ async fn entity_id_comes_from_fields_then_fields_after_else_null() {
     let (f, _) = s.page(P1.member, &[("entity_id", "55")]).await;
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["event"], "ONTASKADD");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seq_is_per_portal_starts_at_one_and_increases() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let mut ids_seen = Vec::new();
     for i in 0..3u64 {
         let (id, seq) = s
@@ -471,28 +470,28 @@ async fn seq_is_per_portal_starts_at_one_and_increases() {
     }
     let p1 = s.all_events(P1.member).await;
     assert_eq!(seqs(&p1), vec![4, 3, 2, 1]);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn body_of_exactly_64_kib_is_accepted() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("64"), 1700000000);
     let body = padded_form(&ev, MAX_BODY);
     let r = s.post_form(&body).await;
-    TestServer::expect_stored(&r);
+    expect_stored(&r);
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
     let pad = events[0]["data"]["PAD"].as_str().expect("PAD kept");
     assert!(pad.len() > 60000 && pad.bytes().all(|b| b == b'x'));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunked_body_without_content_length_is_accepted() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("c1"), 1700000000)
         .with("data[FIELDS][TITLE]", "chunked delivery");
     let body = ev.form();
@@ -510,23 +509,23 @@ async fn chunked_body_without_content_length_is_accepted() {
     let events = s.all_events(P1.member).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"]["FIELDS"]["TITLE"], "chunked delivery");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthz_needs_no_auth() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let r = s.get_auth("/healthz", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json(), json!({"status": "ok"}));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn portals_listing_counts_events_and_duplicates() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let t0 = now_unix();
     for i in 0..3u64 {
         s.store(&EventSpec::new(
@@ -540,7 +539,7 @@ async fn portals_listing_counts_events_and_duplicates() {
     // Two duplicates of the first one.
     let dup = EventSpec::new(P1, "ONCRMDEALADD", Some("0"), 1700000000);
     for _ in 0..2 {
-        TestServer::expect_duplicate(&s.post_form(&dup.form()).await);
+        expect_duplicate(&s.post_form(&dup.form()).await);
     }
     s.post_form(&fixture("ONCRMCONTACTADD-app.form")).await;
 
@@ -590,13 +589,13 @@ async fn portals_listing_counts_events_and_duplicates() {
             "unexpected portal {p}"
         );
     }
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ts_zero_is_valid_and_far_future_ts_never_breaks_reads() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let (id0, _) = s
         .store(&EventSpec::new(P1, "ONCRMDEALADD", Some("0"), 0))
         .await;
@@ -630,5 +629,5 @@ async fn ts_zero_is_valid_and_far_future_ts_never_breaks_reads() {
     assert_eq!(r.status, 200, "reads after a far-future ts: {}", r.text);
     let r = s.get("/v1/portals", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    s.stop();
+    s.stop().await;
 }

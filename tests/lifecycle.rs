@@ -55,7 +55,7 @@ fn activity(p: Portal, token: &str, id: &str, ts: u64) -> EventSpec {
     ev
 }
 
-async fn listed(s: &TestServer, member: &str) -> Value {
+async fn listed(s: &Client, member: &str) -> Value {
     s.portal_entry(member)
         .await
         .unwrap_or_else(|| panic!("portal {member} not listed"))
@@ -86,7 +86,7 @@ async fn install_accept_uninstall_refuse_reinstall_and_restart() {
     r.assert_error(401, "auth[application_token]", "wrong token after install");
 
     // A repeated install with the same token is harmless.
-    TestServer::expect_duplicate(&s.post_form(&install(N1, N1.token, T + 1).form()).await);
+    expect_duplicate(&s.post_form(&install(N1, N1.token, T + 1).form()).await);
     s.store(&install(N1, N1.token, T + 4)).await;
     s.store(&activity(N1, N1.token, "12", T + 5)).await;
 
@@ -224,7 +224,7 @@ async fn takeover_attempts_are_refused_with_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn install_allowlist_is_enforced_and_learning_is_off_by_default() {
     let dir = tempdir();
-    let mut s = TestServer::spawn(install_args(dir.path()), &[]);
+    let s = spawn_app_with(install_args(dir.path())).await;
     let r = s.post_form(&install(EVIL, EVIL.token, T).form()).await;
     r.assert_error(403, "auth[domain]", "install outside the allowlist");
     let r = s
@@ -248,21 +248,21 @@ async fn install_allowlist_is_enforced_and_learning_is_off_by_default() {
     s.store(&activity(exact, exact.token, "1", T + 1)).await;
     let r = s.post_form(&install(sub, sub.token, T).form()).await;
     assert_eq!(r.status, 403, "{}", r.text);
-    s.stop();
+    s.stop().await;
 
     // Without --install-domains nobody is learnt.
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let r = s.post_form(&install(N1, N1.token, T).form()).await;
     r.assert_error(401, "auth[application_token]", "install with learning off");
     assert!(s.portal_entry(N1.member).await.is_none());
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn configured_portals_keep_their_token_across_lifecycle_events() {
     let dir = tempdir();
-    let mut s = TestServer::spawn(install_args(dir.path()), &[]);
+    let s = spawn_app_with(install_args(dir.path())).await;
     // A configured portal's install must carry the configured token.
     let r = s
         .post_form(&install(P1, "some-other-token", T).form())
@@ -280,5 +280,5 @@ async fn configured_portals_keep_their_token_across_lifecycle_events() {
     s.store(&install(P1, P1.token, T + 3)).await;
     s.store(&activity(P1, P1.token, "1", T + 4)).await;
     assert_eq!(listed(&s, P1.member).await["status"], "active");
-    s.stop();
+    s.stop().await;
 }

@@ -123,7 +123,7 @@ fn bearer(token: &str) -> String {
 
 /// Calls one documented route with suitable auth and minimal valid input,
 /// checks the answer, and returns it.
-async fn probe(s: &TestServer, doc: &Value, method: &str, path: &str) -> Resp {
+async fn probe(s: &Client, doc: &Value, method: &str, path: &str) -> Resp {
     let concrete = path.replace("{portal}", P1.member);
     let url = s.url(&concrete);
     let r = match (method, path) {
@@ -242,7 +242,7 @@ async fn probe(s: &TestServer, doc: &Value, method: &str, path: &str) -> Resp {
 
 /// Without credentials a protected route answers 401 with
 /// `WWW-Authenticate: Bearer`; the document says which token it takes.
-async fn probe_unauthenticated(s: &TestServer, doc: &Value, method: &str, path: &str) {
+async fn probe_unauthenticated(s: &Client, doc: &Value, method: &str, path: &str) {
     let security = operation(doc, method, path)["security"]
         .as_array()
         .cloned()
@@ -319,14 +319,12 @@ async fn probe_unauthenticated(s: &TestServer, doc: &Value, method: &str, path: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_server() {
     let dir = tempdir();
-    let s = TestServer::try_spawn(
-        {
-            let mut args = default_args(dir.path());
-            args.extend(["--admin-token".to_string(), ADMIN_TOKEN.to_string()]);
-            args
-        },
-        &[],
-    )
+    let s = try_spawn_app({
+        let mut args = default_args(dir.path());
+        args.extend(["--admin-token".to_string(), ADMIN_TOKEN.to_string()]);
+        args
+    })
+    .await
     .unwrap_or_else(|e| panic!("the server did not start with --admin-token: {e}"));
 
     // The served document is the file in the repository, byte for byte.

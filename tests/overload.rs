@@ -340,7 +340,7 @@ async fn slow_clients_cannot_hold_the_server() {
 #[ignore = "takes 30+ s: the header timeout is fixed at 30 s"]
 async fn slowloris_headers_are_cut_by_the_header_timeout() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let addr = s.addr();
     let head = format!("POST {EVENTS_PATH} HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ");
     let (got, took) = slow_writer(
@@ -359,5 +359,5 @@ async fn slowloris_headers_are_cut_by_the_header_timeout() {
         took < Duration::from_secs(40),
         "a slowloris connection was held for {took:?}"
     );
-    s.stop();
+    s.stop().await;
 }

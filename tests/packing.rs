@@ -110,7 +110,7 @@ async fn events_across_sealed_blocks_query_dedup_restart_and_verify() {
     for (i, times) in [(3u64, 2u64), (150, 1), (198, 3), (27, 1), (187, 2)] {
         for _ in 0..times {
             let r = s.post_form(&spec(i).form()).await;
-            let (id, seq) = TestServer::expect_duplicate(&r);
+            let (id, seq) = expect_duplicate(&r);
             assert_eq!((id.as_str(), seq), (want[i as usize].id.as_str(), i + 1));
         }
         want[i as usize].duplicates += times;
@@ -135,7 +135,7 @@ async fn events_across_sealed_blocks_query_dedup_restart_and_verify() {
     let mut s = TestServer::start(dir.path(), &[]);
     check_listing(&s, &want, "after restart").await;
     let r = s.post_form(&spec(10).form()).await;
-    assert_eq!(TestServer::expect_duplicate(&r).1, 11);
+    assert_eq!(expect_duplicate(&r).1, 11);
     want[10].duplicates += 1;
     s.stop();
 

@@ -36,7 +36,7 @@ const DATA: &[(&str, Option<&str>, u64)] = &[
     ("ONCRMLEADADD", Some("1"), 1010),
 ];
 
-async fn load(s: &TestServer) -> Vec<Row> {
+async fn load(s: &Client) -> Vec<Row> {
     let mut rows = Vec::new();
     for (i, &(event, entity, off)) in DATA.iter().enumerate() {
         let mut ev = EventSpec::new(P1, event, entity, T + off);
@@ -79,7 +79,7 @@ fn expected(rows: &[Row], f: &Filter) -> Vec<String> {
     m.into_iter().map(|r| r.id.clone()).collect()
 }
 
-async fn check(s: &TestServer, portal: &str, rows: &[Row], q: &[(&str, &str)], f: &Filter) {
+async fn check(s: &Client, portal: &str, rows: &[Row], q: &[(&str, &str)], f: &Filter) {
     let want = expected(rows, f);
     let mut q1000 = q.to_vec();
     q1000.push(("limit", "1000"));
@@ -101,7 +101,7 @@ async fn check(s: &TestServer, portal: &str, rows: &[Row], q: &[(&str, &str)], f
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn newest_first_limit_and_default_limit() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let mut posted = Vec::new();
     for i in 0..60u64 {
         // ts decreasing: the default order must still be by seq.
@@ -150,13 +150,13 @@ async fn newest_first_limit_and_default_limit() {
     let (page, next) = s.page(P1.member, &[("limit", "1000")]).await;
     assert_eq!(page.len(), 60);
     assert!(next.is_none());
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn event_and_entity_filters() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let rows = load(&s).await;
     let f = |events: Option<Vec<&'static str>>, entity: Option<&'static str>| Filter {
         events,
@@ -241,13 +241,13 @@ async fn event_and_entity_filters() {
         &f(Some(vec!["ONCRMDEALDELETE"]), Some("2")),
     )
     .await;
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn since_until_unix_and_rfc3339_inclusive_in_seq_order() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let rows = load(&s).await;
     let u = |x: u64| (T + x).to_string();
     let r = |x: u64| rfc3339((T + x) as i64);
@@ -319,13 +319,13 @@ async fn since_until_unix_and_rfc3339_inclusive_in_seq_order() {
     let mut by_seq: Vec<&Row> = rows.iter().collect();
     by_seq.sort_by_key(|r| r.seq);
     assert!(by_seq.windows(2).any(|w| w[0].ts > w[1].ts));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn combined_filters() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let rows = load(&s).await;
     let a = (T + 1000).to_string();
     let b = (T + 1020).to_string();
@@ -388,13 +388,13 @@ async fn combined_filters() {
         },
     )
     .await;
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn portal_by_domain_and_unknown_portal() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let rows = load(&s).await;
     let by_member = s.all_events(P1.member).await;
     let by_domain = s.all_events(P1.domain).await;
@@ -425,13 +425,13 @@ async fn portal_by_domain_and_unknown_portal() {
         assert_eq!(r.status, 404, "{unknown}: {}", r.text);
         r.error();
     }
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sparse_filters_page_through_every_match_once() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let mut rows = Vec::new();
     for i in 0..300u64 {
         let event = if i % 37 == 5 {
@@ -505,14 +505,14 @@ async fn sparse_filters_page_through_every_match_once() {
     }
     let all = s.walk(P1.member, &[], 7).await;
     assert_eq!(all.len(), 300);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cursor_walk_is_complete_while_events_are_posted_concurrently() {
     const PRE: u64 = 150;
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let mut pre_ids = Vec::new();
     for i in 0..PRE {
         let (id, _) = s
@@ -595,14 +595,14 @@ async fn cursor_walk_is_complete_while_events_are_posted_concurrently() {
     for id in posted.iter().chain(pre_ids.iter()) {
         assert!(all_set.contains(id));
     }
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn time_range_walk_is_complete_while_events_are_posted_concurrently() {
     const PRE: u64 = 150;
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     // Pre-existing events with scattered, repeating ts.
     let mut pre = Vec::new();
     for i in 0..PRE {
@@ -684,7 +684,7 @@ async fn time_range_walk_is_complete_while_events_are_posted_concurrently() {
         keys.windows(2).all(|w| w[0].1 > w[1].1),
         "walk must be strictly descending in seq: {keys:?}"
     );
-    s.stop();
+    s.stop().await;
 }
 
 /// More events than one page may scan: a rare filter yields short (even
@@ -694,8 +694,7 @@ async fn rare_matches_beyond_the_scan_budget_are_all_found() {
     const N: usize = 21_000;
     const TASKS: usize = 16;
     let dir = tempdir();
-    // Ingest speed, not logging, is what this test needs: log at info.
-    let mut s = TestServer::spawn(default_args(dir.path()), &[("RUST_LOG", "info")]);
+    let s = spawn_app_with(default_args(dir.path())).await;
     let rare_at = [0usize, 1, 10_500, N - 1];
     let started = std::time::Instant::now();
     // Post in order-insensitive parallel batches; the rare ones are posted
@@ -795,7 +794,7 @@ async fn rare_matches_beyond_the_scan_budget_are_all_found() {
     let all = s.walk(P1.member, &[], 1000).await;
     assert_eq!(all.len(), N);
     assert_unique(&ids(&all));
-    s.stop();
+    s.stop().await;
 }
 
 /// A time range over more events than one summary block (256 seqs): blocks
@@ -806,7 +805,7 @@ async fn rare_matches_beyond_the_scan_budget_are_all_found() {
 async fn time_range_spanning_many_summary_blocks() {
     const N: u64 = 1100;
     let dir = tempdir();
-    let mut s = TestServer::spawn(default_args(dir.path()), &[("RUST_LOG", "info")]);
+    let s = spawn_app_with(default_args(dir.path())).await;
     let mut rows: Vec<(String, u64, u64)> = Vec::new();
     for i in 0..N {
         // ts follows seq, except a few events far from their neighbours.
@@ -846,7 +845,7 @@ async fn time_range_spanning_many_summary_blocks() {
             assert_eq!(ids(&got), want, "since {since} until {until} limit {limit}");
         }
     }
-    s.stop();
+    s.stop().await;
 }
 
 /// Event objects are written as JSON text, not through serde: strings that
@@ -855,7 +854,7 @@ async fn time_range_spanning_many_summary_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strings_that_need_escaping_come_back_exactly() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let awkward = "q\"uote \\ back/slash \u{1} ctl \t tab — тест 😀 </script> \u{2028}";
     let entity = "id \"1\" \\ тест";
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some(entity), 1700000000)
@@ -886,7 +885,7 @@ async fn strings_that_need_escaping_come_back_exactly() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     check(&r.json()["events"][0]);
-    s.stop();
+    s.stop().await;
 }
 
 /// The cursor that starts before the first event.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 /// Posts one valid event so "nothing stored" is checked against a non-empty
 /// journal; returns the baseline counts (P1, P2).
-async fn baseline(s: &TestServer) -> (usize, usize) {
+async fn baseline(s: &Client) -> (usize, usize) {
     s.store(&EventSpec::new(P1, "ONCRMDEALADD", Some("1"), 1700000000))
         .await;
     s.store(&EventSpec::new(P2, "ONCRMDEALADD", Some("1"), 1700000000))
@@ -24,11 +24,11 @@ fn assert_nothing_stored_sync(before: (usize, usize), after: (usize, usize), wha
     );
 }
 
-async fn counts(s: &TestServer) -> (usize, usize) {
+async fn counts(s: &Client) -> (usize, usize) {
     (s.count(P1.member).await, s.count(P2.member).await)
 }
 
-async fn portal_totals(s: &TestServer) -> Vec<(String, Value, Value)> {
+async fn portal_totals(s: &Client) -> Vec<(String, Value, Value)> {
     let mut v: Vec<_> = s
         .portals()
         .await
@@ -48,7 +48,7 @@ async fn portal_totals(s: &TestServer) -> Vec<(String, Value, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_required_fields_are_400_naming_the_field() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let totals = portal_totals(&s).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("2"), 1700000100);
@@ -91,13 +91,13 @@ async fn missing_required_fields_are_400_naming_the_field() {
     r.error();
     assert_nothing_stored_sync(base, counts(&s).await, "missing fields");
     assert_eq!(portal_totals(&s).await, totals);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_ts_values_are_400_naming_ts() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     for bad in [
         "",
@@ -133,13 +133,13 @@ async fn bad_ts_values_are_400_naming_ts() {
             .assert_error(400, "ts", &format!("JSON ts={bad}"));
     }
     assert_nothing_stored_sync(base, counts(&s).await, "bad ts");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_types_and_malformed_bodies_are_400() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let good = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("4"), 1700000100).json();
 
@@ -199,13 +199,13 @@ async fn bad_types_and_malformed_bodies_are_400() {
     assert_eq!(r.status, 400, "form sent as JSON: {}", r.text);
     r.error();
     assert_nothing_stored_sync(base, counts(&s).await, "malformed bodies");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authentication_failures_are_401_and_store_nothing() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let totals = portal_totals(&s).await;
     let mk = |member: Option<&str>, token: Option<&str>| {
@@ -261,13 +261,13 @@ async fn authentication_failures_are_401_and_store_nothing() {
     );
     let p1 = s.all_events(P1.member).await;
     assert!(p1.iter().all(|e| e["duplicates"] == 0));
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsupported_content_types_are_415() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("6"), 1700000300);
     let form = ev.form();
@@ -292,13 +292,13 @@ async fn unsupported_content_types_are_415() {
         .await;
     assert_eq!(r.status, 415, "JSON as text/plain: {}", r.text);
     assert_nothing_stored_sync(base, counts(&s).await, "415");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_over_64_kib_are_413_with_and_without_content_length() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let addr = s.addr();
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("7"), 1700000400);
@@ -358,13 +358,13 @@ async fn bodies_over_64_kib_are_413_with_and_without_content_length() {
     // The server is still healthy afterwards.
     let r = s.get_auth("/healthz", &[], None).await;
     assert_eq!(r.status, 200);
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conflicting_framing_headers_never_store() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     let addr = s.addr();
     let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("8"), 1700000500);
@@ -406,13 +406,13 @@ async fn conflicting_framing_headers_never_store() {
         r.body
     );
     assert_nothing_stored_sync(base, counts(&s).await, "conflicting headers");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_routes_are_404_json_and_wrong_methods_404_or_405() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     let base = baseline(&s).await;
     for path in [
         "/",
@@ -455,13 +455,13 @@ async fn unknown_routes_are_404_json_and_wrong_methods_404_or_405() {
     assert_eq!(r.status, 405, "DELETE ingest: {}", r.text);
     r.error();
     assert_nothing_stored_sync(base, counts(&s).await, "unknown routes");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_api_requires_the_bearer_read_token() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     baseline(&s).await;
     let wrong = format!("Bearer {READ_TOKEN}x");
     let prefix = format!("Bearer {}", &READ_TOKEN[..READ_TOKEN.len() - 1]);
@@ -502,13 +502,13 @@ async fn read_api_requires_the_bearer_read_token() {
         let r = s.get(path, &[]).await;
         assert_ne!(r.status, 401, "GET {path} with the right token");
     }
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_query_parameters_are_400_naming_them_and_unknown_portal_404() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     baseline(&s).await;
     let path = format!("/v1/portals/{}/events", P1.member);
     let cases: Vec<(&str, &str, &str)> = vec![
@@ -542,5 +542,5 @@ async fn bad_query_parameters_are_400_naming_them_and_unknown_portal_404() {
         assert_eq!(r.status, 404, "unknown portal {p}: {}", r.text);
         r.error();
     }
-    s.stop();
+    s.stop().await;
 }

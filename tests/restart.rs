@@ -28,7 +28,7 @@ async fn events_persist_seq_continues_and_dedup_survives_restart() {
         assert_eq!(seq, 6);
         posted.push((id, seq));
         evs.push(nodata);
-        TestServer::expect_duplicate(&s.post_form(&evs[0].form()).await);
+        expect_duplicate(&s.post_form(&evs[0].form()).await);
         s.store(&EventSpec::new(P2, "ONCRMLEADADD", Some("1"), 1700000000))
             .await;
         s.stop();
@@ -47,7 +47,7 @@ async fn events_persist_seq_continues_and_dedup_survives_restart() {
 
         // Dedup across restart (entity-keyed and data-keyed).
         for (ev, (id, seq)) in evs.iter().zip(posted.iter()) {
-            let (did, dseq) = TestServer::expect_duplicate(&s.post_form(&ev.form()).await);
+            let (did, dseq) = expect_duplicate(&s.post_form(&ev.form()).await);
             assert_eq!((&did, dseq), (id, *seq), "dedup after restart");
         }
         // seq continues at last + 1.
@@ -224,7 +224,7 @@ async fn a_version_2_directory_is_upgraded_in_place() {
     let mut s = TestServer::start(dir.path(), &[]);
     let events = s.all_events(P1.member).await;
     assert_eq!(ids(&events), vec![stored.0.clone()]);
-    TestServer::expect_duplicate(&s.post_form(&ev.form()).await);
+    expect_duplicate(&s.post_form(&ev.form()).await);
     assert_eq!(
         std::fs::read_to_string(&format_path).unwrap(),
         "b24-journal data format 3\n"

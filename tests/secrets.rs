@@ -60,7 +60,7 @@ async fn post_everything(s: &TestServer) {
         "ONCRMCONTACTADD-app.form",
         "ONCRMACTIVITYDELETE-webhook.form",
     ] {
-        TestServer::expect_duplicate(&s.post_form(&fixture(f)).await);
+        expect_duplicate(&s.post_form(&fixture(f)).await);
     }
     // Generated events in every encoding, incl. an install event with refresh_token.
     for (i, style) in [
@@ -77,9 +77,9 @@ async fn post_everything(s: &TestServer) {
             .with("data[LANGUAGE_ID]", "en")
             .with("data[MARKER]", "marker-ZZ91");
         let r = s.post_form(&ev.form_styled(*style)).await;
-        TestServer::expect_stored(&r);
+        expect_stored(&r);
         let r = s.post_json(&ev.json()).await;
-        TestServer::expect_duplicate(&r);
+        expect_duplicate(&r);
     }
     for p in [P1, P2, P3] {
         s.store(&EventSpec::new(p, "ONCRMDEALUPDATE", Some("5"), 1700000500))

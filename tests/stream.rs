@@ -25,7 +25,7 @@ struct Message {
 }
 
 impl Sse {
-    async fn open(s: &TestServer, portal: &str, query: &str, last_id: Option<&str>) -> Sse {
+    async fn open(s: &Client, portal: &str, query: &str, last_id: Option<&str>) -> Sse {
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let mut rb = client
             .get(s.url(&format!("/v1/portals/{portal}/events/stream{query}")))
@@ -83,7 +83,7 @@ impl Sse {
 async fn sse_resume_with_last_event_id_sees_every_event_exactly_once() {
     const N: u64 = 240;
     let dir = tempdir();
-    let mut s = TestServer::spawn(default_args(dir.path()), &[("RUST_LOG", "info")]);
+    let s = spawn_app_with(default_args(dir.path())).await;
     // History before the stream starts is not replayed without a cursor.
     for i in 0..5 {
         s.store(&EventSpec::new(
@@ -154,7 +154,7 @@ async fn sse_resume_with_last_event_id_sees_every_event_exactly_once() {
     assert_eq!(got, posted, "every event exactly once, in order");
     // Nothing more arrives.
     assert!(sse.next(Duration::from_millis(300)).await.is_none());
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,7 +162,7 @@ async fn stream_cursor_entity_filter_errors_and_limit() {
     let dir = tempdir();
     let mut args = default_args(dir.path());
     args.extend(["--max-streams".to_string(), "2".to_string()]);
-    let mut s = TestServer::spawn(args, &[]);
+    let s = spawn_app_with(args).await;
     let (_, first_seq) = s
         .store(&EventSpec::new(P1, "ONCRMDEALADD", Some("7"), T))
         .await;
@@ -245,13 +245,13 @@ async fn stream_cursor_entity_filter_errors_and_limit() {
     s.get(&path, &[("bogus", "1")])
         .await
         .assert_error(400, "bogus", "unknown parameter");
-    s.stop();
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_poll_returns_new_events_or_empty_at_timeout() {
     let dir = tempdir();
-    let mut s = TestServer::start(dir.path(), &[]);
+    let s = spawn_app(dir.path(), &[]).await;
     s.store(&EventSpec::new(P1, "ONCRMDEALADD", Some("1"), T))
         .await;
     let head = s.page(P1.member, &[("limit", "1")]).await.0[0]["cursor"]
@@ -323,5 +323,5 @@ async fn long_poll_returns_new_events_or_empty_at_timeout() {
         .await
         .assert_error(400, "wait", bad);
     }
-    s.stop();
+    s.stop().await;
 }

@@ -238,7 +238,7 @@ mod tests {
         );
         let fixture = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/ONCRMACTIVITYUPDATE-app.form"
+            "/../tests/fixtures/ONCRMACTIVITYUPDATE-app.form"
         ))
         .unwrap();
         assert_eq!(body.len(), fixture.len(), "same length as the fixture");
