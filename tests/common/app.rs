@@ -13,8 +13,9 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
+use b24_journal::cli::{Cli, Command};
 use b24_journal::server::{self, RunError};
-use b24_journal::settings::{Cli, Command, Settings};
+use b24_journal::settings::Settings;
 use clap::{CommandFactory, FromArgMatches};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
