@@ -1,7 +1,7 @@
 //! Verify: prove an event came from a portal we trust.
 //!
 //! Bitrix24 signs nothing; the only proof of origin is `auth[application_token]`,
-//! a fixed secret per installation (../shared/PROTOCOL.md). We keep only the
+//! a fixed secret per installation (Bitrix24's REST docs). We keep only the
 //! SHA-256 digest of each configured token and compare digests in constant
 //! time, so neither the token's bytes nor its length leak through timing.
 //!

@@ -37,7 +37,7 @@ impl EventJson {
 /// The portal-constant parts (member id, domain, the profile's `auth`
 /// fields, event names) are the same for most events of a page, so each is
 /// escaped once per renderer and copied after that (measurements:
-/// docs/perf-notes-journal.md, `Renderer`).
+/// docs/performance.md, `Renderer`).
 pub(super) struct Renderer<'a> {
     portal: &'a PortalRecord,
     /// By profile position, filled on first use.
@@ -56,7 +56,7 @@ pub(super) struct Renderer<'a> {
 /// written: the events of a page mostly share their day, so only the time
 /// of day (plain division of the seconds of the day: UTC, no leap seconds
 /// in Unix time) is written per event, and the calendar is worked out once
-/// per day (docs/perf-notes-journal.md, `DayCache`).
+/// per day (docs/performance.md, `DayCache`).
 #[derive(Default)]
 struct DayCache(Option<(u64, [u8; 10])>);
 

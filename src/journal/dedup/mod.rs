@@ -62,7 +62,7 @@ fn corrupt(e: postcard::Error) -> StoreError {
 
 /// Per portal, its unsealed tail as deduplication needs it, owned by the
 /// writer so that an entity event does not read the tail items again
-/// (docs/perf-notes-journal.md, `TailCache`). Loaded from the store on
+/// (docs/performance.md, `TailCache`). Loaded from the store on
 /// first use, kept in step by every durable commit
 /// ([`TailCache::committed`]), and forgotten whenever the tail may have
 /// changed otherwise (a failed commit, erase, retention, reopen).

@@ -253,7 +253,7 @@ impl Writer {
 /// How long the writer polls its queue after a batch of at most
 /// [`SPIN_BATCH_MAX`] jobs before it goes to sleep: a lone sender's next
 /// event usually comes this soon, and waking a sleeping writer costs more
-/// latency than polling costs CPU (docs/perf-notes-journal.md, `SPIN_US`).
+/// latency than polling costs CPU (docs/performance.md, `SPIN_US`).
 const SPIN_US: u64 = 200;
 
 /// Polling only follows batches this small: under load the queue is rarely
