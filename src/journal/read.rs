@@ -94,8 +94,8 @@ where
 {
     /// Looks at stored event `seq`; `Some` when the scan ends here.
     fn look(&mut self, seq: u64, bytes: &[u8]) -> Result<Option<ScanEnd>, StoreError> {
-        let (record, duplicates) =
-            EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (record, duplicates) = EventRecord::from_bytes(bytes)
+            .map_err(|e| StoreError::undecodable(format!("event {seq}"), e))?;
         self.looked += 1;
         if self.filter.matches(&record, self.portal) {
             let found = Found {

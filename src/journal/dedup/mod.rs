@@ -57,7 +57,7 @@ fn entity_hash(entity: &str) -> u64 {
 }
 
 fn corrupt(e: postcard::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::undecodable("stored event", e)
 }
 
 /// Per portal, its unsealed tail as deduplication needs it, owned by the

@@ -54,7 +54,7 @@ impl Writer {
             for item in reader.events(rec.ix, first, last) {
                 let (seq, bytes) = item.map_err(unavailable)?;
                 let (event, dups) = EventRecord::from_bytes(&bytes)
-                    .map_err(|e| unavailable(StoreError::Corrupt(e.to_string())))?;
+                    .map_err(|e| unavailable(StoreError::undecodable(format!("event {seq}"), e)))?;
                 let too_old = cutoff_ms.is_some_and(|c| event.received_ms() < c);
                 if (excess == 0 && !too_old) || deleted as usize >= budget {
                     first_kept = seq;

@@ -219,8 +219,8 @@ impl Writer {
                 None => return Ok(None),
             },
         };
-        let (record, _) =
-            EventRecord::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (record, _) = EventRecord::from_bytes(&bytes)
+            .map_err(|e| StoreError::undecodable(format!("event {portal}/{seq}"), e))?;
         let mut bytes = bytes;
         bump_duplicates(&mut bytes);
         batch.rewritten.insert((portal, seq), bytes);
