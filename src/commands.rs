@@ -105,6 +105,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => {
             let settings = Settings::resolve(*args)?;
             init_logging(settings.log_json);
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
             server::run(settings).await?;
         }
         Command::Backup(args) => {

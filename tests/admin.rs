@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 
-const ADMIN: &str = "adm-7Hc2Qp9Lx4";
+const ADMIN: &str = "adm-7Hc2Qp9Lx4vT3e";
 const T: u64 = 1_740_000_000;
 
 fn admin_args(dir: &std::path::Path) -> Vec<String> {
