@@ -641,3 +641,63 @@ async fn verify_of_a_running_service_says_what_to_do_on_one_line() {
     }
     s.stop().await;
 }
+
+/// `scripts/backup.sh` (the cron job the README installs) against a running
+/// service: names the backup inside the service's backup directory,
+/// verifies it, keeps the newest `--keep`, and refuses a `--dest` that is
+/// not the service's backup directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_backup_script_keeps_verified_backups_in_the_backup_dir() {
+    let dir = tempdir();
+    let backups = tempdir();
+    let s = spawn_app_with(backup_args(dir.path(), backups.path())).await;
+    s.store(&EventSpec::new(P1, "ONCRMACTIVITYADD", Some("1"), T))
+        .await;
+    let url = format!("http://{}", s.addr());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/backup.sh");
+    let run = |dest: &std::path::Path| {
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new("bash")
+                .arg(script)
+                .args(["--dest", dest.to_str().unwrap(), "--keep", "2"])
+                .args(["--url", &url, "--bin", BIN])
+                .env("B24J_ADMIN_TOKEN", ADMIN)
+                .output()
+                .expect("run scripts/backup.sh")
+        });
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for round in 0..3 {
+        if round > 0 {
+            // Backups are named by the second.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let (ok, out) = run(backups.path());
+        assert!(ok && out.contains("backup ok"), "round {round}: {out}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(backups.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "--keep 2: {names:?}");
+    for name in &names {
+        assert!(
+            name.starts_with("b24-journal-") && !name.ends_with(".partial"),
+            "{names:?}"
+        );
+        let total = bytes_under(&backups.path().join(name));
+        assert!(total < 2 * 1024 * 1024, "{name}: {total} bytes");
+    }
+
+    let elsewhere = tempdir();
+    let (ok, out) = run(elsewhere.path());
+    assert!(!ok && out.contains("backup_dir"), "{out}");
+    s.stop().await;
+}
