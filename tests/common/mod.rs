@@ -29,6 +29,7 @@
 //! | in-process | `harness` | the in-process harness itself |
 //! | binary | `config` | flags, `B24J_*` variables, config file, exit codes, log levels |
 //! | binary | `logging` | the client in refusal and access log lines, latencies, one line per command error |
+//! | binary | `tls_proxy` | behind a real Caddy running `deploy/Caddyfile`; reads the client in a refusal line |
 //! | binary | `crash`, `restart`, `packing` | SIGKILL, SIGTERM, exit status, restarts on one data directory |
 //! | binary | `diskfull` | restarts, and the logs of the failure |
 //! | binary | `hostile`, `secrets` | they search the trace-level logs for secrets |
