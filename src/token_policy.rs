@@ -38,7 +38,7 @@ const PUBLIC_SAMPLES: &[(&str, &str)] = &[
     ),
     (
         "local-read-token",
-        "the read token of the README's first command",
+        "the sample read token of this project's README",
     ),
 ];
 
