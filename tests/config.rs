@@ -490,3 +490,18 @@ async fn weak_tokens_are_refused_and_the_docs_sample_only_runs_on_loopback() {
     assert!(warning.contains("loopback"), "{warning}");
     assert!(!logs.contains(P1.token), "token logged:\n{logs}");
 }
+
+/// Each subcommand's help shows a default once: `verify --help` printed
+/// `[default: ./data]` twice (in the doc text and from clap).
+#[test]
+fn help_shows_each_default_once() {
+    for sub in ["verify", "migrate", "portals"] {
+        let (status, out) = run_to_exit(&[s(sub), s("--help")], &[], Duration::from_secs(30));
+        assert!(status.success(), "{sub} --help: {out}");
+        assert_eq!(
+            out.matches("[default: ./data]").count(),
+            1,
+            "{sub} --help:\n{out}"
+        );
+    }
+}
