@@ -28,9 +28,11 @@ Ask the running b24-journal for an online backup, verify it, keep the last N.
 Options (each also settable by the environment variable shown):
   --dest DIR         directory holding the backups         B24J_BACKUP_DEST
                      [default: /var/backups/b24-journal]
-                     It must be on the service's machine and writable by the
-                     SERVICE (the systemd unit's ReadWritePaths; not /tmp,
-                     which is private to the service, nor /home or /root).
+                     It must be the service's backup directory (backup_dir,
+                     --backup-dir): the service writes each backup there
+                     itself and nowhere else, so DIR is on the service's
+                     machine and writable by the SERVICE (the systemd
+                     unit's ReadWritePaths).
   --keep N           verified backups to keep, N >= 1       B24J_BACKUP_KEEP
                      [default: 7]
   --url URL          base URL of the running service        B24J_URL
@@ -43,7 +45,9 @@ Options (each also settable by the environment variable shown):
                      never on a command line.
   -h, --help         this text
 
-Each backup is written to DEST/b24-journal-YYYYmmddTHHMMSSZ.partial, checked
+Each backup is written (by the service, asked for the name
+b24-journal-YYYYmmddTHHMMSSZ.partial inside its backup directory) to
+DEST/b24-journal-YYYYmmddTHHMMSSZ.partial, checked
 with \`b24-journal verify --data-dir\`, then renamed to
 DEST/b24-journal-YYYYmmddTHHMMSSZ. Older backups beyond the newest N are
 removed only after the new one verified. Exits non-zero, saying why, on any
@@ -112,7 +116,8 @@ fi
 export B24J_ADMIN_TOKEN
 
 mkdir -p -- "$DEST" || die "cannot create the backup directory '$DEST'"
-# The service wants an absolute path, and resolves it on its own machine.
+# The service answers with the resolved path of what it wrote: compare it
+# with DEST resolved the same way.
 DEST=$(cd -- "$DEST" && pwd -P) || die "cannot enter the backup directory '$DEST'"
 [[ -w $DEST ]] || die "backup directory '$DEST' is not writable by $(id -un)"
 
@@ -134,8 +139,9 @@ done
 # --- backup -----------------------------------------------------------------
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+NAME=b24-journal-$STAMP.partial
 FINAL=$DEST/b24-journal-$STAMP
-PARTIAL=$FINAL.partial
+PARTIAL=$DEST/$NAME
 [[ ! -e $FINAL && ! -e $PARTIAL ]] || die "'$FINAL' already exists (two runs in the same second?)"
 
 cleanup() {
@@ -150,12 +156,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 started=$(date +%s)
-if ! out=$("$BIN" backup --to "$PARTIAL" --url "$URL" 2>&1); then
+if ! out=$("$BIN" backup --to "$NAME" --url "$URL" 2>&1); then
     printf '%s\n' "$out" >&2
-    die "the service did not make the backup (b24-journal backup --to $PARTIAL --url $URL failed; see above)"
+    die "the service did not make the backup (b24-journal backup --to $NAME --url $URL failed; see above)"
+fi
+# Where the service wrote it: its backup directory must be DEST.
+written=$(printf '%s' "$out" | sed -n 's/.*"path":"\([^"]*\)".*/\1/p')
+if [[ $written != "$PARTIAL" ]]; then
+    # Not ours to clean up: it is in the service's backup directory.
+    PARTIAL=
+    die "the service wrote the backup to '${written:-?}', not into --dest '$DEST': set --dest (B24J_BACKUP_DEST) to the service's backup_dir. Output: $out"
 fi
 [[ -d $PARTIAL ]] \
-    || die "b24-journal backup reported success but '$PARTIAL' is not a directory; is --url the service on THIS machine, and is '$DEST' writable by the service (systemd ReadWritePaths)? Output: $out"
+    || die "b24-journal backup reported success but '$PARTIAL' is not a directory; is --url the service on THIS machine? Output: $out"
 [[ -n $(ls -A -- "$PARTIAL") ]] || die "the backup '$PARTIAL' is empty. Output: $out"
 
 if ! vout=$("$BIN" verify --data-dir "$PARTIAL" 2>&1); then

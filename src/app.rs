@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
 use crate::journal::JournalHandle;
@@ -38,6 +39,11 @@ pub struct App {
     /// Backup threads started by `POST /v1/admin/backup`: a clean stop
     /// waits for them, so that it does not leave a half-written backup.
     pub backups: Backups,
+    /// The directory online backups are confined to (`None`: online
+    /// backups are refused).
+    pub backup_dir: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed, for the logs.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The backups running in this process. A backup starts and is recorded

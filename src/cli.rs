@@ -48,8 +48,9 @@ pub enum Command {
 /// Options of `backup`.
 #[derive(Debug, Clone, Args)]
 pub struct BackupArgs {
-    /// Absolute path of the directory to write (must not exist, or be empty).
-    #[arg(long, value_name = "DIR")]
+    /// Name of the directory to write, relative to the service's backup
+    /// directory (`--backup-dir`); it must not exist, or be empty.
+    #[arg(long, value_name = "NAME")]
     pub to: PathBuf,
     /// Base URL of the running service.
     #[arg(long, env = "B24J_URL", default_value = "http://127.0.0.1:8080")]
@@ -62,7 +63,7 @@ pub struct BackupArgs {
 /// A data directory argument.
 #[derive(Debug, Clone, Args)]
 pub struct DataDirArgs {
-    /// The data directory [default: ./data].
+    /// The data directory.
     #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 }
@@ -70,7 +71,7 @@ pub struct DataDirArgs {
 /// Options of `portals`.
 #[derive(Debug, Clone, Args)]
 pub struct PortalsArgs {
-    /// The data directory [default: ./data]; the service must be stopped.
+    /// The data directory; the service must be stopped.
     #[arg(long, env = "B24J_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// What to do.
@@ -128,7 +129,8 @@ pub struct ServeArgs {
     /// `read_token`, `admin_token`, `cache_mb`, `snapshot_every_mb`, `queue`,
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
-    /// `retain_every`, `log_format`, and a `[portals]` table of
+    /// `retain_every`, `log_format`, `trusted_proxies`, `backup_dir`, and a
+    /// `[portals]` table of
     /// member_id = "application_token"). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -218,4 +220,23 @@ pub struct ServeArgs {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "B24J_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Reverse proxies whose `X-Forwarded-For` header names the client in
+    /// the logs (comma-separated IP addresses or CIDR networks, e.g.
+    /// `127.0.0.1,::1`). From any other peer the header is ignored
+    /// [default: none].
+    #[arg(
+        long,
+        env = "B24J_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Absolute path of the directory online backups are written into
+    /// (`POST /v1/admin/backup` and `b24-journal backup --to NAME` take a
+    /// name inside it). Without it, online backups are refused
+    /// [default: off].
+    #[arg(long, env = "B24J_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
 }

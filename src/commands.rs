@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use crate::cli::{BackupArgs, Cli, Command, PortalsAction, PortalsArgs};
 use crate::journal::maintain::{self, MaintainError};
 use crate::journal::registration::{Registration, Source, Status};
+use crate::journal::store::StoreError;
+use crate::journal::OpenError;
 use crate::server::{self, RunError};
 use crate::settings::{Settings, SettingsError};
 use crate::types::{Domain, MemberId, Secret};
@@ -89,6 +91,14 @@ pub enum CommandError {
     /// The token could not be read from standard input.
     #[error("reading the token: {0}")]
     TokenStdin(#[source] std::io::Error),
+    /// A command that needs a stopped data directory met a running service.
+    #[error("{} is in use by a running b24-journal; {advice}", data_dir.display())]
+    InUse {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// What to do instead.
+        advice: &'static str,
+    },
     /// `portals remove` named a portal without a registration.
     #[error("{member_id} has no registration in {}", data_dir.display())]
     NotRegistered {
@@ -105,6 +115,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Serve(args) => {
             let settings = Settings::resolve(*args)?;
             init_logging(settings.log_json);
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
             server::run(settings).await?;
         }
         Command::Backup(args) => {
@@ -113,18 +126,45 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Verify(args) => {
             init_logging(false);
-            blocking(move || verify(&args.data_dir)).await?;
+            blocking(move || verify(&args.data_dir).map_err(in_use(&args.data_dir, VERIFY_ADVICE)))
+                .await?;
         }
         Command::Migrate(args) => {
             init_logging(false);
-            blocking(move || migrate(&args.data_dir)).await?;
+            blocking(move || migrate(&args.data_dir).map_err(in_use(&args.data_dir, STOP_ADVICE)))
+                .await?;
         }
         Command::Portals(args) => {
             init_logging(false);
-            blocking(move || portals(args)).await?;
+            let data_dir = args.data_dir.clone();
+            blocking(move || portals(args).map_err(in_use(&data_dir, STOP_ADVICE))).await?;
         }
     }
     Ok(())
+}
+
+/// What to do instead of verifying a running service's directory.
+const VERIFY_ADVICE: &str = "`verify` reads a stopped data directory only. To check a running service, take an online backup (`b24-journal backup --to NAME`) and verify the copy (`b24-journal verify --data-dir BACKUP_DIR/NAME`), or stop the service first";
+/// What to do before changing a running service's directory.
+const STOP_ADVICE: &str =
+    "stop the service first (`systemctl stop b24-journal`), then run the command again";
+
+/// Turns "the engine's files are locked" into [`CommandError::InUse`]
+/// with `advice`; other errors pass unchanged.
+fn in_use<'a>(
+    data_dir: &'a Path,
+    advice: &'static str,
+) -> impl FnOnce(CommandError) -> CommandError + 'a {
+    move |e| match e {
+        CommandError::Maintain(MaintainError::Open(OpenError::Store {
+            source: StoreError::Locked(_),
+            ..
+        })) => CommandError::InUse {
+            data_dir: data_dir.to_owned(),
+            advice,
+        },
+        other => other,
+    }
 }
 
 /// Runs a command that reads and writes files off the async workers.

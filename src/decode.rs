@@ -38,6 +38,10 @@ pub enum DecodeError {
     /// A required field is absent.
     #[error("missing field `{0}`")]
     Missing(&'static str),
+    /// A form body that failed to decode and looks like JSON: what
+    /// `curl -d '{…}'` sends, as curl's `-d` declares a form.
+    #[error("{0}; the body looks like JSON, but its Content-Type is application/x-www-form-urlencoded (curl -d sends that unless told otherwise): send JSON with `Content-Type: application/json`")]
+    JsonAsForm(Box<DecodeError>),
     /// A field is present but unusable.
     #[error("invalid field `{field}`: {reason}")]
     Invalid {
@@ -108,11 +112,17 @@ impl IncomingEvent {
 
 /// Decodes a body of the given kind.
 pub fn decode(kind: BodyKind, body: &[u8]) -> Result<IncomingEvent, DecodeError> {
-    let tree = match kind {
-        BodyKind::Form => parse_form(body)?,
-        BodyKind::Json => parse_json(body)?,
-    };
-    from_tree(tree)
+    let decoded = match kind {
+        BodyKind::Form => parse_form(body),
+        BodyKind::Json => parse_json(body),
+    }
+    .and_then(from_tree);
+    match decoded {
+        Err(e) if kind == BodyKind::Form && body.trim_ascii_start().starts_with(b"{") => {
+            Err(DecodeError::JsonAsForm(Box::new(e)))
+        }
+        other => other,
+    }
 }
 
 /// Parses a PHP-style form body into a JSON object tree.

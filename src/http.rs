@@ -11,9 +11,15 @@ pub enum ApiError {
     /// 400: the request is malformed or a field/parameter is bad.
     #[error("{0}")]
     BadRequest(String),
-    /// 401: missing or wrong credentials.
+    /// 401: missing or wrong bearer token; answered with
+    /// `WWW-Authenticate: Bearer`.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401: the credentials in the body (ingest's
+    /// `auth[application_token]`) are not valid. No `WWW-Authenticate`: no
+    /// header the sender could add would help.
+    #[error("{0}")]
+    NotTrusted(String),
     /// 403: authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -48,7 +54,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::NotTrusted(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

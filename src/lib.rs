@@ -70,6 +70,9 @@ pub mod cli;
 // Flags, environment, config file and defaults → `Settings`.
 pub mod settings;
 
+// The configured tokens the service refuses to run with.
+pub mod token_policy;
+
 // The subcommands' bodies.
 pub mod commands;
 

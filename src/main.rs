@@ -41,7 +41,8 @@ fn main() -> ExitCode {
     match runtime.block_on(b24_journal::commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            // One line on stderr, not also a log line: under systemd both
+            // reach the journal, and a terminal showed the error twice.
             eprintln!("b24-journal: {e}");
             ExitCode::FAILURE
         }

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// sled keys inserted or removed by commits. Per stored event this is
     /// the storage engine's share of ingest work: each key costs sled a tree
-    /// descent and usually a node copy (README, "Performance").
+    /// descent and usually a node copy (docs/performance.md).
     pub store_writes: IntCounter,
     /// Appends waiting for the writer (sampled at scrape).
     pub queue_depth: IntGauge,

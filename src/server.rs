@@ -17,6 +17,7 @@ use warp::Filter;
 
 use crate::app::App;
 use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError, RetentionPolicy};
+use crate::routes::client::WithPeer;
 use crate::routes::routes;
 use crate::settings::Settings;
 use crate::verify::Verifier;
@@ -99,6 +100,8 @@ pub async fn serve(
         streams: Arc::new(Semaphore::new(settings.max_streams)),
         stopping,
         backups: Default::default(),
+        backup_dir: settings.backup_dir.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
     });
     let addr = listener.local_addr().map_err(|source| RunError::Bind {
         addr: settings.listen,
@@ -204,7 +207,7 @@ where
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -217,7 +220,11 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        // The peer's address travels with each request, for the logs.
+        let service = WithPeer::new(
+            hyper_util::service::TowerToHyperService::new(warp::service(filter.clone())),
+            peer,
+        );
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)

@@ -7,14 +7,16 @@
 //! It is the outermost layer: only `commands` and `server` depend on it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::cli::{ServeArgs, DEFAULT_DATA_DIR};
 use crate::journal::RetentionPolicy;
+use crate::token_policy;
 use crate::types::{MemberId, Secret};
 use crate::verify::DomainPattern;
 
@@ -60,6 +62,9 @@ struct FileSettings {
     retain_every: Option<u64>,
     log_format: Option<String>,
     #[serde(default)]
+    trusted_proxies: Vec<String>,
+    backup_dir: Option<PathBuf>,
+    #[serde(default)]
     portals: BTreeMap<String, String>,
 }
 
@@ -92,6 +97,13 @@ pub struct Settings {
     pub retention: RetentionPolicy,
     /// Log as JSON lines instead of text.
     pub log_json: bool,
+    /// Peers whose `X-Forwarded-For` names the client in the logs.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The directory online backups are written into (off when `None`).
+    pub backup_dir: Option<PathBuf>,
+    /// What was accepted but should not be (a public sample token on a
+    /// loopback listener), for the log once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// A setting that cannot be used.
@@ -161,9 +173,27 @@ impl Settings {
                 .map(|p| parse_portal(p))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let read_token = token("read token", args.read_token.or(file.read_token))?;
+        let read_token = token(
+            "read_token (--read-token, B24J_READ_TOKEN)",
+            args.read_token.or(file.read_token),
+        )?;
         if read_token.is_none() && !listen.ip().is_loopback() {
             return Err(SettingsError::ReadTokenRequired(listen));
+        }
+        let mut tokens = TokenCheck::new(listen);
+        for (member, token) in &portals {
+            tokens.check(
+                "portals (--portal, B24J_PORTALS, [portals])",
+                &format!("the application token of {member}"),
+                token,
+            )?;
+        }
+        if let Some(t) = &read_token {
+            tokens.check(
+                "read_token (--read-token, B24J_READ_TOKEN)",
+                "the read token",
+                t,
+            )?;
         }
         let cache_mb = at_least_one(
             "cache_mb",
@@ -198,7 +228,17 @@ impl Settings {
             .max_streams
             .or(file.max_streams)
             .unwrap_or(DEFAULT_MAX_STREAMS);
-        let admin_token = token("admin token", args.admin_token.or(file.admin_token))?;
+        let admin_token = token(
+            "admin_token (--admin-token, B24J_ADMIN_TOKEN)",
+            args.admin_token.or(file.admin_token),
+        )?;
+        if let Some(t) = &admin_token {
+            tokens.check(
+                "admin_token (--admin-token, B24J_ADMIN_TOKEN)",
+                "the admin token",
+                t,
+            )?;
+        }
         let retain_days = args.retain_days.or(file.retain_days);
         let retain_per_portal = args.retain_per_portal.or(file.retain_per_portal);
         if retain_days == Some(0) || retain_per_portal == Some(0) {
@@ -217,6 +257,23 @@ impl Settings {
                 ))
             }
         };
+        let proxies_raw = if args.trusted_proxies.is_empty() {
+            file.trusted_proxies
+        } else {
+            args.trusted_proxies
+        };
+        let trusted_proxies = proxies_raw
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| parse_net(p.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let backup_dir = args.backup_dir.or(file.backup_dir);
+        if backup_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "backup_dir (--backup-dir, B24J_BACKUP_DIR)",
+                "must be an absolute path",
+            ));
+        }
         Ok(Settings {
             listen,
             data_dir,
@@ -240,8 +297,72 @@ impl Settings {
                 ),
             },
             log_json,
+            trusted_proxies,
+            backup_dir,
+            warnings: tokens.warnings,
         })
     }
+}
+
+/// Checks configured tokens against the [`token_policy`], collecting the
+/// warnings for the ones a loopback listener may still use.
+struct TokenCheck {
+    listen: SocketAddr,
+    warnings: Vec<String>,
+}
+
+impl TokenCheck {
+    fn new(listen: SocketAddr) -> TokenCheck {
+        TokenCheck {
+            listen,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Refuses `token` (described as `what`) if it is weak, unless the
+    /// service listens on loopback and the weakness is one a trial run
+    /// may have; then it is a warning. Never repeats the token.
+    fn check(
+        &mut self,
+        setting: &'static str,
+        what: &str,
+        token: &Secret,
+    ) -> Result<(), SettingsError> {
+        let Some(weakness) = token_policy::weakness(token.expose()) else {
+            return Ok(());
+        };
+        let loopback = self.listen.ip().is_loopback();
+        if loopback && weakness.allowed_on_loopback() {
+            self.warnings.push(format!(
+                "{what} {}; accepted only because the service listens on loopback ({}), never elsewhere",
+                weakness.describe(),
+                self.listen
+            ));
+            return Ok(());
+        }
+        let mut why = format!("{what} {}", weakness.describe());
+        if weakness.allowed_on_loopback() {
+            why.push_str(&format!(
+                " (accepted on a loopback listen address only, not on {})",
+                self.listen
+            ));
+        }
+        Err(invalid(setting, why))
+    }
+}
+
+/// A trusted proxy: a CIDR network (`10.0.0.0/8`) or one address.
+fn parse_net(raw: &str) -> Result<IpNet, SettingsError> {
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            invalid(
+                "trusted_proxies (--trusted-proxies, B24J_TRUSTED_PROXIES)",
+                format!(
+                    "{raw:?} is neither an IP address nor a CIDR network (10.0.0.0/8, ::1/128)"
+                ),
+            )
+        })
 }
 
 /// A [`SettingsError::Invalid`] for `setting`.
@@ -312,7 +433,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9999\"\ndata_dir = \"/tmp/x\"\n[portals]\nm1 = \"t1\"\n",
+            "listen = \"127.0.0.1:9999\"\ndata_dir = \"/tmp/x\"\n[portals]\nm1 = \"t1-0123456789abcdef\"\n",
         )
         .unwrap();
         let s = Settings::resolve(ServeArgs {
@@ -330,7 +451,7 @@ mod tests {
 
         let s = Settings::resolve(ServeArgs {
             config: Some(path),
-            portals: vec!["m2=t2".into()],
+            portals: vec!["m2=t2-0123456789abcdef".into()],
             ..Default::default()
         })
         .unwrap();
@@ -374,6 +495,127 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, SettingsError::ReadTokenRequired(_)));
+    }
+
+    /// Serve arguments with `listen` and these tokens.
+    fn with_tokens(listen: &str, read: &str, admin: &str, portal: &str) -> ServeArgs {
+        ServeArgs {
+            listen: Some(listen.into()),
+            read_token: Some(read.into()),
+            admin_token: Some(admin.into()),
+            portals: vec![format!("a223c6b3710f85df22e9377d6c4f7553={portal}")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_naming_the_setting() {
+        const GOOD: &str = "4f1c9a7e2b8d6053a1e7";
+        let cases = [
+            (
+                with_tokens(
+                    "127.0.0.1:8080",
+                    "CHANGE-ME-long-random-read-token",
+                    GOOD,
+                    GOOD,
+                ),
+                "read_token",
+                "CHANGE-ME",
+            ),
+            (
+                with_tokens(
+                    "127.0.0.1:8080",
+                    GOOD,
+                    "CHANGE-ME-another-long-random-admin-token",
+                    GOOD,
+                ),
+                "admin_token",
+                "CHANGE-ME",
+            ),
+            (
+                with_tokens("127.0.0.1:8080", "short-read-tok", GOOD, GOOD),
+                "read_token",
+                "shorter than 16",
+            ),
+            (
+                with_tokens("127.0.0.1:8080", GOOD, "adm-7Hc2Qp9Lx4", GOOD),
+                "admin_token",
+                "shorter than 16",
+            ),
+            (
+                with_tokens("127.0.0.1:8080", GOOD, GOOD, "abc123"),
+                "portals",
+                "shorter than 16",
+            ),
+            (
+                with_tokens(
+                    "0.0.0.0:8080",
+                    GOOD,
+                    GOOD,
+                    "51856fefc120afa4b628cc82d3935cce",
+                ),
+                "portals",
+                "sample application_token of Bitrix24's REST documentation",
+            ),
+            (
+                with_tokens("10.0.0.5:8080", "local-read-token", GOOD, GOOD),
+                "read_token",
+                "README",
+            ),
+        ];
+        for (args, setting, why) in cases {
+            let err = Settings::resolve(args).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid {setting}")), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn public_samples_pass_on_loopback_with_a_warning() {
+        const GOOD: &str = "4f1c9a7e2b8d6053a1e7";
+        let s = Settings::resolve(with_tokens(
+            "127.0.0.1:8080",
+            "local-read-token",
+            GOOD,
+            "51856fefc120afa4b628cc82d3935cce",
+        ))
+        .unwrap();
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings.iter().all(|w| w.contains("loopback")));
+        assert!(!s.warnings.iter().any(|w| w.contains("51856fef")));
+        let s = Settings::resolve(with_tokens("[::1]:8080", GOOD, GOOD, GOOD)).unwrap();
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_and_backup_dir() {
+        let s = Settings::resolve(ServeArgs {
+            trusted_proxies: vec!["127.0.0.1".into(), "10.0.0.0/8".into(), "::1".into()],
+            backup_dir: Some("/var/backups/b24-journal".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        assert_eq!(
+            s.backup_dir,
+            Some(PathBuf::from("/var/backups/b24-journal"))
+        );
+        let err = Settings::resolve(ServeArgs {
+            trusted_proxies: vec!["10.0.0.0/33".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid trusted_proxies"),
+            "{err}"
+        );
+        let err = Settings::resolve(ServeArgs {
+            backup_dir: Some("backups".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid backup_dir"), "{err}");
     }
 
     #[test]

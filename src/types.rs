@@ -160,9 +160,21 @@ impl Ts {
     /// The epoch.
     pub const MIN: Ts = Ts(0);
 
+    /// Unix milliseconds of 2001-09-09 to 2286-11-20: 13 digits, the form a
+    /// client that sends milliseconds by mistake (JavaScript's
+    /// `Date.now()`) sends for any date it can mean.
+    const MILLIS: std::ops::Range<u64> = 1_000_000_000_000..10_000_000_000_000;
+    /// The answer to a value in [`Ts::MILLIS`].
+    const MILLIS_HINT: &'static str =
+        "must be Unix seconds; this value looks like milliseconds (13 digits): divide it by 1000";
+
     /// Parses a decimal string of Unix seconds (what Bitrix24 sends).
     pub fn parse_unix(raw: &str) -> Result<Self, Invalid> {
-        if raw.is_empty() || raw.len() > 12 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+        if digits && raw.len() == 13 {
+            return Err(Invalid(Self::MILLIS_HINT));
+        }
+        if !digits || raw.len() > 12 {
             return Err(Invalid("must be Unix seconds as a non-negative integer"));
         }
         // Cannot fail: at most 12 ASCII digits always fit in a u64.
@@ -181,8 +193,12 @@ impl Ts {
         Self::from_secs(secs)
     }
 
-    /// Wraps Unix seconds, refusing values past year 9999.
+    /// Wraps Unix seconds, refusing values past year 9999 (with a hint for
+    /// what looks like milliseconds).
     pub fn from_secs(secs: u64) -> Result<Self, Invalid> {
+        if Self::MILLIS.contains(&secs) {
+            return Err(Invalid(Self::MILLIS_HINT));
+        }
         if secs > Self::MAX.0 {
             return Err(Invalid("is past the year 9999"));
         }
@@ -295,6 +311,16 @@ mod tests {
         assert!(Ts::parse_unix("-1").is_err());
         assert!(Ts::parse_unix("1.5").is_err());
         assert!(Ts::parse_unix("999999999999").is_err());
+        for millis in [
+            Ts::parse_unix("1700000000000").unwrap_err(),
+            Ts::from_secs(1_700_000_000_000).unwrap_err(),
+        ] {
+            assert!(millis.0.contains("looks like milliseconds"), "{}", millis.0);
+        }
+        assert!(!Ts::parse_unix("17000000000000")
+            .unwrap_err()
+            .0
+            .contains("milliseconds"));
         assert_eq!(
             Ts::parse_unix_or_rfc3339("2016-06-20T16:21:54Z")
                 .unwrap()

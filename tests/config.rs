@@ -1,6 +1,7 @@
 //! Configuration sources: flags, B24J_* env vars, --config TOML file, their
-//! precedence (flags > env > file), and refusing a public listen address
-//! without a read token.
+//! precedence (flags > env > file), refusing a public listen address
+//! without a read token, and refusing weak tokens (the example config's
+//! placeholders, short ones, public samples off loopback).
 
 mod common;
 
@@ -334,6 +335,7 @@ fn public_listen_without_read_token_is_refused() {
 async fn public_listen_with_env_read_token_starts() {
     let data = tempdir();
     let tok = "env-read-public-4f7e2d";
+    // P3: the sample portals' public tokens are refused off loopback.
     let mut srv = TestServer::spawn(
         vec![
             s("serve"),
@@ -342,13 +344,13 @@ async fn public_listen_with_env_read_token_starts() {
             s("--data-dir"),
             s(data.path().to_str().unwrap()),
             s("--portal"),
-            P1.flag(),
+            P3.flag(),
         ],
         &[("B24J_READ_TOKEN", tok)],
     );
     assert_eq!(srv.host, "0.0.0.0");
     assert_eq!(read_status(&srv, tok).await, 200);
-    assert_eq!(ingest_status(&srv, P1, P1.token, "1").await, 200);
+    assert_eq!(ingest_status(&srv, P3, P3.token, "1").await, 200);
     srv.stop();
 }
 
@@ -381,6 +383,125 @@ async fn info_logs_failed_requests_and_debug_logs_every_request() {
             request_lines(&logs, 401),
             1,
             "RUST_LOG={level}: the refused request is logged in\n{logs}"
+        );
+    }
+}
+
+/// Runs `serve` with `args` expecting a refusal; returns its output.
+fn refused(args: &[String]) -> String {
+    let (status, out) = run_to_exit(args, &[], Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "{args:?} must be refused; output:\n{out}"
+    );
+    assert!(!out.contains("listening on"), "{out}");
+    out
+}
+
+/// `config.example.toml` as shipped never starts: each placeholder is
+/// refused by name, one after the other as they are replaced.
+#[test]
+fn the_example_config_is_refused_until_its_placeholders_are_replaced() {
+    let data = tempdir();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let base = [
+        s("serve"),
+        s("--config"),
+        s(example),
+        s("--data-dir"),
+        s(data.path().to_str().unwrap()),
+    ];
+    let portal = s("--portal=5e1d0c9b8a7f6e5d4c3b2a1908f7e6d5=9d8c7b6a5f4e3d2c1b0a998877665544");
+    let read = s("--read-token=rd-1f0e9d8c7b6a5f4e3d2c");
+    let steps: [(Vec<String>, &str); 3] = [
+        (vec![], "invalid portals"),
+        (vec![portal.clone()], "invalid read_token"),
+        (vec![portal, read], "invalid admin_token"),
+    ];
+    for (extra, setting) in steps {
+        let args: Vec<String> = base.iter().cloned().chain(extra).collect();
+        let out = refused(&args);
+        let line = out.trim();
+        assert!(
+            line.starts_with(&format!("b24-journal: {setting}")) && line.contains("CHANGE-ME"),
+            "{args:?}: {out}"
+        );
+        assert_eq!(line.lines().count(), 1, "one line: {out}");
+    }
+    assert!(
+        std::fs::read_dir(data.path()).unwrap().next().is_none(),
+        "nothing opened"
+    );
+}
+
+/// Short tokens are refused wherever they come from; the public sample
+/// portal of Bitrix24's docs (the README's first command) runs only on
+/// loopback, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weak_tokens_are_refused_and_the_docs_sample_only_runs_on_loopback() {
+    let data = tempdir();
+    let d = data.path().to_str().unwrap();
+    let read = s("--read-token=rd-1f0e9d8c7b6a5f4e3d2c");
+    let p3 = format!("--portal={}", P3.flag());
+    let serve = |listen: &str, extra: &[String]| {
+        let mut args = vec![s("serve"), s("--listen"), s(listen), s("--data-dir"), s(d)];
+        args.extend(extra.iter().cloned());
+        args
+    };
+    for (extra, setting, secret) in [
+        (
+            vec![p3.clone(), s("--read-token=short-tok-123")],
+            "read_token",
+            "short-tok-123",
+        ),
+        (
+            vec![p3.clone(), read.clone(), s("--admin-token=adm-0123")],
+            "admin_token",
+            "adm-0123",
+        ),
+        (
+            vec![format!("--portal={}=0123456789", P3.member)],
+            "portals",
+            "0123456789",
+        ),
+    ] {
+        let out = refused(&serve("127.0.0.1:0", &extra));
+        assert!(
+            out.contains(&format!("invalid {setting}")) && out.contains("shorter than 16"),
+            "{extra:?}: {out}"
+        );
+        assert!(!out.contains(secret), "the token is not repeated: {out}");
+    }
+    let sample = [format!("--portal={}", P1.flag()), read];
+    let out = refused(&serve("0.0.0.0:0", &sample));
+    assert!(
+        out.contains("invalid portals") && out.contains("sample application_token"),
+        "{out}"
+    );
+    assert!(!out.contains(P1.token), "the token is not repeated: {out}");
+
+    let mut srv = TestServer::spawn(serve("127.0.0.1:0", &sample), &[("RUST_LOG", "info")]);
+    assert_eq!(ingest_status(&srv, P1, P1.token, "1").await, 200);
+    let logs = strip_ansi(&srv.stop());
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("sample application_token"))
+        .unwrap_or_else(|| panic!("no warning about the sample token in:\n{logs}"));
+    assert!(warning.contains("loopback"), "{warning}");
+    assert!(!logs.contains(P1.token), "token logged:\n{logs}");
+}
+
+/// Each subcommand's help shows a default once: `verify --help` printed
+/// `[default: ./data]` twice (in the doc text and from clap).
+#[test]
+fn help_shows_each_default_once() {
+    for sub in ["verify", "migrate", "portals"] {
+        let (status, out) = run_to_exit(&[s(sub), s("--help")], &[], Duration::from_secs(30));
+        assert!(status.success(), "{sub} --help: {out}");
+        assert_eq!(
+            out.matches("[default: ./data]").count(),
+            1,
+            "{sub} --help:\n{out}"
         );
     }
 }

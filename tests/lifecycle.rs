@@ -282,3 +282,43 @@ async fn configured_portals_keep_their_token_across_lifecycle_events() {
     assert_eq!(listed(&s, P1.member).await["status"], "active");
     s.stop().await;
 }
+
+/// Bitrix24 lets an administrator change a portal's address and keeps its
+/// member id: an event with a new `auth[domain]` is stored, the rename is
+/// logged at warn once, `GET /v1/portals` lists the old domain in
+/// `previous_domains`, and both names still lead to the portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renamed_portal_is_logged_and_keeps_its_previous_domain() {
+    let dir = tempdir();
+    let mut srv = TestServer::start(dir.path(), &[]);
+    srv.store(&EventSpec::new(P1, "ONCRMDEALUPDATE", Some("1"), T))
+        .await;
+    let renamed = Portal {
+        domain: "renamed-portal.bitrix24.com",
+        ..P1
+    };
+    for entity in ["2", "3"] {
+        srv.store(&EventSpec::new(renamed, "ONCRMDEALUPDATE", Some(entity), T))
+            .await;
+    }
+    let p = srv.portal_entry(P1.member).await.unwrap();
+    assert_eq!(p["domain"], renamed.domain, "{p}");
+    assert_eq!(p["previous_domains"], serde_json::json!([P1.domain]), "{p}");
+    let p2 = srv.portal_entry(P2.member).await.unwrap();
+    assert_eq!(p2["previous_domains"], serde_json::json!([]), "{p2}");
+    assert_eq!(srv.count(P1.domain).await, 3);
+    assert_eq!(srv.count(renamed.domain).await, 3);
+    let logs = strip_ansi(&srv.stop());
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("portal renamed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains(P1.domain)
+            && lines[0].contains(renamed.domain),
+        "{}",
+        lines[0]
+    );
+}

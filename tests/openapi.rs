@@ -215,6 +215,19 @@ async fn probe(s: &Client, doc: &Value, method: &str, path: &str) -> Resp {
                 .await;
             assert_eq!(r.status, 400, "backup without `to`: {}", r.text);
             r.error();
+            assert_route_answered(doc, method, path, &r);
+            // A name inside the backup directory: the documented result.
+            let r = s
+                .send(
+                    s.client
+                        .post(&url)
+                        .header(reqwest::header::AUTHORIZATION, bearer(ADMIN_TOKEN))
+                        .header(reqwest::header::CONTENT_TYPE, JSON_CT)
+                        .body(r#"{"to":"probe"}"#),
+                )
+                .await;
+            assert_eq!(r.status, 200, "backup: {}", r.text);
+            assert_shape(doc, "BackupResult", &r.json());
             r
         }
         ("delete", "/v1/admin/portals/{portal}") => {
@@ -319,9 +332,14 @@ async fn probe_unauthenticated(s: &Client, doc: &Value, method: &str, path: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_the_server() {
     let dir = tempdir();
+    let backups = tempdir();
     let s = try_spawn_app({
         let mut args = default_args(dir.path());
         args.extend(["--admin-token".to_string(), ADMIN_TOKEN.to_string()]);
+        args.extend([
+            "--backup-dir".to_string(),
+            backups.path().to_str().unwrap().to_string(),
+        ]);
         args
     })
     .await

@@ -544,3 +544,85 @@ async fn bad_query_parameters_are_400_naming_them_and_unknown_portal_404() {
     }
     s.stop().await;
 }
+
+/// Two common mistakes get an answer that says what to do: JSON posted
+/// with curl's default content type (`curl -d '{…}'` declares a form), and
+/// `ts` in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_sent_as_form_and_millisecond_ts_get_hints() {
+    let dir = tempdir();
+    let s = spawn_app(dir.path(), &[]).await;
+    let base = baseline(&s).await;
+    let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("9"), 1700000300);
+    let body = ev.json().to_string();
+    for sent in [body.clone(), format!("\n  {body}")] {
+        let r = s.post_raw_ct(Some(FORM_CT), sent).await;
+        r.assert_error(400, "looks like JSON", "a JSON body sent as a form");
+        let msg = r.error();
+        assert!(
+            msg.contains("Content-Type: application/json") && msg.contains("missing field"),
+            "the hint says what to send and keeps the error: {msg}"
+        );
+    }
+    // A form that is only wrong gets no hint about JSON.
+    let r = s.post_raw_ct(Some(FORM_CT), "event=ONCRMDEALUPDATE").await;
+    r.assert_error(400, "missing field", "an incomplete form");
+    assert!(!r.error().contains("JSON"), "{}", r.text);
+    assert_nothing_stored_sync(base, counts(&s).await, "JSON sent as a form");
+
+    let mut millis = ev.clone();
+    millis.ts = "1700000000000".into();
+    s.post_form(&millis.form()).await.assert_error(
+        400,
+        "looks like milliseconds",
+        "form ts in milliseconds",
+    );
+    let mut v = ev.json();
+    v["ts"] = json!(1_700_000_000_000u64);
+    s.post_json(&v)
+        .await
+        .assert_error(400, "looks like milliseconds", "JSON ts in milliseconds");
+    // Query bounds parse the same way.
+    s.get(
+        &format!("/v1/portals/{}/events", P1.member),
+        &[("since", "1700000000000")],
+    )
+    .await
+    .assert_error(400, "milliseconds", "since in milliseconds");
+    assert_nothing_stored_sync(base, counts(&s).await, "millisecond ts");
+
+    // The same event, sent right, is stored.
+    s.store(&ev).await;
+    s.stop().await;
+}
+
+/// Ingest authenticates by `auth[application_token]` in the body, so its
+/// 401 carries no `WWW-Authenticate` challenge (no header would help); the
+/// read API's bearer 401 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_bearer_401s_carry_www_authenticate() {
+    let dir = tempdir();
+    let s = spawn_app(dir.path(), &[]).await;
+    let mut ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("9"), 1700000300);
+    ev.token = Some("00000000000000000000000000000000".into());
+    let res = s
+        .client
+        .post(s.url(EVENTS_PATH))
+        .header(reqwest::header::CONTENT_TYPE, FORM_CT)
+        .body(ev.form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(
+        res.headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .is_none(),
+        "ingest 401: {:?}",
+        res.headers()
+    );
+    let res = s.client.get(s.url("/v1/portals")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer");
+    s.stop().await;
+}

@@ -117,7 +117,7 @@ fn push_u64(out: &mut Vec<u8>, v: u64) {
 
 /// Appends the body Bitrix24 sends for a CRM activity event from an
 /// application: the same keys, order and encoding as
-/// `shared/fixtures/ONCRMACTIVITYUPDATE-app.form` (brackets percent-encoded,
+/// `tests/fixtures/ONCRMACTIVITYUPDATE-app.form` (brackets percent-encoded,
 /// full app `auth` block with fresh OAuth tokens per event).
 pub fn write_body(out: &mut Vec<u8>, p: &Portal, event: &str, entity: u64, ts: u64, rng: &mut Rng) {
     out.extend_from_slice(b"event=");

@@ -105,6 +105,29 @@ impl PortalRecord {
         self.profiles.last().map(|p| p.domain.as_str())
     }
 
+    /// The domains the portal had before the current one, oldest first,
+    /// each once: Bitrix24 lets an administrator change a portal's address,
+    /// and the member id stays.
+    pub fn previous_domains(&self) -> Vec<&str> {
+        let current = self.domain();
+        let mut out: Vec<&str> = Vec::new();
+        for p in &self.profiles {
+            let d = p.domain.as_str();
+            if Some(d) != current && !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// The current domain, if `domain` is one this portal never had: an
+    /// event that renames it.
+    pub fn renamed_from(&self, domain: &str) -> Option<&str> {
+        let current = self.domain()?;
+        let known = self.profiles.iter().any(|p| p.domain == domain);
+        (!known).then_some(current)
+    }
+
     /// The highest seq stored so far (0 when none).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
@@ -387,6 +410,31 @@ mod tests {
         };
         let len = common.to_bytes(0).len();
         assert!(len < 40, "{len} bytes");
+    }
+
+    #[test]
+    fn renames_keep_the_previous_domains() {
+        let profile = |domain: &str, endpoint: &str| PortalProfile {
+            domain: domain.into(),
+            client_endpoint: Some(endpoint.into()),
+            server_endpoint: None,
+            fixed: Vec::new(),
+        };
+        let mut p = PortalRecord::new(0, &MemberId::parse("m").unwrap());
+        assert_eq!(p.renamed_from("a.bitrix24.com"), None);
+        p.profile_index(&profile("a.bitrix24.com", "1"));
+        assert_eq!(p.renamed_from("a.bitrix24.com"), None);
+        p.profile_index(&profile("a.bitrix24.com", "2"));
+        assert!(p.previous_domains().is_empty());
+        assert_eq!(p.renamed_from("b.bitrix24.com"), Some("a.bitrix24.com"));
+        p.profile_index(&profile("b.bitrix24.com", "3"));
+        assert_eq!(p.domain(), Some("b.bitrix24.com"));
+        assert_eq!(p.previous_domains(), vec!["a.bitrix24.com"]);
+        p.profile_index(&profile("c.bitrix24.com", "4"));
+        assert_eq!(
+            p.previous_domains(),
+            vec!["a.bitrix24.com", "b.bitrix24.com"]
+        );
     }
 
     #[test]

@@ -1,40 +1,59 @@
 //! The admin API: online backup and portal erasure. Every route needs
 //! `Authorization: Bearer <admin token>`, a token separate from the read
-//! token, so dashboards that can read cannot also copy or erase.
+//! token, so dashboards that can read cannot also copy or erase; and
+//! backups go only into the configured backup directory
+//! (`--backup-dir`), so even the admin token cannot write elsewhere.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::auth::{bearer, Api, Bearer};
-use super::filters::with_app;
+use super::filters::{read_limited, with_app};
 use crate::app::App;
 use crate::http::{json_response, respond, ApiError};
 use crate::journal::maintain::{self, MaintainError};
 
 /// Largest admin request body.
-const MAX_ADMIN_BODY: u64 = 4096;
+const MAX_ADMIN_BODY: usize = 4096;
 
 /// The admin routes: backup, then erasure.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     backup(app.clone()).or(erase_portal(app)).unify()
 }
 
-/// `POST /v1/admin/backup`
+/// `POST /v1/admin/backup`. The body is read by the handler, after the
+/// token check: a caller without the token learns nothing about what the
+/// route wants (no 411 or 413 before the 401).
 fn backup(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
         .and(bearer(&app, Api::Admin))
-        .and(warp::body::content_length_limit(MAX_ADMIN_BODY))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
         .and(with_app(app))
-        .then(|auth: Bearer, body: Bytes, app: Arc<App>| async move {
-            respond(run_backup(app, auth, &body).await)
-        })
+        .then(
+            |auth: Bearer, length: Option<String>, body, app: Arc<App>| async move {
+                let result = async {
+                    auth.require()?;
+                    let root = app.backup_dir.clone().ok_or_else(|| {
+                        ApiError::Forbidden(
+                            "online backups are off: no backup directory is configured (--backup-dir, B24J_BACKUP_DIR or backup_dir)".into(),
+                        )
+                    })?;
+                    let declared = length.and_then(|l| l.trim().parse::<u64>().ok());
+                    if declared.is_some_and(|len| len > MAX_ADMIN_BODY as u64) {
+                        return Err(ApiError::PayloadTooLarge(MAX_ADMIN_BODY));
+                    }
+                    let body = read_limited(body, MAX_ADMIN_BODY).await?;
+                    run_backup(app, root, &body).await
+                };
+                respond(result.await)
+            },
+        )
 }
 
 #[derive(serde::Deserialize)]
@@ -43,22 +62,24 @@ struct BackupRequest {
     to: PathBuf,
 }
 
-/// Writes a backup to the directory the body names, on a thread of its own
-/// that shutdown joins (see [`crate::app::Backups`]).
-async fn run_backup(app: Arc<App>, auth: Bearer, body: &[u8]) -> Result<Response, ApiError> {
-    auth.require()?;
+/// Writes a backup to the directory the body names inside `root`, on a
+/// thread of its own that shutdown joins (see [`crate::app::Backups`]).
+async fn run_backup(app: Arc<App>, root: PathBuf, body: &[u8]) -> Result<Response, ApiError> {
     let req: BackupRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!("body must be {{\"to\": \"/absolute/dir\"}}: {e}"))
+        ApiError::BadRequest(format!(
+            "body must be {{\"to\": \"NAME\"}}, NAME a directory to create inside the backup directory: {e}"
+        ))
     })?;
-    maintain::check_backup_target(&req.to).map_err(backup_error)?;
+    let to = maintain::backup_target(&root, &req.to).map_err(backup_error)?;
+    maintain::check_backup_target(&to).map_err(backup_error)?;
     let journal = app.journal.clone();
-    let to = req.to.clone();
+    let dest = to.clone();
     let (done, finished) = tokio::sync::oneshot::channel();
     let started = app
         .backups
         .spawn(move || {
             // The requester may have gone: the backup is complete anyway.
-            let _ = done.send(maintain::backup(&journal, &to));
+            let _ = done.send(maintain::backup(&journal, &dest));
         })
         .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
     if !started {
@@ -67,17 +88,18 @@ async fn run_backup(app: Arc<App>, auth: Bearer, body: &[u8]) -> Result<Response
             retry_after: 5,
         });
     }
-    tracing::info!(to = %req.to.display(), "backup started");
+    tracing::info!(to = %to.display(), "backup started");
     let stats = finished
         .await
         .map_err(|_| ApiError::Internal("backup thread ended without a result".into()))?
         .map_err(backup_error)?;
-    tracing::info!(to = %req.to.display(), portals = stats.portals, events = stats.events, "backup done");
+    tracing::info!(to = %to.display(), portals = stats.portals, events = stats.events, "backup done");
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({
             "status": "ok",
             "to": req.to,
+            "path": to,
             "portals": stats.portals,
             "events": stats.events,
         }),

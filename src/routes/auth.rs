@@ -2,9 +2,9 @@
 //! protected route uses.
 //!
 //! The filter only extracts the verdict: each handler answers with it at the
-//! point its order of checks requires (the admin backup, for one, reads its
-//! body under a length limit first), so adding the filter to a route never
-//! changes which error a request gets.
+//! point its order of checks requires, which is first on every route (the
+//! admin backup reads its body only after it), so a caller without the
+//! token learns nothing about what a route expects.
 
 use warp::{Filter, Rejection};
 

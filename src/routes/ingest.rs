@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Buf;
+use futures_util::Stream;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::filters::with_app;
+use super::client::{client, ClientAddr};
+use super::filters::{read_limited, with_app};
 use crate::app::App;
 use crate::decode::BodyKind;
 use crate::http::{json_response, respond, ApiError};
@@ -34,13 +35,19 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("content-length"))
         .and(warp::body::stream())
+        .and(client(&app))
         .and(with_app(app))
         .then(
-            |content_type: Option<String>, length: Option<String>, body, app: Arc<App>| async move {
+            |content_type: Option<String>,
+             length: Option<String>,
+             body,
+             client: ClientAddr,
+             app: Arc<App>| async move {
                 let m = metrics();
                 m.received.inc();
                 let started = Instant::now();
-                let result = receive(&app, content_type.as_deref(), length.as_deref(), body).await;
+                let headers = (content_type.as_deref(), length.as_deref());
+                let result = receive(&app, headers, body, client).await;
                 match &result {
                     Ok(res) if res.status() == StatusCode::OK => {
                         m.ack_latency.observe(started.elapsed().as_secs_f64());
@@ -53,12 +60,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         )
 }
 
-/// Reads the body within its limits and ingests it.
+/// Reads the body within its limits and ingests it. `headers` are the
+/// request's `Content-Type` and `Content-Length`.
 async fn receive<S, B>(
     app: &App,
-    content_type: Option<&str>,
-    content_length: Option<&str>,
+    (content_type, content_length): (Option<&str>, Option<&str>),
     body: S,
+    client: ClientAddr,
 ) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
@@ -75,6 +83,7 @@ where
         Ok(body) => body?,
         Err(_) => {
             tracing::warn!(
+                %client,
                 timeout_ms = limit.as_millis() as u64,
                 "request body not received in time; answering 408"
             );
@@ -87,7 +96,7 @@ where
         outcome,
     } = ingest::ingest(&app.journal, &app.verifier, kind, &body)
         .await
-        .map_err(refusal)?;
+        .map_err(|e| refusal(e, client))?;
     let (status, id, seq) = match outcome {
         AppendOutcome::Stored { id, seq } => {
             metrics().stored.inc();
@@ -106,34 +115,35 @@ where
 }
 
 /// The answer to an event that was not acknowledged, logged as operators
-/// need it (refusals at `warn`, storage failures at `error`).
-fn refusal(e: IngestError) -> ApiError {
+/// need it (refusals at `warn` with the client's address, storage failures
+/// at `error`).
+fn refusal(e: IngestError, client: ClientAddr) -> ApiError {
     match e {
         IngestError::Decode(e) => ApiError::BadRequest(e.to_string()),
         IngestError::Refused { member_id, reason } => {
-            tracing::warn!(%member_id, %reason, "refused event");
+            tracing::warn!(%client, %member_id, %reason, "refused event");
             match reason {
                 VerifyError::DomainNotAllowed => ApiError::Forbidden(
                     "auth[domain] is not allowed to install this application (--install-domains)"
                         .into(),
                 ),
-                VerifyError::Uninstalled => ApiError::Unauthorized(
+                VerifyError::Uninstalled => ApiError::NotTrusted(
                     "the application is uninstalled from this portal (auth[member_id]); events are refused until it is installed again".into(),
                 ),
-                VerifyError::UnknownPortal | VerifyError::WrongToken => ApiError::Unauthorized(
+                VerifyError::UnknownPortal | VerifyError::WrongToken => ApiError::NotTrusted(
                     "auth[application_token] is not valid for auth[member_id]".into(),
                 ),
             }
         }
         IngestError::NotStored { member_id, source } => match source {
             AppendError::Conflict(member) => {
-                tracing::warn!(member_id = %member, "refused ONAPPINSTALL: portal is installed with a different token");
+                tracing::warn!(%client, member_id = %member, "refused ONAPPINSTALL: portal is installed with a different token");
                 ApiError::Conflict(
                     "this portal (auth[member_id]) is already installed with a different auth[application_token]; an operator must reset it".into(),
                 )
             }
             AppendError::DomainTaken(domain) => {
-                tracing::warn!(%member_id, %domain, "refused event: its auth[domain] belongs to another portal");
+                tracing::warn!(%client, %member_id, %domain, "refused event: its auth[domain] belongs to another portal");
                 ApiError::Conflict(
                     "auth[domain] belongs to another portal; the event was not stored".into(),
                 )
@@ -200,31 +210,6 @@ fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
         }
     }
     Ok(kind)
-}
-
-/// Reads the body, refusing it as soon as it passes `limit` bytes, whether
-/// or not a Content-Length was sent.
-async fn read_limited<S, B>(body: S, limit: usize) -> Result<BytesMut, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let mut body = std::pin::pin!(body);
-    let mut out = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
-        if out.len() + chunk.remaining() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        while chunk.has_remaining() {
-            let piece = chunk.chunk();
-            out.extend_from_slice(piece);
-            let n = piece.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

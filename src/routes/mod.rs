@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client;
 pub mod events;
 pub mod filters;
 pub mod health;
@@ -22,21 +23,24 @@ pub mod stream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
-use warp::http::StatusCode;
-use warp::log::Info;
+use warp::http::{Method, StatusCode};
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use self::client::{client, ClientAddr};
 use crate::app::App;
 use crate::http::json_response;
 
 /// Every route, with rejections turned into JSON errors and each request
-/// logged (method, path without query, status, latency; never a body).
+/// logged (client, method, path without query, status, latency; never a
+/// body).
 pub fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
-    ingest::routes(app.clone())
+    let api = ingest::routes(app.clone())
         .or(portals::routes(app.clone()))
         .unify()
         .or(events::routes(app.clone()))
@@ -49,29 +53,58 @@ pub fn routes(
         .unify()
         .or(openapi::routes())
         .unify()
-        .or(health::routes(app))
+        .or(health::routes(app.clone()))
         .unify()
         .recover(recover)
-        .unify()
-        .with(warp::log::custom(log_request))
+        .unify();
+    client(&app)
+        .and(warp::method())
+        .and(warp::path::full())
+        .map(|client, method, path| RequestLine {
+            client,
+            method,
+            path,
+            started: Instant::now(),
+        })
+        .and(api)
+        .map(|line: RequestLine, res: Response| {
+            line.log(res.status());
+            res
+        })
 }
 
-/// The access log: failed requests at `info` (5xx at `warn`), answered ones
-/// at `debug`. One `info` line per request would flood journald during a
-/// Bitrix24 burst until its rate limit drops every line of the service,
-/// refusals and storage errors included; stored events are in the journal
-/// and every request is counted in `/metrics`.
-/// `RUST_LOG=b24_journal=debug` brings the full access log back.
-fn log_request(info: Info<'_>) {
-    let (method, path, status) = (info.method(), info.path(), info.status());
-    let latency_ms = info.elapsed().as_secs_f64() * 1000.0;
-    let status_code = status.as_u16();
-    if status.is_server_error() {
-        tracing::warn!(%method, path, status = status_code, latency_ms, "request");
-    } else if status.is_client_error() {
-        tracing::info!(%method, path, status = status_code, latency_ms, "request");
-    } else {
-        tracing::debug!(%method, path, status = status_code, latency_ms, "request");
+/// What the access log says about a request, gathered before it is routed.
+struct RequestLine {
+    client: ClientAddr,
+    method: Method,
+    path: FullPath,
+    started: Instant,
+}
+
+impl RequestLine {
+    /// The access log: failed requests at `info` (5xx at `warn`), answered
+    /// ones at `debug`. One `info` line per request would flood journald
+    /// during a Bitrix24 burst until its rate limit drops every line of the
+    /// service, refusals and storage errors included; stored events are in
+    /// the journal and every request is counted in `/metrics`.
+    /// `RUST_LOG=b24_journal=debug` brings the full access log back. The
+    /// latency is whole microseconds (to the first byte of the answer).
+    fn log(self, status: StatusCode) {
+        let RequestLine {
+            client,
+            method,
+            path,
+            started,
+        } = self;
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (path, status) = (path.as_str(), status.as_u16());
+        if status >= 500 {
+            tracing::warn!(%client, %method, path, status, latency_us, "request");
+        } else if status >= 400 {
+            tracing::info!(%client, %method, path, status, latency_us, "request");
+        } else {
+            tracing::debug!(%client, %method, path, status, latency_us, "request");
+        }
     }
 }
 

@@ -56,6 +56,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
                 json!({
                     "member_id": p.member_id,
                     "domain": p.domain(),
+                    "previous_domains": p.previous_domains(),
                     "status": status,
                     "source": source,
                     "events": p.events,
@@ -94,6 +95,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
             list.push(json!({
                 "member_id": member,
                 "domain": domain,
+                "previous_domains": [],
                 "status": status,
                 "source": source,
                 "events": 0,

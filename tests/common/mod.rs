@@ -28,12 +28,14 @@
 //! | in-process | `overload`: header timeout (ignored: takes 30 s) | HTTP behaviour |
 //! | in-process | `harness` | the in-process harness itself |
 //! | binary | `config` | flags, `B24J_*` variables, config file, exit codes, log levels |
+//! | binary | `logging` | the client in refusal and access log lines, latencies, one line per command error |
+//! | binary | `tls_proxy` | behind a real Caddy running `deploy/Caddyfile`; reads the client in a refusal line |
 //! | binary | `crash`, `restart`, `packing` | SIGKILL, SIGTERM, exit status, restarts on one data directory |
 //! | binary | `diskfull` | restarts, and the logs of the failure |
 //! | binary | `hostile`, `secrets` | they search the trace-level logs for secrets |
 //! | binary | `admin`: metrics | exact `/metrics` values: the registry is per process |
 //! | binary | `admin`: offline registrations | restarts, with the data directory edited offline between them |
-//! | binary | `lifecycle`: install/uninstall/restart; takeover | a restart; the takeover test reads a log line |
+//! | binary | `lifecycle`: install/uninstall/restart; takeover; rename | a restart; the takeover and rename tests read a log line |
 //! | binary | `overload`: flood; slow clients | the flood measures the server process's memory; slow clients reads the 408 log line |
 //! | binary | `dedup`: concurrent distinct events | when a request fails it shows the server's warnings and errors |
 //!

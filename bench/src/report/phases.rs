@@ -63,7 +63,7 @@ pub(super) fn ingest(w: &mut String, o: &Opts, r: &Report) {
     let _ = writeln!(w, "## Ingest: `POST /v1/bitrix24/events`, durable acks\n");
     let _ = writeln!(
         w,
-        "The real `b24-journal serve` (RUST_LOG={}, log to a file), {} portals from a `--config` file, ~545-byte form bodies in the wire format of `shared/fixtures/ONCRMACTIVITYUPDATE-app.form`, ADD/UPDATE/DELETE 35/50/15 %, random activity ids, {:.0} % exact resends of bodies already answered `stored`. One server for all levels, in order; counts are checked against `GET /v1/portals` after each level.\n",
+        "The real `b24-journal serve` (RUST_LOG={}, log to a file), {} portals from a `--config` file, ~545-byte form bodies in the wire format of `tests/fixtures/ONCRMACTIVITYUPDATE-app.form`, ADD/UPDATE/DELETE 35/50/15 %, random activity ids, {:.0} % exact resends of bodies already answered `stored`. One server for all levels, in order; counts are checked against `GET /v1/portals` after each level.\n",
         o.server_log,
         o.ingest_portals,
         o.dup_rate * 100.0

@@ -12,6 +12,9 @@ pub enum MaintainError {
     /// The target already holds something.
     #[error("{0}")]
     TargetExists(String),
+    /// The configured backup directory cannot be used.
+    #[error("{0}")]
+    BackupRoot(String),
     /// The data directory did not open.
     #[error(transparent)]
     Open(#[from] OpenError),

@@ -1,5 +1,6 @@
-//! Maintenance: online backup, offline verification and migration, and
-//! offline portal registrations. Each job is one file; they share the way a
+//! Maintenance: online backup (and where it may write), offline
+//! verification and migration, and offline portal registrations. Each job
+//! is one file; they share the way a
 //! stopped data directory is opened (`offline.rs`) and the layout code the
 //! writer uses, so a copy is laid out as the service would lay it out.
 
@@ -8,12 +9,14 @@ mod error;
 mod migrate;
 mod offline;
 mod registrations;
+mod target;
 mod verify;
 
 pub use backup::{backup, check_backup_target, BackupStats};
 pub use error::MaintainError;
 pub use migrate::{migrate, MigrateReport};
 pub use registrations::{list_registrations, put_registration, remove_registration};
+pub use target::backup_target;
 pub use verify::{verify, VerifyReport, MAX_PROBLEMS};
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use crate::journal::PortalDirectory;
 const MAINTENANCE_CACHE: u64 = 32 * 1024 * 1024;
 
 /// Opens the store in `engine` (the engine directory of `data_dir`, or a
-/// side directory beside it) for maintenance.
+/// side directory beside it) for maintenance: with a redo log that grows
+/// as it is written, so that nothing it leaves behind is padding.
 pub(super) fn open_store(engine: &Path, data_dir: &Path) -> Result<Store, OpenError> {
-    Store::open(engine, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
+    Store::open_for_maintenance(engine, MAINTENANCE_CACHE).map_err(|source| OpenError::Store {
         dir: data_dir.to_owned(),
         source,
     })

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use super::error::StoreError;
 use super::keys::{be_u64, LSN};
-use super::log::{self, sync_dir, RedoLog};
+use super::log::{self, sync_dir, RedoLog, Segments};
 use super::reader::Reader;
 
 /// The redo log's directory, inside the engine's.
@@ -41,29 +41,41 @@ pub struct Store {
     pub(super) logged_since_open: u64,
     /// Redo-log bytes after which [`Store::snapshot_due`] says so.
     snapshot_every: u64,
+    /// How the redo log makes room for records.
+    segments: Segments,
 }
 
 /// How long [`Store::open`] waits for sled's lock on the files to be free.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Waits, up to [`RELEASE_WAIT`], until nothing holds sled's lock on
-/// `dir/db`. sled's I/O threads answer a flush before they drop their
+/// `dir/db`; `false` if something still does. sled's I/O threads answer a flush before they drop their
 /// handle on that file, so for a moment after a database is dropped its
 /// lock is still held, and opening the same files again in this process
 /// fails with "could not acquire lock" (sled itself blocks on the lock in
 /// its own tests for this reason). `migrate` does exactly that: it closes
-/// the old engine, moves it aside and opens it. If the lock is still held
-/// after the wait (a running service), sled's open reports it.
-fn wait_for_release(dir: &Path) {
+/// the old engine, moves it aside and opens it. A lock still held after
+/// the wait belongs to another process: a running service.
+fn wait_for_release(dir: &Path) -> bool {
     // No file yet: nothing can hold it.
     let Ok(file) = File::open(dir.join("db")) else {
-        return;
+        return true;
     };
     let until = std::time::Instant::now() + RELEASE_WAIT;
-    while file.try_lock().is_err() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    loop {
+        // Dropping `file` releases the lock if it was taken.
+        match file.try_lock() {
+            Ok(()) => return true,
+            // Any other failure is sled's open to report.
+            Err(std::fs::TryLockError::Error(_)) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() >= until => {
+                return false
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+        }
     }
-    // Dropping `file` releases the lock if it was taken.
 }
 
 /// The open sled database.
@@ -176,9 +188,24 @@ impl Store {
     /// default cache is 1 GiB and its RSS can exceed the setting, so it is
     /// always set explicitly. Waits up to `RELEASE_WAIT` (1 s) for an engine
     /// this process just dropped to let go of the files (see
-    /// `wait_for_release`).
+    /// `wait_for_release`), and answers [`StoreError::Locked`] if another
+    /// process holds them.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        wait_for_release(dir);
+        Store::open_with(dir, cache_bytes, Segments::Prepared)
+    }
+
+    /// [`Store::open`] for maintenance (backups, migrations, offline
+    /// edits, `verify`): the redo log grows with its records instead of
+    /// being written full of zeros ahead, so a store opened for a few
+    /// commits, or a copy that is checked, does not take 32 MiB of zeros.
+    pub fn open_for_maintenance(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_with(dir, cache_bytes, Segments::Growing)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: u64, segments: Segments) -> Result<Store, StoreError> {
+        if !wait_for_release(dir) {
+            return Err(StoreError::Locked(dir.to_owned()));
+        }
         let engine = Engine::open(dir, cache_bytes)?;
         let (next_lsn, segment) = engine.replay(&dir.join(WAL_DIR))?;
         let synced_blobs = Arc::default();
@@ -190,7 +217,7 @@ impl Store {
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        let wal = Arc::new(RedoLog::start(&dir.join(WAL_DIR), segment)?);
+        let wal = Arc::new(RedoLog::start(&dir.join(WAL_DIR), segment, segments)?);
         Ok(Store {
             reader: Reader::new(engine.tree.clone()),
             engine: Some(engine),
@@ -201,6 +228,7 @@ impl Store {
             next_lsn,
             logged_since_open: 0,
             snapshot_every: SNAPSHOT_AFTER_LOGGED,
+            segments,
         })
     }
 
@@ -236,7 +264,11 @@ impl Store {
         self.cycle_engine(|store, engine| {
             let (next_lsn, segment) = engine.replay(&store.dir.join(WAL_DIR))?;
             Flusher::new(&engine, &store.dir, &store.synced_blobs).flush()?;
-            store.wal = Arc::new(RedoLog::start(&store.dir.join(WAL_DIR), segment)?);
+            store.wal = Arc::new(RedoLog::start(
+                &store.dir.join(WAL_DIR),
+                segment,
+                store.segments,
+            )?);
             store.next_lsn = next_lsn;
             Ok(engine)
         })

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A stored block or chunk did not decode.
     #[error("corrupt record: {0}")]
     Codec(#[from] CodecError),
+    /// Another process holds the engine's files (a running service).
+    #[error("{} is locked by another process (a running b24-journal?)", .0.display())]
+    Locked(std::path::PathBuf),
     /// The engine is being reopened after an I/O failure.
     #[error("storage is being reopened after an I/O error")]
     Reopening,

@@ -42,6 +42,19 @@ pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
 
 const HEADER: usize = 8;
 
+/// How a log makes room for its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segments {
+    /// Each segment is written full of zeros before records go into it,
+    /// and the next one is prepared ahead (see [`create_segment`]): fast
+    /// syncs, for the service.
+    Prepared,
+    /// Segments grow with their records: for maintenance stores (backups,
+    /// migrations, offline edits, `verify`), which commit a few batches and
+    /// must not leave 16 MiB files of zeros in a copy.
+    Growing,
+}
+
 /// One write of a batch, as logged.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Op<'a> {
@@ -203,6 +216,7 @@ fn parse_record(b: &[u8]) -> Option<(Record, usize)> {
 /// sled no longer needs).
 pub struct RedoLog {
     dir: PathBuf,
+    segments: Segments,
     /// Records appended but not yet written to the segment file.
     pending: Mutex<Vec<u8>>,
     out: Mutex<Segment>,
@@ -240,15 +254,16 @@ impl RedoLog {
     /// Starts the log in segment `n` of `dir` (blank or new) and deletes
     /// every older one: call only once sled holds everything the older ones
     /// do.
-    pub fn start(dir: &Path, n: u64) -> std::io::Result<RedoLog> {
-        let file = create_segment(dir, n)?;
+    pub fn start(dir: &Path, n: u64, segments: Segments) -> std::io::Result<RedoLog> {
+        let file = create_segment(dir, n, segments)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
-        if !segment_path(dir, n + 1).exists() {
+        if segments == Segments::Prepared && !segment_path(dir, n + 1).exists() {
             prepare_segment(dir, n + 1)?;
         }
         let wal = RedoLog {
             dir: dir.to_owned(),
+            segments,
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment { n, file, len: 0 }),
             checkpoint: Mutex::new(CheckpointState::default()),
@@ -318,7 +333,7 @@ impl RedoLog {
             out.file.sync_data()?;
         }
         let n = out.n + 1;
-        out.file = create_segment(&self.dir, n)?;
+        out.file = create_segment(&self.dir, n, self.segments)?;
         out.n = n;
         out.len = 0;
         state.running = true;
@@ -372,7 +387,7 @@ impl RedoLog {
         // to prepare a segment each time).
         if out.len > 0 {
             let n = out.n + 1;
-            out.file = create_segment(&self.dir, n)?;
+            out.file = create_segment(&self.dir, n, self.segments)?;
             out.n = n;
             out.len = 0;
         }
@@ -385,6 +400,9 @@ impl RedoLog {
     /// this for the segment after the one it started, so that the next
     /// rotation does not write 16 MiB of zeros on the writer's path.
     pub fn prepare(&self, n: u64) {
+        if self.segments == Segments::Growing {
+            return;
+        }
         if let Err(e) = prepare_segment(&self.dir, n) {
             // The rotation prepares it itself then.
             tracing::warn!(error = %e, "could not prepare the next redo log segment");
@@ -426,11 +444,12 @@ impl RedoLog {
 ///
 /// On a nearly full disk the segment is created empty and grows with its
 /// records instead (slower syncs, but the journal still opens and reads
-/// keep working: see [`PREPARE_MIN_FREE`]).
-fn create_segment(dir: &Path, n: u64) -> std::io::Result<File> {
+/// keep working: see [`PREPARE_MIN_FREE`]), and always with
+/// [`Segments::Growing`].
+fn create_segment(dir: &Path, n: u64, segments: Segments) -> std::io::Result<File> {
     let path = segment_path(dir, n);
     let prepared = fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_MAX);
-    if !prepared {
+    if !prepared && segments == Segments::Prepared {
         if let Err(e) = prepare_segment(dir, n) {
             // Not needed for correctness: go on with a growing segment.
             tracing::warn!(error = %e, "could not prepare a redo log segment");
@@ -502,7 +521,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = RedoLog::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1, Segments::Prepared).unwrap();
         let a = writes(&[Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]);
         let b = writes(&[Op::Insert(b"", b"")]);
         wal.append(7, &a);
@@ -543,7 +562,7 @@ mod tests {
 
         // Starting again deletes what replay consumed and reuses the blank
         // segment.
-        let wal = RedoLog::start(dir.path(), found.next_segment).unwrap();
+        let wal = RedoLog::start(dir.path(), found.next_segment, Segments::Prepared).unwrap();
         drop(wal);
         assert!(!seg.exists());
         let found = read(dir.path()).unwrap();
@@ -554,7 +573,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = RedoLog::start(dir.path(), 1).unwrap();
+        let wal = RedoLog::start(dir.path(), 1, Segments::Prepared).unwrap();
         wal.append(1, &writes(&[Op::Insert(b"a", b"1")]));
         wal.append(2, &writes(&[Op::Insert(b"b", b"2")]));
         wal.sync().unwrap();
@@ -569,6 +588,7 @@ mod tests {
         fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
         let wal2 = RedoLog {
             dir: dir.path().to_owned(),
+            segments: Segments::Prepared,
             pending: Mutex::new(Vec::new()),
             out: Mutex::new(Segment {
                 n: 2,

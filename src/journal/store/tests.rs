@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::codec;
 use super::engine::WAL_DIR;
 use super::keys::{seq_key, TAIL};
-use super::log::{self, RedoLog};
+use super::log::{self, RedoLog, Segments};
 use super::{Store, StoreError, WriteBatch};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -81,11 +81,15 @@ fn open_waits_for_a_lock_that_is_let_go_and_reports_one_that_is_not() {
     });
     Store::open(&engine, CACHE).unwrap().close().unwrap();
     release.join().unwrap();
-    // Held for good, as by a running service: sled's error.
+    // Held for good, as by a running service: named as such.
     let held = File::open(engine.join("db")).unwrap();
     held.try_lock().unwrap();
     let err = Store::open(&engine, CACHE).err().expect("locked files");
-    assert!(err.to_string().contains("could not acquire lock"), "{err}");
+    assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,7 +107,7 @@ fn replay_skips_what_sled_holds_and_refuses_a_gap() {
     // newer write.
     let mut writes = Vec::new();
     log::encode_insert(&mut writes, &seq_key(TAIL, 1, 0), b"one");
-    let log = RedoLog::start(&engine.join(WAL_DIR), 100).unwrap();
+    let log = RedoLog::start(&engine.join(WAL_DIR), 100, Segments::Prepared).unwrap();
     log.append(1, &writes);
     log.sync().unwrap();
     drop(log);
@@ -112,7 +116,7 @@ fn replay_skips_what_sled_holds_and_refuses_a_gap() {
     drop(store);
 
     // A record past a hole (sled holds LSN 2, the log starts at 4).
-    let log = RedoLog::start(&engine.join(WAL_DIR), 200).unwrap();
+    let log = RedoLog::start(&engine.join(WAL_DIR), 200, Segments::Prepared).unwrap();
     log.append(4, &writes);
     log.sync().unwrap();
     drop(log);

@@ -160,6 +160,16 @@ impl Writer {
         let seq = rec.next_seq;
         rec.next_seq += 1;
         rec.events += 1;
+        if let Some(old) = rec.renamed_from(&event.profile.domain) {
+            // Kept, not refused: Bitrix24 portals can change their address
+            // and keep their member id. Both names lead to the portal.
+            tracing::warn!(
+                member_id = %event.member_id,
+                from = old,
+                to = %event.profile.domain,
+                "portal renamed: its auth[domain] changed; GET /v1/portals lists the old domain in previous_domains"
+            );
+        }
         let ts = event.ts.secs();
         if let Some(sealed) = rec.summarise(seq, ts) {
             batch.sealed.push((portal, sealed));
