@@ -128,7 +128,7 @@ pub struct ServeArgs {
     /// `read_token`, `admin_token`, `cache_mb`, `snapshot_every_mb`, `queue`,
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
-    /// `retain_every`, `log_format`, and a `[portals]` table of
+    /// `retain_every`, `log_format`, `log_level`, and a `[portals]` table of
     /// member_id = "application_token"). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -215,7 +215,12 @@ pub struct ServeArgs {
     #[arg(long, env = "B24J_RETAIN_EVERY", value_name = "SECS")]
     pub retain_every: Option<u64>,
 
-    /// Log format: `text` or `json` [default: text].
+    /// Log format: `text` or `json` [default: text]. Changes on a reload.
     #[arg(long, env = "B24J_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Log level or filter (`info`, `debug`, `b24_journal=trace,warn`, …)
+    /// [default: RUST_LOG, else info]. Changes on a reload.
+    #[arg(long, env = "B24J_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
 }

@@ -73,6 +73,9 @@ pub mod settings;
 // The subcommands' bodies.
 pub mod commands;
 
+// Logging to stderr, with a filter and format a reload can change.
+pub mod logging;
+
 // Process memory settings applied first thing in `main`.
 pub mod memory;
 

@@ -28,7 +28,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 fn backup(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
-        .and(bearer(&app, Api::Admin))
+        .and(bearer(app.clone(), Api::Admin))
         .and(warp::body::content_length_limit(MAX_ADMIN_BODY))
         .and(warp::body::bytes())
         .and(with_app(app))
@@ -104,7 +104,7 @@ fn backup_error(e: MaintainError) -> ApiError {
 fn erase_portal(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "portals" / String)
         .and(warp::delete())
-        .and(bearer(&app, Api::Admin))
+        .and(bearer(app.clone(), Api::Admin))
         .and(with_app(app))
         .then(|portal: String, auth: Bearer, app: Arc<App>| async move {
             respond(erase(app, &portal, auth).await)
