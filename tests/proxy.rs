@@ -236,12 +236,25 @@ fn service_pid(pidfile: &Path, not: Option<u32>) -> u32 {
     }
 }
 
+/// Kills the service named by the pid file when the test ends: killing the
+/// loop (`TestServer`'s drop) would leave its child running.
+struct KillService(PathBuf);
+
+impl Drop for KillService {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+    }
+}
+
 #[test]
 fn restarts_under_run_on_socket_behind_caddy_fail_no_request() {
     let dir = tempdir();
     let storage = tempdir();
     let upstream = format!("127.0.0.1:{}", free_port());
     let pidfile = dir.path().join("service.pid");
+    let _kill = KillService(pidfile.clone());
     let args = args_on(&dir.path().join("data"), "127.0.0.1:9");
     let loop_ = run_on_socket(&upstream, &pidfile, &args);
     assert!(

@@ -59,16 +59,19 @@ impl Connections {
     }
 
     /// Accepts connections until `shutdown`, serving each with `filter`; then
-    /// lets in-flight requests finish for up to [`SHUTDOWN_GRACE`]. The
-    /// listener is dropped by the caller, after this returns (an inherited
-    /// one is no less open for it: the supervisor holds a copy).
+    /// lets in-flight requests finish for up to [`SHUTDOWN_GRACE`]. A bound
+    /// listener is closed as soon as its backlog is served, so that later
+    /// connections are refused (a proxy retries those) rather than reset
+    /// after their request was sent; an inherited one is handed back, to
+    /// stay open until the process ends.
     pub async fn accept_until<F>(
         &self,
-        listener: &TcpListener,
+        listener: TcpListener,
         origin: Origin,
         filter: F,
         shutdown: impl Future<Output = ()>,
-    ) where
+    ) -> Option<TcpListener>
+    where
         F: Filter<Error = Infallible> + Clone + Send + Sync + 'static,
         F::Extract: warp::Reply,
     {
@@ -96,11 +99,17 @@ impl Connections {
             self.serve(stream, filter.clone(), permit);
         }
         let _ = self.stop.send(true);
-        if origin == Origin::Bound {
-            self.accept_backlog(listener, &filter);
-        }
+        let kept = match origin {
+            Origin::Bound => {
+                self.accept_backlog(&listener, &filter);
+                drop(listener);
+                None
+            }
+            Origin::Inherited => Some(listener),
+        };
         self.wait(SHUTDOWN_GRACE, "in-flight requests did not finish")
             .await;
+        kept
     }
 
     /// Waits (up to a short time) for the answers that the journal's own

@@ -150,8 +150,8 @@ async fn serve_with(
     notify::ready();
 
     let connections = connections::Connections::new();
-    connections
-        .accept_until(&listener, origin, routes(app.clone()), shutdown)
+    let inherited = connections
+        .accept_until(listener, origin, routes(app.clone()), shutdown)
         .await;
     retention.abort();
     if let Some(task) = reloading {
@@ -167,8 +167,8 @@ async fn serve_with(
     // writer's shutdown (committed, or 503): let them send it.
     connections.finish().await;
     // Only now: an inherited socket stays open to the end (the supervisor
-    // holds it too), a bound one has had its backlog served.
-    drop(listener);
+    // holds it too; nothing waiting in it is lost).
+    drop(inherited);
     tracing::info!("stopped");
     Ok(())
 }
