@@ -20,9 +20,6 @@ use tokio::net::{TcpListener, TcpSocket};
 /// `Backlog=`.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// The first (and only) fd of the `sd_listen_fds` protocol.
-const LISTEN_FD: i32 = 3;
-
 /// The socket-activation variables as the process found them. Read them
 /// with [`Activation::from_env`] before any thread starts: `listenfd`
 /// unsets them (so that a child does not take them for its own), and
@@ -125,7 +122,6 @@ impl Activation {
                 "it is a TCP socket, but not listening".into(),
             ));
         }
-        debug_assert_eq!(std_listener.as_raw_fd(), LISTEN_FD);
         std_listener
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(std_listener))
