@@ -304,8 +304,15 @@ async fn request_arriving_after_sigterm_on_an_accepted_connection_is_answered() 
         };
         let addr: SocketAddr = server.addr().parse().unwrap();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // Accepted by now: the server is idle and accepts at once.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let port = stream.local_addr().unwrap().port();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !accepted_by(server.pid(), port) {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not accept the connection"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         server.sigterm();
         block(|| server.wait_log("SIGTERM received", 1, Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -318,7 +325,10 @@ async fn request_arriving_after_sigterm_on_an_accepted_connection_is_answered() 
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer within 20 s")
+            .unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.contains("\"stored\""),
@@ -336,6 +346,30 @@ async fn request_arriving_after_sigterm_on_an_accepted_connection_is_answered() 
         };
         assert_eq!(again.count(P1.member).await, 1, "activated={activated}");
     }
+}
+
+/// Whether process `pid` holds the server side of the connection from
+/// local port `client_port` (it accepted it): the kernel gives a socket an
+/// inode only when it is accepted, and the process then has an fd on it.
+fn accepted_by(pid: u32, client_port: u16) -> bool {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!(":{client_port:04X}");
+    let inode = tcp.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // f[1] local, f[2] remote, f[9] inode: the server's side has our
+        // port as its remote end.
+        (f.len() > 9 && f[2].ends_with(&want) && f[9] != "0").then(|| f[9].to_owned())
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let link = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == link))
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `cmd` until it exits (at most 30 s); returns its status and output.
