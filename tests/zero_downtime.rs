@@ -107,6 +107,25 @@ fn assert_acknowledged_stored(sent: &[Sent], by_id: &HashMap<String, (String, u6
     acked
 }
 
+/// One event sent now, while no process runs (it waits in the backlog);
+/// collected with [`probes_answered`].
+fn probe(addr: SocketAddr, i: usize) -> tokio::task::JoinHandle<Sent> {
+    tokio::spawn(send_one(
+        addr,
+        P1,
+        format!("probe-{i}"),
+        1_600_000_000 + i as u64,
+    ))
+}
+
+async fn probes_answered(probes: Vec<tokio::task::JoinHandle<Sent>>) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    for p in probes {
+        sent.push(p.await.expect("a probe panicked"));
+    }
+    sent
+}
+
 /// The longest answer time, in ms.
 fn longest_ms(sent: &[Sent]) -> u128 {
     sent.iter()
@@ -154,20 +173,23 @@ async fn sigterm_restarts_under_load_refuse_nothing_and_lose_nothing() {
 
     let senders = Senders::start(rig.addr(), CLIENTS, &[P1, P2, P3]);
     let mut gaps = Vec::new();
-    for _ in 0..RESTARTS {
+    let mut probes = Vec::new();
+    for i in 0..RESTARTS {
         tokio::time::sleep(UP).await;
         let stopping = Instant::now();
         server.sigterm();
         block(|| rig.notify.wait_for("STOPPING=1", Duration::from_secs(30)));
         let logs = block(|| server.wait_exit());
         assert!(logs.contains("stopped"), "{}", tail(&logs, 2000));
+        probes.push(probe(rig.addr(), i));
         tokio::time::sleep(GAP).await;
         let restarting = Instant::now();
         server = rig.start();
         gaps.push((stopping, restarting));
     }
     tokio::time::sleep(UP).await;
-    let sent = senders.stop().await;
+    let mut sent = senders.stop().await;
+    sent.extend(probes_answered(probes).await);
 
     let failed: Vec<&Sent> = sent
         .iter()
@@ -182,7 +204,7 @@ async fn sigterm_restarts_under_load_refuse_nothing_and_lose_nothing() {
     );
     let gap_requests = in_gaps(&sent, &gaps);
     assert!(
-        gap_requests.len() >= CLIENTS,
+        gap_requests.len() >= RESTARTS,
         "requests waited for the next process ({} of them)",
         gap_requests.len()
     );
@@ -218,17 +240,20 @@ async fn sigkill_restarts_lose_no_acknowledged_event_and_refuse_nothing() {
     let mut server = rig.start();
     let senders = Senders::start(rig.addr(), CLIENTS, &[P1, P2, P3]);
     let mut gaps = Vec::new();
-    for _ in 0..RESTARTS {
+    let mut probes = Vec::new();
+    for i in 0..RESTARTS {
         tokio::time::sleep(UP).await;
         block(|| server.kill9());
         let killed = Instant::now();
+        probes.push(probe(rig.addr(), i));
         tokio::time::sleep(GAP).await;
         let restarting = Instant::now();
         server = rig.start();
         gaps.push((killed, restarting));
     }
     tokio::time::sleep(UP).await;
-    let sent = senders.stop().await;
+    let mut sent = senders.stop().await;
+    sent.extend(probes_answered(probes).await);
 
     let refused = sent
         .iter()
@@ -259,7 +284,7 @@ async fn sigkill_restarts_lose_no_acknowledged_event_and_refuse_nothing() {
     // served by the next process.
     let gap_requests = in_gaps(&sent, &gaps);
     assert!(
-        gap_requests.len() >= CLIENTS,
+        gap_requests.len() >= RESTARTS,
         "requests were made while no process ran ({} of them)",
         gap_requests.len()
     );
@@ -291,8 +316,8 @@ async fn sigkill_restarts_lose_no_acknowledged_event_and_refuse_nothing() {
 }
 
 /// A connection accepted just before SIGTERM whose request arrives after
-/// it is still answered, not closed: in the socket-activated mode and with
-/// a bound `--listen`.
+/// it is still answered, then closed: in the socket-activated mode and
+/// with a bound `--listen`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_arriving_after_sigterm_on_an_accepted_connection_is_answered() {
     for activated in [true, false] {
@@ -334,10 +359,10 @@ async fn request_arriving_after_sigterm_on_an_accepted_connection_is_answered() 
             answer.starts_with("HTTP/1.1 200") && answer.contains("\"stored\""),
             "activated={activated}: the late request is stored and answered: {answer:?}"
         );
-        assert!(
-            answer.to_ascii_lowercase().contains("connection: close"),
-            "and the connection then closes: {answer:?}"
-        );
+        // `read_to_end` returned: the server closed the connection after
+        // the answer (with `Connection: close` when the answer was still
+        // being made as shutdown reached it, without when it was already
+        // sent).
         block(|| server.wait_exit());
         let again = if activated {
             rig.start()
