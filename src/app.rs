@@ -1,32 +1,48 @@
 //! The application state every route shares: the journal handle, the
-//! verifier, the API token digests and the per-request limits.
+//! [`Live`] settings (verifier, API token digests, retention) and the
+//! per-request limits.
 //!
 //! [`App`] is built once by [`server`](crate::server) at start-up and handed
 //! to the routes; it holds no HTTP types, so the routes depend on it and it
 //! depends only on the domain (journal, verify).
+//!
+//! What a reload (SIGHUP) may change sits in one [`Live`] value behind one
+//! swap point, [`App::live`]: a request loads it once (no lock, no wait
+//! while a reload runs) and sees either the old settings or the new ones,
+//! never a mix.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
-use crate::journal::JournalHandle;
+use crate::journal::{JournalHandle, RetentionPolicy};
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
 
-/// State shared by the request handlers.
-pub struct App {
-    /// The journal.
-    pub journal: JournalHandle,
-    /// Trusted portals.
+/// The settings that change on a reload, swapped as one value.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Trusted portals and the install allowlist.
     pub verifier: Verifier,
     /// Digest of the read API's bearer token.
     pub read_token: Option<TokenDigest>,
     /// Digest of the admin API's bearer token.
     pub admin_token: Option<TokenDigest>,
+    /// What the background retention deletes.
+    pub retention: RetentionPolicy,
+}
+
+/// State shared by the request handlers.
+pub struct App {
+    /// The journal.
+    pub journal: JournalHandle,
+    /// The settings a reload changes: load them once per request.
+    pub live: ArcSwap<Live>,
     /// Time an ingest body has to arrive in.
     pub body_timeout: Duration,
     /// The data directory (for the disk-size metric).
@@ -44,6 +60,15 @@ pub struct App {
     pub backup_dir: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed, for the logs.
     pub trusted_proxies: Vec<IpNet>,
+}
+
+impl App {
+    /// The live settings in force now. Cheap (no lock, no reference count
+    /// in the common case); hold it for the request at most, and use
+    /// `live.load_full()` where it must outlive an `.await`.
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
 }
 
 /// The backups running in this process. A backup starts and is recorded

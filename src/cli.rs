@@ -129,8 +129,8 @@ pub struct ServeArgs {
     /// `read_token`, `admin_token`, `cache_mb`, `snapshot_every_mb`, `queue`,
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
-    /// `retain_every`, `log_format`, `trusted_proxies`, `backup_dir`, and a
-    /// `[portals]` table of
+    /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
+    /// `backup_dir`, and a `[portals]` table of
     /// member_id = "application_token"). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -217,7 +217,7 @@ pub struct ServeArgs {
     #[arg(long, env = "B24J_RETAIN_EVERY", value_name = "SECS")]
     pub retain_every: Option<u64>,
 
-    /// Log format: `text` or `json` [default: text].
+    /// Log format: `text` or `json` [default: text]. Changes on a reload.
     #[arg(long, env = "B24J_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
 
@@ -239,4 +239,9 @@ pub struct ServeArgs {
     /// [default: off].
     #[arg(long, env = "B24J_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+
+    /// Log level or filter (`info`, `debug`, `b24_journal=trace,warn`, …)
+    /// [default: RUST_LOG, else info]. Changes on a reload.
+    #[arg(long, env = "B24J_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! (asks the running service over HTTP), and `verify`, `migrate` and
 //! `portals` (work on a stopped data directory).
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -16,8 +16,9 @@ use crate::journal::maintain::{self, MaintainError};
 use crate::journal::registration::{Registration, Source, Status};
 use crate::journal::store::StoreError;
 use crate::journal::OpenError;
-use crate::server::{self, RunError};
-use crate::settings::{Settings, SettingsError};
+use crate::logging;
+use crate::server::{self, Activation, Reloader, RunError};
+use crate::settings::{SettingsError, SettingsSource};
 use crate::types::{Domain, MemberId, Secret};
 
 /// Why the program failed.
@@ -110,32 +111,35 @@ pub enum CommandError {
 }
 
 /// Runs the command the CLI asked for, with logging set up for it.
-pub async fn run(cli: Cli) -> Result<(), Error> {
+/// `activation` holds the socket a supervisor passed, read before the
+/// runtime started (see [`Activation::from_env`]); only `serve` uses it.
+pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
     match cli.into_command() {
         Command::Serve(args) => {
-            let settings = Settings::resolve(*args)?;
-            init_logging(settings.log_json);
+            let source = SettingsSource::new(*args);
+            let settings = source.resolve()?;
+            let logs = logging::init(&settings.log_filter, settings.log_json);
             for warning in &settings.warnings {
                 tracing::warn!("{warning}");
             }
-            server::run(settings).await?;
+            server::run(settings, activation, Reloader { source, logs }).await?;
         }
         Command::Backup(args) => {
-            init_logging(false);
+            init_logging();
             backup(args).await?;
         }
         Command::Verify(args) => {
-            init_logging(false);
+            init_logging();
             blocking(move || verify(&args.data_dir).map_err(in_use(&args.data_dir, VERIFY_ADVICE)))
                 .await?;
         }
         Command::Migrate(args) => {
-            init_logging(false);
+            init_logging();
             blocking(move || migrate(&args.data_dir).map_err(in_use(&args.data_dir, STOP_ADVICE)))
                 .await?;
         }
         Command::Portals(args) => {
-            init_logging(false);
+            init_logging();
             let data_dir = args.data_dir.clone();
             blocking(move || portals(args).map_err(in_use(&data_dir, STOP_ADVICE))).await?;
         }
@@ -174,30 +178,11 @@ async fn blocking(
     tokio::task::spawn_blocking(command).await?
 }
 
-/// Sets up logging to stderr, as text or JSON lines. The level comes from
-/// `RUST_LOG` (default `info`). Nothing anywhere logs a request body or a
-/// token.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // sled logs through the `log` crate. Forward its records at info and
-    // above only: its debug/trace records are noise for operators, and some
-    // are emitted from thread-local destructors at thread exit, where the
-    // tracing dispatcher is already gone and forwarding them aborts the
-    // process. A second call (tests) keeps the first logger and subscriber.
-    let _ = tracing_log::LogTracer::builder()
-        .with_max_level(tracing_log::log::LevelFilter::Info)
-        .init();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
-    };
+/// Sets up text logging at `RUST_LOG` (default `info`) for the
+/// maintenance commands.
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let _ = logging::init(&filter, false);
 }
 
 /// `b24-journal backup --to DIR`: POSTs to the running service's admin API

@@ -76,6 +76,9 @@ pub mod token_policy;
 // The subcommands' bodies.
 pub mod commands;
 
+// Logging to stderr, with a filter and format a reload can change.
+pub mod logging;
+
 // Process memory settings applied first thing in `main`.
 pub mod memory;
 

@@ -27,6 +27,9 @@ fn main() -> ExitCode {
     let _ = b24_journal::memory::disable_transparent_huge_pages();
     b24_journal::memory::shorten_allocator_purge_delay();
     let cli = b24_journal::cli::Cli::parse();
+    // Before the runtime starts its threads: this reads and unsets
+    // LISTEN_FDS and LISTEN_PID.
+    let activation = b24_journal::server::Activation::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(blocking_threads())
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(b24_journal::commands::run(cli)) {
+    match runtime.block_on(b24_journal::commands::run(cli, activation)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line on stderr, not also a log line: under systemd both

@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_STREAMS: usize = 256;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 /// Default seconds between retention passes.
 pub const DEFAULT_RETAIN_EVERY_SECS: u64 = 60;
+/// Default log filter when neither the setting nor `RUST_LOG` gives one.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The config file's shape.
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +63,7 @@ struct FileSettings {
     retain_per_portal: Option<u64>,
     retain_every: Option<u64>,
     log_format: Option<String>,
+    log_level: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     backup_dir: Option<PathBuf>,
@@ -104,6 +107,8 @@ pub struct Settings {
     /// What was accepted but should not be (a public sample token on a
     /// loopback listener), for the log once logging is set up.
     pub warnings: Vec<String>,
+    /// The log filter (`info`, `debug`, `b24_journal=trace`, …).
+    pub log_filter: String,
 }
 
 /// A setting that cannot be used.
@@ -137,9 +142,33 @@ pub enum FileError {
     /// It could not be read.
     #[error(transparent)]
     Read(#[from] std::io::Error),
-    /// It is not valid TOML of the expected shape.
-    #[error(transparent)]
-    Parse(#[from] toml::de::Error),
+    /// It is not valid TOML of the expected shape. Only the position and
+    /// the reason are kept: `toml`'s own message quotes the offending line,
+    /// which may hold a token, and this one is logged.
+    #[error("line {line}, column {column}: {reason}")]
+    Parse {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong there.
+        reason: String,
+    },
+}
+
+impl FileError {
+    /// The position and reason of `error` in `text`.
+    fn parse(text: &str, error: &toml::de::Error) -> FileError {
+        let at = error.span().map_or(0, |s| s.start.min(text.len()));
+        let before = &text[..text.floor_char_boundary(at)];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        FileError::Parse {
+            line,
+            column,
+            reason: error.message().replace('\n', "; "),
+        }
+    }
 }
 
 impl Settings {
@@ -177,9 +206,7 @@ impl Settings {
             "read_token (--read-token, B24J_READ_TOKEN)",
             args.read_token.or(file.read_token),
         )?;
-        if read_token.is_none() && !listen.ip().is_loopback() {
-            return Err(SettingsError::ReadTokenRequired(listen));
-        }
+        check_read_token(listen, read_token.is_some())?;
         let mut tokens = TokenCheck::new(listen);
         for (member, token) in &portals {
             tokens.check(
@@ -274,6 +301,21 @@ impl Settings {
                 "must be an absolute path",
             ));
         }
+        // `RUST_LOG` is the fallback, not the environment layer of this
+        // setting: a unit that sets it would otherwise pin the level, and a
+        // reload could never change it.
+        let log_filter = args
+            .log_level
+            .or(file.log_level)
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(invalid("log_level", format!("{log_filter:?}: {e}")));
+        }
         Ok(Settings {
             listen,
             data_dir,
@@ -300,6 +342,7 @@ impl Settings {
             trusted_proxies,
             backup_dir,
             warnings: tokens.warnings,
+            log_filter,
         })
     }
 }
@@ -365,6 +408,57 @@ fn parse_net(raw: &str) -> Result<IpNet, SettingsError> {
         })
 }
 
+/// Refuses to serve the read API beyond loopback without a read token. At
+/// start-up and on every reload, against the address actually listened on
+/// (an inherited socket's, not `listen`).
+fn check_read_token(addr: SocketAddr, has_read_token: bool) -> Result<(), SettingsError> {
+    if !has_read_token && !addr.ip().is_loopback() {
+        return Err(SettingsError::ReadTokenRequired(addr));
+    }
+    Ok(())
+}
+
+/// Checks `settings` against the address the service actually listens on,
+/// which differs from `listen` when a supervisor passed the socket: beyond
+/// loopback a read token is required and no token that only a loopback
+/// trial may use (a public sample) is accepted.
+pub fn check_exposure(addr: SocketAddr, settings: &Settings) -> Result<(), SettingsError> {
+    check_read_token(addr, settings.read_token.is_some())?;
+    if !addr.ip().is_loopback() {
+        if let Some(warning) = settings.warnings.first() {
+            return Err(invalid(
+                "tokens (the socket the service was given is not on loopback)",
+                format!("{warning}; the socket listens on {addr}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where the settings come from, kept for a reload: the `serve` arguments
+/// as clap merged them at start (flags over `B24J_*` variables; a process's
+/// environment is fixed when it starts), laid again over the config file,
+/// which is read anew on every [`SettingsSource::resolve`].
+#[derive(Debug, Clone)]
+pub struct SettingsSource(ServeArgs);
+
+impl SettingsSource {
+    /// Keeps `args` for later resolutions.
+    pub fn new(args: ServeArgs) -> Self {
+        SettingsSource(args)
+    }
+
+    /// Resolves the settings now, re-reading the config file.
+    pub fn resolve(&self) -> Result<Settings, SettingsError> {
+        Settings::resolve(self.0.clone())
+    }
+
+    /// The config file, if there is one.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.0.config.as_deref()
+    }
+}
+
 /// A [`SettingsError::Invalid`] for `setting`.
 fn invalid(setting: &'static str, why: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
@@ -401,7 +495,7 @@ fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
         source,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.into()))?;
-    toml::from_str(&text).map_err(|e| err(e.into()))
+    toml::from_str(&text).map_err(|e| err(FileError::parse(&text, &e)))
 }
 
 /// Parses `MEMBER_ID=TOKEN`. The error never repeats the token.
@@ -616,6 +710,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("invalid backup_dir"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_place_but_never_quote_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "queue = 1\nread_token = \"s3cr3t-unterminated\n").unwrap();
+        let err = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2, column"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn log_level_is_checked() {
+        let s = Settings::resolve(ServeArgs {
+            log_level: Some("b24_journal=debug,warn".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.log_filter, "b24_journal=debug,warn");
+        let err = Settings::resolve(ServeArgs {
+            log_level: Some("b24_journal=loud".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("log_level"), "{err}");
     }
 
     #[test]

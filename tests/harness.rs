@@ -19,6 +19,22 @@ fn writer_threads() -> usize {
         .count()
 }
 
+/// Waits up to 10 s for `n` writer threads: a new thread names itself only
+/// once it first runs, which on a loaded machine can be after the app
+/// already answers.
+#[track_caller]
+fn assert_writers(n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer_threads() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} writer threads, not {n}",
+            writer_threads()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits up to 10 s for every writer thread to end.
 #[track_caller]
 fn assert_writers_end(what: &str) {
@@ -47,7 +63,7 @@ fn stop_commits_and_a_dropped_app_lets_its_writer_go() {
     let rt = runtime();
     rt.block_on(async {
         let s = spawn_app(dir.path(), &[]).await;
-        assert_eq!(writer_threads(), 1, "one app, one writer");
+        tokio::task::block_in_place(|| assert_writers(1, "one app, one writer"));
         let (id, _) = s.store(&ev).await;
         s.stop().await;
         assert_eq!(writer_threads(), 0, "stop joins the writer");

@@ -334,7 +334,7 @@ async fn slow_clients_cannot_hold_the_server() {
     assert!(logs.contains("answering 408"), "408s are logged");
 }
 
-/// The 30 s header timeout (server.rs HEADER_TIMEOUT, not configurable)
+/// The 30 s header timeout (server/connections.rs HEADER_TIMEOUT, not configurable)
 /// cuts a connection whose headers never finish. Ignored: it takes 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "takes 30+ s: the header timeout is fixed at 30 s"]

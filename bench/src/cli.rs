@@ -14,6 +14,7 @@ use crate::fill::FillArgs;
 use crate::floor::{FloorArgs, ProbeArgs};
 use crate::load::LoadArgs;
 use crate::opts::Opts;
+use crate::restarts::RestartsArgs;
 
 /// The benchmark harness of b24-journal. Normally started by
 /// `scripts/bench.sh`, which builds the binaries and provides the temp dir.
@@ -39,6 +40,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// N inserts into a new sled database with the service's settings (used by `run`).
     SledFloor(FloorArgs),
+    /// Restarts under load, socket-activated and plain --listen: requests,
+    /// refused, longest answer.
+    Restarts(RestartsArgs),
 }
 
 impl Cli {

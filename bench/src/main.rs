@@ -6,6 +6,7 @@
 //! b24-bench fill --data-dir D --from A --to B --n N      bulk fill (used by `run`)
 //! b24-bench probe --data-dir D [--secs S]                 in-process latest-50 (used by `run`)
 //! b24-bench sled-floor --dir D --n N --value-bytes B      sled alone (used by `run`)
+//! b24-bench restarts [--clients 8 --restarts 5 --mode both]  restarts under load
 //! ```
 //!
 //! Normally started by `scripts/bench.sh`, which builds the binaries and
@@ -27,6 +28,7 @@ mod load;
 mod model;
 mod opts;
 mod report;
+mod restarts;
 mod run;
 mod sys;
 mod works;
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Fill(args) => exit("fill", fill::run(args)),
         Command::Probe(args) => exit("probe", floor::probe(args)),
         Command::SledFloor(args) => exit("sled-floor", floor::sled_floor(args)),
+        Command::Restarts(args) => exit("restarts", restarts::run(args)),
     }
 }
 

@@ -31,7 +31,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 fn backup(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
-        .and(bearer(&app, Api::Admin))
+        .and(bearer(app.clone(), Api::Admin))
         .and(warp::header::optional::<String>("content-length"))
         .and(warp::body::stream())
         .and(with_app(app))
@@ -126,7 +126,7 @@ fn backup_error(e: MaintainError) -> ApiError {
 fn erase_portal(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "admin" / "portals" / String)
         .and(warp::delete())
-        .and(bearer(&app, Api::Admin))
+        .and(bearer(app.clone(), Api::Admin))
         .and(with_app(app))
         .then(|portal: String, auth: Bearer, app: Arc<App>| async move {
             respond(erase(app, &portal, auth).await)

@@ -6,9 +6,11 @@
 //! admin backup reads its body only after it), so a caller without the
 //! token learns nothing about what a route expects.
 
+use std::sync::Arc;
+
 use warp::{Filter, Rejection};
 
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::http::ApiError;
 use crate::types::{Secret, TokenDigest};
 
@@ -39,10 +41,10 @@ impl Api {
     }
 
     /// The digest of the API's token, if one is configured.
-    fn token(self, app: &App) -> Option<TokenDigest> {
+    fn token(self, live: &Live) -> Option<TokenDigest> {
         match self {
-            Api::Read => app.read_token,
-            Api::Admin => app.admin_token,
+            Api::Read => live.read_token,
+            Api::Admin => live.admin_token,
         }
     }
 }
@@ -59,13 +61,17 @@ impl Bearer {
     }
 }
 
-/// Checks the `Authorization` header against `api`'s token. Rejects only a
-/// header that is not text (400 `invalid header`), as warp's header filter
-/// does.
-pub fn bearer(app: &App, api: Api) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
-    let expected = api.token(app);
-    warp::header::optional::<String>("authorization")
-        .map(move |header: Option<String>| Bearer(check(header.as_deref(), expected, api)))
+/// Checks the `Authorization` header against `api`'s token in force when
+/// the request comes (a reload can rotate it). Rejects only a header that
+/// is not text (400 `invalid header`), as warp's header filter does.
+pub fn bearer(
+    app: Arc<App>,
+    api: Api,
+) -> impl Filter<Extract = (Bearer,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").map(move |header: Option<String>| {
+        let expected = api.token(&app.live());
+        Bearer(check(header.as_deref(), expected, api))
+    })
 }
 
 /// Checks an `Authorization: Bearer <token>` header against the digest of

@@ -27,12 +27,13 @@ pub struct Peer(pub SocketAddr);
 #[derive(Debug, Clone)]
 pub struct WithPeer<S> {
     inner: S,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 }
 
 impl<S> WithPeer<S> {
-    /// Wraps `inner`, the service of the connection from `peer`.
-    pub fn new(inner: S, peer: SocketAddr) -> WithPeer<S> {
+    /// Wraps `inner`, the service of the connection from `peer` (`None`
+    /// when the kernel could not say, e.g. the client already left).
+    pub fn new(inner: S, peer: Option<SocketAddr>) -> WithPeer<S> {
         WithPeer { inner, peer }
     }
 }
@@ -46,7 +47,9 @@ where
     type Future = S::Future;
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut().insert(Peer(self.peer));
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(Peer(peer));
+        }
         self.inner.call(req)
     }
 }

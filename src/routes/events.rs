@@ -22,7 +22,7 @@ use crate::query::{self, truncate, Cursor, EventsQuery, Page};
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "portals" / String / "events")
         .and(warp::get())
-        .and(bearer(&app, Api::Read))
+        .and(bearer(app.clone(), Api::Read))
         .and(raw_query())
         .and(with_app(app))
         .then(
@@ -73,7 +73,7 @@ pub(super) fn resolve(app: &App, key: &str) -> Result<Option<PortalRecord>, ApiE
         .with_directory(|dir| (dir.resolve(key).cloned(), dir.registration(key).is_some()));
     match record {
         Some(rec) => Ok(Some(rec)),
-        None if registered || app.verifier.is_configured(key) => Ok(None),
+        None if registered || app.live().verifier.is_configured(key) => Ok(None),
         None => Err(ApiError::NotFound(format!(
             "unknown portal `{}`",
             truncate(key)

@@ -94,7 +94,7 @@ where
         member_id,
         event,
         outcome,
-    } = ingest::ingest(&app.journal, &app.verifier, kind, &body)
+    } = ingest::ingest(&app.journal, &app.live.load_full().verifier, kind, &body)
         .await
         .map_err(|e| refusal(e, client))?;
     let (status, id, seq) = match outcome {

@@ -19,7 +19,7 @@ use crate::types::millis_to_rfc3339;
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "portals")
         .and(warp::get())
-        .and(bearer(&app, Api::Read))
+        .and(bearer(app.clone(), Api::Read))
         .and(with_app(app))
         .map(|auth: Bearer, app: Arc<App>| respond(portals(&app, auth)))
 }
@@ -27,6 +27,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 /// The portal list.
 fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
     auth.require()?;
+    let live = app.live();
     let list: Vec<Value> = app.journal.with_directory(|dir| {
         let describe = |member: &str| {
             let reg = dir.registration(member);
@@ -34,7 +35,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
                 Some(Status::Uninstalled) => "uninstalled",
                 _ => "active",
             };
-            let source = if app.verifier.is_configured(member) {
+            let source = if live.verifier.is_configured(member) {
                 "configured"
             } else {
                 match reg.map(|r| r.source) {
@@ -68,7 +69,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
             .collect();
         // Configured or registered portals that sent nothing yet: visible, so
         // an operator can see the configuration took.
-        let mut quiet: Vec<(String, Option<String>)> = app
+        let mut quiet: Vec<(String, Option<String>)> = live
             .verifier
             .members()
             .into_iter()

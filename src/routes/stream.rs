@@ -28,7 +28,7 @@ const STREAM_BATCH: usize = 500;
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "portals" / String / "events" / "stream")
         .and(warp::get())
-        .and(bearer(&app, Api::Read))
+        .and(bearer(app.clone(), Api::Read))
         .and(warp::header::optional::<String>("last-event-id"))
         .and(raw_query())
         .and(with_app(app))

@@ -3,6 +3,9 @@
 //! - `app`: the service in-process ([`spawn_app`] → [`TestApp`]);
 //! - `process`: the real binary as a child process ([`TestServer`],
 //!   [`run_to_exit`]);
+//! - `activation`: the binary on a socket the test holds, as systemd's
+//!   socket activation starts it ([`HeldSocket`], [`spawn_activated`]);
+//! - `senders`: continuous one-connection-per-event senders ([`Senders`]);
 //! - `client`: the HTTP helpers both harnesses share ([`Client`], [`Resp`]);
 //! - `raw_http`: hand-written HTTP/1.1 for broken or unusual framing;
 //! - `events`: Bitrix24-style event bodies ([`EventSpec`], PHP's encoding);
@@ -31,6 +34,7 @@
 //! | binary | `logging` | the client in refusal and access log lines, latencies, one line per command error |
 //! | binary | `tls_proxy` | behind a real Caddy running `deploy/Caddyfile`; reads the client in a refusal line |
 //! | binary | `crash`, `restart`, `packing` | SIGKILL, SIGTERM, exit status, restarts on one data directory |
+//! | binary | `zero_downtime`, `reload` | socket activation, restarts under load, SIGHUP |
 //! | binary | `diskfull` | restarts, and the logs of the failure |
 //! | binary | `hostile`, `secrets` | they search the trace-level logs for secrets |
 //! | binary | `admin`: metrics | exact `/metrics` values: the registry is per process |
@@ -43,6 +47,7 @@
 //! allowances below keep the unused rest quiet.
 #![allow(dead_code)]
 
+mod activation;
 mod app;
 mod checks;
 mod client;
@@ -51,9 +56,11 @@ mod files;
 mod portals;
 mod process;
 mod raw_http;
+mod senders;
 
 // Each test file uses a part of these.
 #[allow(unused_imports)]
 pub use self::{
-    app::*, checks::*, client::*, events::*, files::*, portals::*, process::*, raw_http::*,
+    activation::*, app::*, checks::*, client::*, events::*, files::*, portals::*, process::*,
+    raw_http::*, senders::*,
 };

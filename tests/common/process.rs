@@ -194,9 +194,17 @@ impl TestServer {
     /// `listening on` line within 30 s) is an `Err` with its output instead
     /// of a panic.
     pub fn try_spawn(args: Vec<String>, envs: &[(&str, &str)]) -> Result<TestServer, String> {
-        let mut child = base_command(&args, envs)
-            .spawn()
-            .expect("spawn b24-journal");
+        let command = base_command(&args, envs);
+        Self::try_spawn_command(command, args)
+    }
+
+    /// Like `try_spawn`, with a command already set up (`base_command` and
+    /// more, e.g. an inherited socket); `args` are its arguments.
+    pub fn try_spawn_command(
+        mut command: Command,
+        args: Vec<String>,
+    ) -> Result<TestServer, String> {
+        let mut child = command.spawn().expect("spawn b24-journal");
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let h1 = drain(child.stderr.take().unwrap(), logs.clone(), Some(tx));
@@ -248,12 +256,40 @@ impl TestServer {
 
     /// Send SIGTERM without waiting (see `wait_exit`).
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Send SIGHUP (reload) without waiting.
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let st = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
             .expect("run kill");
-        assert!(st.success(), "kill -TERM failed");
+        assert!(st.success(), "kill -{name} failed");
+    }
+
+    /// Wait (up to `timeout`) until the logs hold `needle` `count` times
+    /// or more; returns the logs, or panics with them.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= count {
+                return logs;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {count}× {needle:?} in the logs within {timeout:?}:\n{}",
+                    tail(&logs, 6000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
