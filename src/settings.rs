@@ -682,6 +682,25 @@ mod tests {
     }
 
     #[test]
+    fn an_inherited_socket_beyond_loopback_refuses_loopback_only_tokens() {
+        const GOOD: &str = "4f1c9a7e2b8d6053a1e7";
+        let sample = Settings::resolve(with_tokens(
+            "127.0.0.1:8080",
+            GOOD,
+            GOOD,
+            "51856fefc120afa4b628cc82d3935cce",
+        ))
+        .unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let err = check_exposure(public, &sample).unwrap_err().to_string();
+        assert!(err.contains("not on loopback"), "{err}");
+        assert!(!err.contains("51856fef"), "{err}");
+        assert!(check_exposure("127.0.0.1:9".parse().unwrap(), &sample).is_ok());
+        let own = Settings::resolve(with_tokens("127.0.0.1:8080", GOOD, GOOD, GOOD)).unwrap();
+        assert!(check_exposure(public, &own).is_ok());
+    }
+
+    #[test]
     fn trusted_proxies_and_backup_dir() {
         let s = Settings::resolve(ServeArgs {
             trusted_proxies: vec!["127.0.0.1".into(), "10.0.0.0/8".into(), "::1".into()],

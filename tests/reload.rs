@@ -133,7 +133,8 @@ async fn sighup_adds_a_portal_rotates_the_read_token_and_keeps_the_old_config_wh
 async fn sighup_refuses_to_drop_the_read_token_on_a_public_address() {
     let dir = tempdir();
     let config = dir.path().join("config.toml");
-    write_config(&config, TOKEN_A, "", &[P1]);
+    // P3: P1's token is the docs' public sample, refused beyond loopback.
+    write_config(&config, TOKEN_A, "", &[P3]);
     let args: Vec<String> = [
         "serve",
         "--listen",
@@ -148,7 +149,7 @@ async fn sighup_refuses_to_drop_the_read_token_on_a_public_address() {
     let s = TestServer::spawn(args, &[]);
     std::fs::write(
         &config,
-        format!("[portals]\n{} = \"{}\"\n", P1.member, P1.token),
+        format!("[portals]\n{} = \"{}\"\n", P3.member, P3.token),
     )
     .unwrap();
     s.sighup();
