@@ -29,7 +29,7 @@ pub struct LoadArgs {
 /// POSTs ingest bodies for `secs` and prints rate and latency.
 pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let rt = client::runtime(a.threads).context("tokio runtime")?;
-    let shared = works::IngestShared::new(gen::portals(100, 24), a.addr.to_string(), 0.0);
+    let shared = works::IngestShared::new(gen::portals(100, 24), a.addr.to_string(), 0.0, 1);
     let spec = client::Spec {
         addr: a.addr,
         conns: a.conns,
