@@ -9,6 +9,7 @@ mod migrate;
 mod offline;
 mod registrations;
 mod verify;
+mod verify_runs;
 
 pub use backup::{backup, check_backup_target, BackupStats};
 pub use error::MaintainError;
