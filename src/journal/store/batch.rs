@@ -173,6 +173,22 @@ impl WriteBatch {
         self.insert(seq_key(V1_EVENT, portal, seq), value);
     }
 
+    /// Moves the second half of the writes (in key order) into a new batch,
+    /// for tests that crash in the middle of applying one.
+    #[cfg(test)]
+    pub(crate) fn split_off_half(&mut self) -> WriteBatch {
+        let at = self.writes.keys().nth(self.writes.len() / 2).cloned();
+        let rest = match at {
+            Some(k) => self.writes.split_off(&k),
+            None => BTreeMap::new(),
+        };
+        self.len = self.writes.len();
+        WriteBatch {
+            len: rest.len(),
+            writes: rest,
+        }
+    }
+
     /// Number of writes in the batch.
     pub fn len(&self) -> usize {
         self.len

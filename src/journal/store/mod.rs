@@ -48,4 +48,6 @@ pub use reader::{LongRead, Reader};
 pub use scan::SeqScan;
 
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use super::keys::{seq_key, BLOCK};
 use super::log::{self, RedoLog, Tier};
 use super::{Store, StoreError, WriteBatch};
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(super) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -23,7 +23,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-const CACHE: u64 = 8 << 20;
+pub(super) const CACHE: u64 = 8 << 20;
 
 #[test]
 fn writes_sled_lost_come_back_from_the_redo_log() {
