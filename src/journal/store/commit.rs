@@ -92,8 +92,8 @@ impl Store {
             }
         }
         self.memtable.apply_log_only(kept);
-        // The engine's keys and its LSN.
-        let keys = engine.len() as u64 + 1;
+        // The engine's keys and its LSN, if any.
+        let keys = engine.len() as u64 + u64::from(!engine.is_empty());
         apply_in_order(&tree, engine, lsn).map_err(CommitError::NotDurable)?;
         crate::metrics::metrics().store_writes.inc_by(keys);
         for (k, v) in deferred {
@@ -128,7 +128,7 @@ impl Store {
         if !self.wal.checkpoint_due() {
             return;
         }
-        if let Err(e) = engine.write_deferred(&self.memtable) {
+        if let Err(e) = engine.settle(&self.memtable, self.next_lsn - 1) {
             // The log keeps everything; the next commit tries again.
             tracing::warn!(error = %e, "could not start a journal checkpoint");
             return;
@@ -177,7 +177,7 @@ impl Store {
     pub(super) fn flush_engine(&self) -> Result<(), StoreError> {
         self.wal.wait_idle();
         let engine = self.engine()?;
-        engine.write_deferred(&self.memtable)?;
+        engine.settle(&self.memtable, self.next_lsn - 1)?;
         Flusher::new(engine, &self.dir, &self.synced_blobs).flush()
     }
 }

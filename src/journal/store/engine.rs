@@ -175,10 +175,12 @@ impl Engine {
         Ok((lsn + 1, found.next_segment))
     }
 
-    /// Writes the memtable's deferred writes to sled (before a flush that
-    /// lets the log records holding them go). On an error they stay in the
+    /// Readies sled for a flush that lets the log records so far go: writes
+    /// the memtable's deferred writes and `last_lsn` as the LSN sled holds
+    /// (batches without engine writes do not write it, see
+    /// `apply_in_order`). On an error the deferred writes stay in the
     /// memtable, so that a later checkpoint writes them.
-    pub(super) fn write_deferred(&self, memtable: &Memtable) -> Result<(), StoreError> {
+    pub(super) fn settle(&self, memtable: &Memtable, last_lsn: u64) -> Result<(), StoreError> {
         let deferred = memtable.take_deferred();
         for (done, (k, v)) in deferred.iter().enumerate() {
             let written = match v {
@@ -189,6 +191,9 @@ impl Engine {
                 memtable.restore_deferred(deferred.into_iter().skip(done).collect());
                 return Err(e.into());
             }
+        }
+        if last_lsn > self.applied_lsn()? {
+            self.tree.insert([LSN], &last_lsn.to_be_bytes()[..])?;
         }
         Ok(())
     }
@@ -205,7 +210,7 @@ impl Engine {
         let rebuilt = Memtable::default();
         let (next_lsn, segment) = self.replay(&dir.join(WAL_DIR), &rebuilt)?;
         memtable.replace_with(rebuilt);
-        self.write_deferred(memtable)?;
+        self.settle(memtable, next_lsn - 1)?;
         Flusher::new(self, dir, synced_blobs).flush()?;
         Ok((next_lsn, segment))
     }
@@ -441,7 +446,11 @@ impl Flusher {
 
 /// Applies one logged batch's engine writes to sled one by one: inserts,
 /// then removes, then the batch's LSN (see [`Store::commit_logged`] for why
-/// in this order and not as one sled batch).
+/// in this order and not as one sled batch). A batch without engine writes
+/// (most batches: tail events and counters only) writes nothing, not even
+/// its LSN: sled's `L` then names the last batch that changed sled, and
+/// replaying the batches after it changes nothing for those. Whoever lets
+/// log records go first writes the LSN up to them ([`Engine::settle`]).
 pub(super) fn apply_in_order<K, V>(
     tree: &sled::Tree,
     writes: impl IntoIterator<Item = (K, Option<V>)>,
@@ -452,18 +461,23 @@ where
     V: Into<sled::IVec>,
 {
     let mut removes = Vec::new();
+    let mut inserted = false;
     for (k, v) in writes {
         match v {
             Some(v) => {
                 tree.insert(k.as_ref(), v)?;
+                inserted = true;
             }
             None => removes.push(k),
         }
     }
+    let changed = inserted || !removes.is_empty();
     for k in removes {
         tree.remove(k.as_ref())?;
     }
-    tree.insert([LSN], &lsn.to_be_bytes()[..])?;
+    if changed {
+        tree.insert([LSN], &lsn.to_be_bytes()[..])?;
+    }
     Ok(())
 }
 
