@@ -19,7 +19,9 @@ use std::sync::{Arc, RwLock};
 
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
-use super::record::{peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN};
+use super::record::{
+    peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN,
+};
 use super::store::codec::event_block;
 use super::store::{Reader, StoreError};
 use crate::types::{EntityId, EventName, Ts};
@@ -137,13 +139,12 @@ impl EventFilter<'_> {
                 return false;
             }
         }
-        if self.since.is_some_and(|s| rec.ts < s.secs()) {
-            return false;
-        }
-        if self.until.is_some_and(|u| rec.ts > u.secs()) {
-            return false;
-        }
-        true
+        self.in_window(rec.ts)
+    }
+
+    /// Whether `ts` is within `since..=until`.
+    fn in_window(&self, ts: u64) -> bool {
+        !(self.since.is_some_and(|s| ts < s.secs()) || self.until.is_some_and(|u| ts > u.secs()))
     }
 }
 
@@ -183,8 +184,19 @@ impl<V> Scan<'_, V>
 where
     V: FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
 {
-    /// Looks at stored event `seq`; `Some` when the scan ends here.
+    /// Looks at stored event `seq`; `Some` when the scan ends here. An
+    /// event outside a time window is passed over by its `ts` alone:
+    /// decoding every event of the spans a window reads cost more than the
+    /// rest of such a query.
     fn look(&mut self, seq: u64, bytes: &[u8]) -> Result<Option<ScanEnd>, StoreError> {
+        if self.filter.since.is_some() || self.filter.until.is_some() {
+            if let Some((ts, _)) = peek(bytes) {
+                if !self.filter.in_window(ts) {
+                    self.looked += 1;
+                    return Ok(self.spent(seq));
+                }
+            }
+        }
         let (record, duplicates) =
             EventRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.looked += 1;

@@ -10,11 +10,14 @@
 
 use super::CodecError;
 
-/// Bits per key: with the best number of probes (5 here) about 2 % false
-/// positives, each of which costs one read of a postings item.
-pub const BITS_PER_KEY: usize = 8;
-/// Probes per key.
-const PROBES: u8 = 5;
+/// Bits per key of an entity filter: about 2 % false positives (with 6
+/// probes), each of which costs an entity query one more read.
+pub const ENTITY_BITS: usize = 8;
+/// Bits per key of an event filter: about 0.3 % false positives (8
+/// probes). The writer probes every run's event filter for every new
+/// entity event, so its false positives cost reads of the postings on the
+/// writer's path; at 8 bits they were a third of its dedup time.
+pub const EVENT_BITS: usize = 12;
 
 /// A Bloom filter over 64-bit key hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +27,13 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// An empty filter sized for `keys` keys.
-    pub fn with_keys(keys: usize) -> Filter {
-        let words = (keys * BITS_PER_KEY).div_ceil(64).max(1);
+    /// An empty filter sized for `keys` keys at `bits_per_key`, with the
+    /// number of probes that gives the fewest false positives (bits × ln 2).
+    pub fn with_keys(keys: usize, bits_per_key: usize) -> Filter {
+        let words = (keys * bits_per_key).div_ceil(64).max(1);
+        let probes = ((bits_per_key as f64) * std::f64::consts::LN_2).round() as u8;
         Filter {
-            probes: PROBES,
+            probes: probes.clamp(1, 16),
             words: vec![0; words].into_boxed_slice(),
         }
     }
@@ -127,7 +132,7 @@ mod tests {
     #[test]
     fn added_keys_are_found_and_few_others_are() {
         let n = 5_000;
-        let mut f = Filter::with_keys(n);
+        let mut f = Filter::with_keys(n, ENTITY_BITS);
         for i in 0..n as u64 {
             f.insert(event_hash(i.to_string().as_bytes(), 1_700_000_000 + i, 7));
         }

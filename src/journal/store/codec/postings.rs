@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::filter::{entity_hash, event_hash, Filter};
+use super::filter::{entity_hash, event_hash, Filter, ENTITY_BITS, EVENT_BITS};
 use super::CodecError;
 
 /// About how many bytes of postings one item holds: small enough that a
@@ -280,8 +280,8 @@ impl RunHead {
             .filter(|w| w[0].entity != w[1].entity)
             .count()
             + usize::from(!postings.is_empty());
-        let mut entities = Filter::with_keys(distinct);
-        let mut events = Filter::with_keys(postings.len());
+        let mut entities = Filter::with_keys(distinct, ENTITY_BITS);
+        let mut events = Filter::with_keys(postings.len(), EVENT_BITS);
         for p in postings {
             entities.insert(entity_hash(p.entity.as_bytes()));
             events.insert(event_hash(p.entity.as_bytes(), p.ts, p.tag));
