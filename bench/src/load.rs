@@ -34,13 +34,16 @@ pub struct LoadArgs {
     #[arg(default_value_t = 1)]
     threads: usize,
     /// Load a b24-journal service as the ingest phase does: new events
-    /// with `--per-entity` events per entity id, 10 % resends, answers
-    /// checked.
+    /// with `--per-entity` events per entity id, `--dup-rate` resends,
+    /// answers checked.
     #[arg(long)]
     journal: bool,
     /// New events per entity id (with `--journal`).
     #[arg(long, value_name = "K", default_value_t = gen::DEFAULT_MIX)]
     per_entity: u64,
+    /// Share of exact resends of bodies already stored (with `--journal`).
+    #[arg(long, value_name = "P", default_value_t = 0.10)]
+    dup_rate: f64,
     /// Print the config file lines (`[portals]`) a service needs to take
     /// this load, and exit.
     #[arg(long)]
@@ -57,9 +60,13 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let (Some(addr), Some(conns), Some(secs)) = (a.addr, a.conns, a.secs) else {
         anyhow::bail!("ADDR, CONNS and SECS are needed");
     };
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.dup_rate),
+        "--dup-rate is a share of requests: at least 0, below 1"
+    );
     let rt = client::runtime(a.threads).context("tokio runtime")?;
     let (dup_rate, per_entity) = if a.journal {
-        (0.10, a.per_entity)
+        (a.dup_rate, a.per_entity)
     } else {
         (0.0, 1)
     };
