@@ -282,7 +282,13 @@ impl<'de> serde::de::Visitor<'de> for StrictValue {
 
 /// Percent-decodes one form component strictly: `+` is a space, every `%`
 /// must start a valid escape, the result must be UTF-8 without NUL bytes.
+/// A component without either (most values) is checked and copied whole.
 fn decode_component(raw: &[u8]) -> Result<String, DecodeError> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+' || b == 0) {
+        return std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::Malformed("form body is not UTF-8".into()));
+    }
     let mut bytes = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -381,9 +387,14 @@ fn insert(
         root.insert((*first).to_owned(), Value::String(value));
         return Ok(());
     }
+    // Looked up before an entry is made: most keys share their first steps
+    // (`auth[…]`), and an entry would allocate its key every time.
+    if !root.contains_key(*first) {
+        root.insert((*first).to_owned(), container_for(&rest[0]));
+    }
     let mut node = root
-        .entry((*first).to_owned())
-        .or_insert_with(|| container_for(&rest[0]));
+        .get_mut(*first)
+        .expect("the key is there: inserted just above if it was missing");
     for (i, step) in rest.iter().enumerate() {
         let last = i + 1 == rest.len();
         match (step, node) {
@@ -395,9 +406,12 @@ fn insert(
                     map.insert((*k).to_owned(), Value::String(value));
                     return Ok(());
                 }
+                if !map.contains_key(*k) {
+                    map.insert((*k).to_owned(), container_for(&rest[i + 1]));
+                }
                 node = map
-                    .entry((*k).to_owned())
-                    .or_insert_with(|| container_for(&rest[i + 1]));
+                    .get_mut(*k)
+                    .expect("the key is there: inserted just above if it was missing");
             }
             (Step::Append, Value::Array(items)) => {
                 if last {

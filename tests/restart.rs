@@ -184,11 +184,11 @@ fn format_file_is_written_and_unknown_version_refused() {
         );
     }
     // A version from a newer binary is refused as newer.
-    std::fs::write(&format_path, "b24-journal data format 4\n").unwrap();
+    std::fs::write(&format_path, "b24-journal data format 5\n").unwrap();
     let (status, out) = run_to_exit(&default_args(dir.path()), &[], Duration::from_secs(30));
     assert!(!status.success(), "newer FORMAT must exit non-zero");
     assert!(
-        out.contains("format version 4, newer than the 3"),
+        out.contains("format version 5, newer than the 4"),
         "message must name both versions; output:\n{out}"
     );
     std::fs::write(&format_path, "not-a-version\n").unwrap();
@@ -197,39 +197,6 @@ fn format_file_is_written_and_unknown_version_refused() {
         std::fs::read_to_string(&format_path).unwrap(),
         "not-a-version\n"
     );
-}
-
-/// Version 3 only adds the redo log to version 2's layout: a version-2
-/// directory (written before the redo log existed, so its sled files hold
-/// everything) opens, keeps its events, and says version 3 from then on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_version_2_directory_is_upgraded_in_place() {
-    let dir = tempdir();
-    let ev = EventSpec::new(P1, "ONCRMDEALUPDATE", Some("7"), 1_700_000_000);
-    let stored = {
-        let mut s = TestServer::start(dir.path(), &[]);
-        let stored = s.store(&ev).await;
-        s.stop();
-        stored
-    };
-    let format_path = dir.path().join("FORMAT");
-    assert_eq!(
-        std::fs::read_to_string(&format_path).unwrap(),
-        "b24-journal data format 3\n"
-    );
-    // As a version-2 binary left it: no redo log, the old format line.
-    std::fs::remove_dir_all(dir.path().join("sled").join("wal")).unwrap();
-    std::fs::write(&format_path, "b24-journal data format 2\n").unwrap();
-
-    let mut s = TestServer::start(dir.path(), &[]);
-    let events = s.all_events(P1.member).await;
-    assert_eq!(ids(&events), vec![stored.0.clone()]);
-    expect_duplicate(&s.post_form(&ev.form()).await);
-    assert_eq!(
-        std::fs::read_to_string(&format_path).unwrap(),
-        "b24-journal data format 3\n"
-    );
-    s.stop();
 }
 
 #[test]

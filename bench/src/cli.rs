@@ -89,6 +89,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     query_conns: Option<usize>,
+    /// New events per entity id in the ingest phase (default 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    ingest_per_entity: Option<u64>,
+    /// Entity mixes (events per entity id) filled to N for bytes on disk
+    /// (default 1,3,10; the query journal is the 3 mix).
+    #[arg(long, value_name = "LIST", value_parser = parse_mixes)]
+    mixes: Option<Mixes>,
+    /// Skip the extra fills of the entity mixes.
+    #[arg(long)]
+    no_mixes: bool,
     /// Seconds per ingest level (default 10).
     #[arg(long, value_name = "S")]
     secs: Option<f64>,
@@ -148,6 +158,21 @@ fn parse_conns(raw: &str) -> Result<Conns, String> {
     Ok(Conns(conns))
 }
 
+/// A comma-separated list of events per entity id, none of them zero.
+#[derive(Debug, Clone)]
+struct Mixes(Vec<u64>);
+
+fn parse_mixes(raw: &str) -> Result<Mixes, String> {
+    let mixes = raw
+        .split(',')
+        .map(|c| c.trim().parse::<u64>().map_err(|e| format!("{c:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if mixes.contains(&0) {
+        return Err("events per entity must be positive".into());
+    }
+    Ok(Mixes(mixes))
+}
+
 impl RunArgs {
     /// The run these flags ask for.
     pub fn into_opts(self) -> Opts {
@@ -162,6 +187,11 @@ impl RunArgs {
         set(&mut o.stage, self.stage);
         set(&mut o.ingest_conns, self.conns.map(|c| c.0));
         set(&mut o.query_conns, self.query_conns);
+        set(&mut o.ingest_per_entity, self.ingest_per_entity);
+        set(&mut o.mixes, self.mixes.map(|m| m.0));
+        if self.no_mixes {
+            o.mixes.clear();
+        }
         set(&mut o.ingest_secs, self.secs);
         set(&mut o.query_secs, self.query_secs);
         set(&mut o.warmup_secs, self.warmup);
@@ -234,6 +264,13 @@ mod tests {
         assert_eq!(run_opts(&["--full", "--n", "5"]).n, 5);
         assert_eq!(run_opts(&["--stage", "7"]).stage, 7);
         assert!(!run_opts(&["--no-wrk"]).wrk);
+        assert_eq!(run_opts(&[]).mixes, vec![1, 3, 10]);
+        assert_eq!(run_opts(&["--mixes", "2, 5"]).mixes, vec![2, 5]);
+        assert!(run_opts(&["--no-mixes"]).mixes.is_empty());
+        assert_eq!(
+            run_opts(&["--ingest-per-entity", "10"]).ingest_per_entity,
+            10
+        );
         assert!(run_opts(&[]).wrk);
     }
 
@@ -251,6 +288,8 @@ mod tests {
             &["run", "--query-conns", "0"],
             &["run", "--conns", "1,x"],
             &["run", "--conns", "0"],
+            &["run", "--mixes", "1,0"],
+            &["run", "--ingest-per-entity", "0"],
             &["sled-floor", "--dir", "d", "--n", "1", "--value-bytes", "0"],
         ] {
             let err = parse(bad).unwrap_err();
@@ -280,8 +319,8 @@ mod tests {
             }) => {
                 assert_eq!(f.data_dir, PathBuf::from("/tmp/x"));
                 assert_eq!(
-                    (f.from, f.to, f.n, f.portals, f.inflight),
-                    (5, 10, 10, 1000, 512)
+                    (f.from, f.to, f.n, f.portals, f.inflight, f.per_entity),
+                    (5, 10, 10, 1000, 512, 3)
                 );
             }
             other => panic!("not a fill: {other:?}"),

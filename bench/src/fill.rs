@@ -41,6 +41,10 @@ pub struct FillArgs {
     pub portals: u64,
     #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
+    /// Events per entity id (the entity mix).
+    #[arg(long, value_name = "K", default_value_t = crate::gen::DEFAULT_MIX,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub per_entity: u64,
     /// Appends in flight, so that the writer group-commits.
     #[arg(long, value_name = "K", default_value_t = 512)]
     pub inflight: usize,
@@ -55,7 +59,7 @@ pub struct FillArgs {
 
 /// Runs the fill; prints one `FILL key=value …` line on stdout.
 pub fn run(a: FillArgs) -> anyhow::Result<()> {
-    let plan = FillPlan::new(a.portals, a.n);
+    let plan = FillPlan::new(a.portals, a.n, a.per_entity);
     let portals = Arc::new(portals(a.portals as usize, a.seed));
     let started = Instant::now();
     let journal = Journal::open(

@@ -63,7 +63,7 @@ pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     let (mut records, mut record_bytes) = (0u64, 0u64);
     for p in portals.iter().take(100) {
         for seq in p.last_seq().saturating_sub(49).max(1)..=p.last_seq() {
-            if let Some(bytes) = reader.event(p.ix, seq).context("read an event")? {
+            if let Some(bytes) = reader.store().event(p.ix, seq).context("read an event")? {
                 records += 1;
                 record_bytes += bytes.len() as u64;
             }

@@ -152,19 +152,28 @@ pub fn ingest_entity(k: u64) -> u64 {
 }
 
 /// The bulk fill's plan: event `g` (0-based, global) of a fill of `n` events
-/// across `portals` portals. Deterministic, so a fill can be continued
-/// (100k first, then up to N) and the query phase knows what exists.
+/// across `portals` portals, with about `per_entity` events per entity id.
+/// Deterministic, so a fill can be continued (100k first, then up to N) and
+/// the query phase knows what exists.
 #[derive(Debug, Clone, Copy)]
 pub struct FillPlan {
     pub portals: u64,
     pub n: u64,
     pub base_ts: u64,
+    /// Events per entity id the plan aims at (1: every event has its own).
+    pub per_entity: u64,
     /// Entity ids per portal are `ENTITY_BASE .. ENTITY_BASE + entity_range`.
     pub entity_range: u64,
 }
 
 pub const ENTITY_BASE: u64 = 100_000;
 pub const FILL_BASE_TS: u64 = 1_700_000_000;
+/// The entity mixes the report measures bytes on disk for (events per
+/// entity id): one event per activity, a few updates, a busy record.
+pub const MIXES: [u64; 3] = [1, 3, 10];
+/// The mix of the query journal and of the ingest phase unless told
+/// otherwise: an activity added and updated a couple of times.
+pub const DEFAULT_MIX: u64 = 3;
 
 /// One planned event.
 #[derive(Debug, Clone, Copy)]
@@ -176,10 +185,11 @@ pub struct Planned {
 }
 
 impl FillPlan {
-    pub fn new(portals: u64, n: u64) -> Self {
+    pub fn new(portals: u64, n: u64, per_entity: u64) -> Self {
         let per_portal = n.div_ceil(portals).max(1);
-        // About five events per entity id at N.
-        let mut r = (per_portal / 5).max(5);
+        let per_entity = per_entity.max(1);
+        let mut r = per_portal.div_ceil(per_entity).max(1);
+        // The permutation below needs the range coprime with 7919 (prime).
         if r.is_multiple_of(7919) {
             r += 1;
         }
@@ -187,6 +197,7 @@ impl FillPlan {
             portals,
             n,
             base_ts: FILL_BASE_TS,
+            per_entity,
             entity_range: r,
         }
     }
@@ -197,16 +208,17 @@ impl FillPlan {
     }
 
     /// Event `g`: portals take turns; the i-th event of a portal has
-    /// `ts = base + i + jitter(0..=2)`, so ts grows with time at about one
-    /// per second per portal; its entity id cycles through a permutation of
-    /// the portal's range. Two events of a portal with the same entity are
-    /// at least `entity_range` (≥ 5) positions apart, so their ts differ:
-    /// every planned event is distinct for dedup.
+    /// `ts = base + i + jitter`, so ts grows with time at about one per
+    /// second per portal; its entity id cycles through a permutation of the
+    /// portal's range. Two events of a portal with the same entity are
+    /// `entity_range` positions apart, and the jitter (0–2 s) stays below
+    /// that distance, so their ts differ: every planned event is distinct
+    /// for dedup.
     pub fn event(&self, g: u64) -> Planned {
         let portal = g % self.portals;
         let i = g / self.portals;
         let h = mix(g ^ 0xF111);
-        let jitter = h % 3;
+        let jitter = h % self.entity_range.min(3);
         let entity =
             ENTITY_BASE + ((i % self.entity_range) * 7919 + portal * 31) % self.entity_range;
         Planned {
@@ -248,12 +260,21 @@ mod tests {
     }
 
     #[test]
-    fn fill_plan_is_dedup_unique() {
-        let plan = FillPlan::new(10, 5_000);
-        let mut seen = HashSet::new();
-        for g in 0..plan.n {
-            let e = plan.event(g);
-            assert!(seen.insert((e.portal, e.event, e.entity, e.ts)), "{g}");
+    fn fill_plan_is_dedup_unique_in_every_mix() {
+        for (n, per_entity) in [(5_000, 1), (5_000, 3), (5_000, 10), (200, 10), (30, 3)] {
+            let plan = FillPlan::new(10, n, per_entity);
+            let mut seen = HashSet::new();
+            let mut entities = HashSet::new();
+            for g in 0..plan.n {
+                let e = plan.event(g);
+                assert!(seen.insert((e.portal, e.event, e.entity, e.ts)), "{g}");
+                entities.insert((e.portal, e.entity));
+            }
+            let per = n as f64 / entities.len() as f64;
+            assert!(
+                (per - per_entity as f64).abs() <= per_entity as f64 * 0.2 + 0.5,
+                "{per_entity} per entity planned, {per} made"
+            );
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::gen::FillPlan;
-use crate::sys::Machine;
+use crate::sys::{DiskSplit, Machine};
 use crate::works::{IngestCounts, QueryCounts, QueryKind};
 
 /// Latency summary of a histogram, in ns.
@@ -68,8 +68,11 @@ pub struct IngestRow {
     pub store_writes: Option<u64>,
 }
 
-/// One bulk fill of the query journal (`b24-bench fill`).
+/// One bulk fill (`b24-bench fill`): of the query journal, or of an entity
+/// mix's own journal.
 pub struct FillRow {
+    /// Events per entity id of the plan.
+    pub per_entity: u64,
     pub from: u64,
     pub to: u64,
     pub stored: u64,
@@ -78,7 +81,7 @@ pub struct FillRow {
     pub close_secs: f64,
     pub wall: Duration,
     pub peak_rss_kb: u64,
-    pub disk_bytes: u64,
+    pub disk: DiskSplit,
 }
 
 /// One query kind at one journal size.
@@ -131,8 +134,13 @@ pub struct Report {
     pub ingest_total: IngestCounts,
     pub ingest_restart_ok: bool,
     pub ingest_startup: Option<Duration>,
-    pub ingest_disk: Option<(u64, u64)>,
+    /// The ingest journal on disk after its clean restart and stop, and its
+    /// events.
+    pub ingest_disk: Option<(DiskSplit, u64)>,
+    /// The query journal's fills (the small stage, then N).
     pub fills: Vec<FillRow>,
+    /// The other entity mixes' fills to N (`run/mixes.rs`).
+    pub mixes: Vec<FillRow>,
     pub startups: Vec<(u64, Duration)>,
     /// (events, time) of the second start on the same journal.
     pub restarts: Vec<(u64, Duration)>,

@@ -18,6 +18,13 @@ pub struct Opts {
     pub ingest_portals: usize,
     pub query_portals: u64,
     pub dup_rate: f64,
+    /// New events per entity id in the ingest phase.
+    pub ingest_per_entity: u64,
+    /// Events per entity id of the query journal's fill.
+    pub query_per_entity: u64,
+    /// The entity mixes filled to N for their bytes on disk (the query
+    /// journal's mix is measured by the query phase's own fill).
+    pub mixes: Vec<u64>,
     pub window: u64,
     /// Work dir for data dirs and logs; empty: a new temp dir of the run's own.
     pub tmp: PathBuf,
@@ -50,6 +57,9 @@ impl Opts {
             ingest_portals: 100,
             query_portals: 1000,
             dup_rate: 0.10,
+            ingest_per_entity: crate::gen::DEFAULT_MIX,
+            query_per_entity: crate::gen::DEFAULT_MIX,
+            mixes: crate::gen::MIXES.to_vec(),
             window: 30,
             tmp: PathBuf::new(),
             server_bin: PathBuf::from("target/release/b24-journal"),

@@ -38,6 +38,38 @@ pub fn disk_usage(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// Bytes on disk of a data directory, by part.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskSplit {
+    /// The storage engine's files (`sled/` without the redo log).
+    pub engine: u64,
+    /// The redo log (`sled/wal/`).
+    pub redo_log: u64,
+    /// Everything else (`FORMAT`, the directories themselves).
+    pub other: u64,
+}
+
+impl DiskSplit {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.engine + self.redo_log + self.other
+    }
+}
+
+/// [`disk_usage`] of a data directory split into engine, redo log and the
+/// rest (the layout is in migrations-notes/).
+pub fn disk_split(data: &Path) -> std::io::Result<DiskSplit> {
+    let total = disk_usage(data)?;
+    let engine_dir = data.join("sled");
+    let engine = disk_usage(&engine_dir).unwrap_or(0);
+    let redo_log = disk_usage(&engine_dir.join("wal")).unwrap_or(0);
+    Ok(DiskSplit {
+        engine: engine - redo_log,
+        redo_log,
+        other: total - engine,
+    })
+}
+
 /// `count` × (write 200 bytes + fdatasync) in `dir`; returns fsyncs per
 /// second. `prepared`: the writes overwrite a file already written full of
 /// zeros, as the service's redo log does (no size change to commit);

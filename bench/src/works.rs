@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::client::{get_request, post_request, Work};
-use crate::gen::{ingest_entity, pick_event, write_body, FillPlan, Portal, Rng, ENTITY_BASE};
+use crate::gen::{ingest_entity, mix, pick_event, write_body, FillPlan, Portal, Rng, ENTITY_BASE};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -48,16 +48,22 @@ pub struct IngestShared {
     pub portals: Vec<Portal>,
     pub host: String,
     pub dup_rate: f64,
+    /// New events per entity id (the entity mix, see `gen::MIXES`).
+    pub per_entity: u64,
+    /// `ts` of the first new event; each later one gets the next second.
+    base_ts: u64,
     counter: AtomicU64,
     pool: Mutex<Pool>,
 }
 
 impl IngestShared {
-    pub fn new(portals: Vec<Portal>, host: String, dup_rate: f64) -> Arc<Self> {
+    pub fn new(portals: Vec<Portal>, host: String, dup_rate: f64, per_entity: u64) -> Arc<Self> {
         Arc::new(IngestShared {
             portals,
             host,
             dup_rate,
+            per_entity: per_entity.max(1),
+            base_ts: unix_now(),
             counter: AtomicU64::new(0),
             pool: Mutex::new(Pool {
                 items: Vec::with_capacity(POOL),
@@ -66,11 +72,15 @@ impl IngestShared {
         })
     }
 
+    /// The next new event: every `per_entity` consecutive ones share an
+    /// entity id (random-looking, never reused after) and its portal; each
+    /// has its own `ts`, so none is a duplicate of another.
     fn fresh(&self, rng: &mut Rng, body: &mut Vec<u8>) {
         let k = self.counter.fetch_add(1, Ordering::Relaxed);
-        let p = &self.portals[rng.below(self.portals.len() as u64) as usize];
+        let entity = k / self.per_entity;
+        let p = &self.portals[(mix(entity ^ 0x5eed) % self.portals.len() as u64) as usize];
         let event = pick_event(rng.next_u64());
-        write_body(body, p, event, ingest_entity(k), unix_now(), rng);
+        write_body(body, p, event, ingest_entity(entity), self.base_ts + k, rng);
     }
 
     fn pick_resend(&self, rng: &mut Rng) -> Option<(Arc<[u8]>, u128)> {

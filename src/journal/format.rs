@@ -12,13 +12,7 @@ use super::store::StoreError;
 
 /// The on-disk format this binary writes and reads. See
 /// `migrations-notes/` for what each version means.
-pub const FORMAT_VERSION: u32 = 3;
-
-/// The oldest version upgraded in place on open: version 3 only adds the
-/// redo log (`sled/wal/`) and the `L` key to version 2's layout. The
-/// version still moves, so that a version-2 binary refuses a directory
-/// whose acknowledged writes may be in the redo log only.
-pub(crate) const UPGRADES_IN_PLACE_FROM: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
 /// Name of the file in the data directory that records the format.
 pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";
@@ -74,26 +68,24 @@ pub enum OpenError {
     },
 }
 
-/// Reads the format version of an existing data directory without creating
-/// anything; refuses unknown and newer versions like
-/// [`check_format_upgrading`], and like it upgrades a version-2 directory
-/// in place (rewrites its format file).
-pub(crate) fn read_format_upgrading(dir: &Path) -> Result<u32, OpenError> {
+/// Checks the format version of an existing data directory without
+/// creating anything; refuses every version but this binary's like
+/// [`check_format`].
+pub(crate) fn read_format(dir: &Path) -> Result<u32, OpenError> {
     if !dir.join(FORMAT_FILE).exists() {
         return Err(OpenError::Unknown {
             dir: dir.to_owned(),
             why: format!("no {FORMAT_FILE} file: not a b24-journal data directory"),
         });
     }
-    check_format_upgrading(dir)?;
+    check_format(dir)?;
     Ok(FORMAT_VERSION)
 }
 
 /// Checks the format file before the engine opens: writes it into a new
-/// (empty) directory, upgrades a version-2 directory in place (see
-/// [`UPGRADES_IN_PLACE_FROM`]), and refuses every other version but this
-/// binary's.
-pub(crate) fn check_format_upgrading(dir: &Path) -> Result<(), OpenError> {
+/// (empty) directory, and refuses every version but this binary's (an
+/// older one with the `migrate` command to run).
+pub(crate) fn check_format(dir: &Path) -> Result<(), OpenError> {
     let io = |source| OpenError::Io {
         dir: dir.to_owned(),
         source,
@@ -116,22 +108,12 @@ pub(crate) fn check_format_upgrading(dir: &Path) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
-            if version == 1 {
+            if (1..FORMAT_VERSION).contains(&version) {
                 return Err(OpenError::NeedsMigration {
                     dir: dir.to_owned(),
                     found: version,
                     current: FORMAT_VERSION,
                 });
-            }
-            if version == UPGRADES_IN_PLACE_FROM {
-                write_format(dir).map_err(io)?;
-                tracing::info!(
-                    dir = %dir.display(),
-                    from = version,
-                    to = FORMAT_VERSION,
-                    "data format upgraded in place"
-                );
-                return Ok(());
             }
             if version != FORMAT_VERSION {
                 return Err(unknown(format!(

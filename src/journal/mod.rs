@@ -6,10 +6,12 @@
 //! - [`PortalDirectory`] (`directory`) is the table of portals, and
 //!   [`registration`] the rules of installs and uninstalls;
 //! - [`dedup`] decides whether an event is already stored;
+//! - [`entities`] holds the entity index's runs in memory for lookups;
 //! - `writer` is the single writer thread doing group commit;
 //! - [`read`] holds the read path's scans (filter, order, budget);
 //! - [`RetentionPolicy`] (`retention`) says what may be deleted;
-//! - [`layout`] decides how events are packed into blocks and entity chunks;
+//! - [`layout`] decides how events are packed into blocks and how the
+//!   entity index's runs grow and merge;
 //! - [`store`] is the storage engine boundary (the only code naming sled),
 //!   with its pure packing codec and redo log inside it;
 //! - `format` checks the data directory's format version, and [`maintain`]
@@ -21,6 +23,7 @@
 mod append;
 pub mod dedup;
 mod directory;
+pub mod entities;
 mod format;
 pub mod layout;
 pub mod maintain;
@@ -36,15 +39,17 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use store::{Reader, Store};
+use entities::EntityIndex;
+use store::Store;
 
 pub use append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
 pub use directory::PortalDirectory;
+pub use read::JournalReader;
 pub use registration::Lifecycle;
 pub use retention::RetentionPolicy;
 pub use writer::MAX_BATCH;
 
-pub(crate) use format::{check_format_upgrading, ENGINE_DIR};
+pub(crate) use format::{check_format, ENGINE_DIR};
 pub use format::{OpenError, FORMAT_FILE, FORMAT_VERSION};
 
 /// The open journal: owns the writer thread.
@@ -75,7 +80,7 @@ pub struct JournalOptions {
 #[derive(Clone)]
 pub struct JournalHandle {
     tx: mpsc::Sender<writer::Job>,
-    reader: Reader,
+    reader: JournalReader,
     directory: Arc<RwLock<PortalDirectory>>,
     commits: watch::Receiver<u64>,
 }
@@ -83,7 +88,7 @@ pub struct JournalHandle {
 impl Journal {
     /// Opens (creating if needed) the journal in `data_dir`.
     pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Journal, OpenError> {
-        check_format_upgrading(data_dir)?;
+        check_format(data_dir)?;
         let store_err = |source| OpenError::Store {
             dir: data_dir.to_owned(),
             source,
@@ -95,10 +100,13 @@ impl Journal {
         let registrations = store.reader().registrations().map_err(store_err)?;
         let directory = PortalDirectory::from_records(records, registrations).map_err(store_err)?;
         let published = Arc::new(RwLock::new(directory.clone()));
-        let reader = store.reader().clone();
+        let entities = EntityIndex::default();
+        let reader =
+            JournalReader::new(store.reader().clone(), entities.clone(), published.clone());
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let (commits_tx, commits) = watch::channel(0);
-        let mut writer = writer::Writer::new(store, directory, published.clone(), commits_tx);
+        let mut writer =
+            writer::Writer::new(store, directory, published.clone(), commits_tx, entities);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
@@ -203,8 +211,8 @@ impl JournalHandle {
         f(&dir)
     }
 
-    /// The store's read side.
-    pub fn reader(&self) -> &Reader {
+    /// The journal's read side.
+    pub fn reader(&self) -> &JournalReader {
         &self.reader
     }
 

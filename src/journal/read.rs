@@ -2,7 +2,7 @@
 //! in which order, within what budget.
 //!
 //! Every read is a range scan over seqs: the portal's event log, or its
-//! entity index. A time window (`since`/`until`) without an entity first
+//! entity's seqs (the unsealed tail's, then the entity index's). A time window (`since`/`until`) without an entity first
 //! scans the portal's span summaries (one per [`SUMMARY_SPAN`] events, with
 //! the span's lowest and highest `ts`) and reads only the spans that can
 //! match. A scan looks at most [`SCAN_BUDGET`] entries: a filter that
@@ -15,10 +15,103 @@
 //! to go on: so a page is written straight into its response body.
 
 use std::ops::ControlFlow;
+use std::sync::{Arc, RwLock};
 
-use super::record::{span_of, EventRecord, PortalRecord, SUMMARY_SPAN};
+use super::directory::PortalDirectory;
+use super::entities::EntityIndex;
+use super::record::{
+    peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN,
+};
+use super::store::codec::event_block;
 use super::store::{Reader, StoreError};
 use crate::types::{EntityId, EventName, Ts};
+
+/// The journal's read side: the store's reader, the entity index's runs
+/// and the portals as shown to readers; cheap to clone into request
+/// handlers.
+#[derive(Clone)]
+pub struct JournalReader {
+    store: Reader,
+    entities: EntityIndex,
+    directory: Arc<RwLock<PortalDirectory>>,
+}
+
+impl JournalReader {
+    /// The read side of `store` with the entity index `entities` and the
+    /// shown portals `directory`.
+    pub(crate) fn new(
+        store: Reader,
+        entities: EntityIndex,
+        directory: Arc<RwLock<PortalDirectory>>,
+    ) -> JournalReader {
+        JournalReader {
+            store,
+            entities,
+            directory,
+        }
+    }
+
+    /// The store's reader.
+    pub fn store(&self) -> &Reader {
+        &self.store
+    }
+
+    /// Seqs of `portal`'s events about `entity` within `lo..=hi`,
+    /// ascending, read from `store` (the reader or a pinned copy of it):
+    /// the unsealed tail's first, then the sealed ones from the entity
+    /// index. A block sealed meanwhile moves events from the tail into the
+    /// index, and the index shows them before the tail drops them (see
+    /// `Store::commit_logged`), so in this order an event can be seen
+    /// twice (kept once) but never missed.
+    pub(crate) fn entity_seqs(
+        &self,
+        store: &Reader,
+        portal: PortalIx,
+        entity: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut seqs = Vec::new();
+        for (seq, bytes) in store.tail_range(portal, lo, hi)? {
+            if peek_entity(&bytes) == Some(entity) {
+                seqs.push(seq);
+            }
+        }
+        let mut sealed = self.entities.sealed_seqs(store, portal, entity, lo, hi)?;
+        sealed.extend(seqs);
+        sealed.sort_unstable();
+        sealed.dedup();
+        Ok(sealed)
+    }
+
+    /// The event a seq from the entity index (or the tail) names; `None`
+    /// if it was deleted since the scan took `portal`'s record: retention
+    /// (and an erase) delete whole blocks and tail events before they show
+    /// the portal's new first seq, so an event is gone for that reason when
+    /// its block is gone too or the first seq shown now is past it.
+    fn indexed_event(
+        &self,
+        reader: &Reader,
+        portal: &PortalRecord,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = reader.event(portal.ix, seq)? {
+            return Ok(Some(bytes));
+        }
+        let first_now = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .portal(portal.ix)
+            .map_or(u64::MAX, PortalRecord::first_seq);
+        if seq < first_now || reader.block(portal.ix, event_block(seq))?.is_none() {
+            return Ok(None);
+        }
+        Err(StoreError::Corrupt(format!(
+            "entity index names missing event {seq}"
+        )))
+    }
+}
 
 /// Most index or log entries (and span summaries) one scan looks at.
 pub const SCAN_BUDGET: usize = 20_000;
@@ -46,13 +139,12 @@ impl EventFilter<'_> {
                 return false;
             }
         }
-        if self.since.is_some_and(|s| rec.ts < s.secs()) {
-            return false;
-        }
-        if self.until.is_some_and(|u| rec.ts > u.secs()) {
-            return false;
-        }
-        true
+        self.in_window(rec.ts)
+    }
+
+    /// Whether `ts` is within `since..=until`.
+    fn in_window(&self, ts: u64) -> bool {
+        !(self.since.is_some_and(|s| ts < s.secs()) || self.until.is_some_and(|u| ts > u.secs()))
     }
 }
 
@@ -92,8 +184,19 @@ impl<V> Scan<'_, V>
 where
     V: FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
 {
-    /// Looks at stored event `seq`; `Some` when the scan ends here.
+    /// Looks at stored event `seq`; `Some` when the scan ends here. An
+    /// event outside a time window is passed over by its `ts` alone:
+    /// decoding every event of the spans a window reads cost more than the
+    /// rest of such a query.
     fn look(&mut self, seq: u64, bytes: &[u8]) -> Result<Option<ScanEnd>, StoreError> {
+        if self.filter.since.is_some() || self.filter.until.is_some() {
+            if let Some((ts, _)) = peek(bytes) {
+                if !self.filter.in_window(ts) {
+                    self.looked += 1;
+                    return Ok(self.spent(seq));
+                }
+            }
+        }
         let (record, duplicates) = EventRecord::from_bytes(bytes)
             .map_err(|e| StoreError::undecodable(format!("event {seq}"), e))?;
         self.looked += 1;
@@ -116,24 +219,17 @@ where
     }
 }
 
-/// The event a seq from the entity index names.
-fn indexed_event(reader: &Reader, portal: &PortalRecord, seq: u64) -> Result<Vec<u8>, StoreError> {
-    reader
-        .event(portal.ix, seq)?
-        .ok_or_else(|| StoreError::Corrupt(format!("entity index names missing event {seq}")))
-}
-
 /// Hands `visit` the events of `portal` that match `filter`, newest first,
 /// from seq `at_most` (clamped to the durable end) down, until `visit`
 /// breaks or the budget runs out. Reads one snapshot of the store.
 pub fn newest(
-    reader: &Reader,
+    journal: &JournalReader,
     portal: &PortalRecord,
     filter: &EventFilter<'_>,
     at_most: u64,
     visit: impl FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<ScanEnd, StoreError> {
-    let reader = &reader.pinned()?;
+    let reader = &journal.store.pinned()?;
     let ix = portal.ix;
     let start = at_most.min(portal.last_seq());
     let mut scan = Scan {
@@ -146,12 +242,15 @@ pub fn newest(
         return Ok(ScanEnd::Exhausted);
     }
     if let Some(entity) = filter.entity_id {
-        for seq in reader
-            .entity(ix, entity.as_str(), portal.first_seq(), start)
+        for seq in journal
+            .entity_seqs(reader, ix, entity.as_str(), portal.first_seq(), start)?
+            .into_iter()
             .rev()
         {
-            let seq = seq?;
-            if let Some(end) = scan.look(seq, &indexed_event(reader, portal, seq)?)? {
+            let Some(bytes) = journal.indexed_event(reader, portal, seq)? else {
+                continue;
+            };
+            if let Some(end) = scan.look(seq, &bytes)? {
                 return Ok(end);
             }
         }
@@ -200,13 +299,13 @@ pub fn newest(
 /// the budget runs out. Returns the highest seq looked at: where the next
 /// call continues. Reads one snapshot of the store.
 pub fn after(
-    reader: &Reader,
+    journal: &JournalReader,
     portal: &PortalRecord,
     filter: &EventFilter<'_>,
     after: u64,
     visit: impl FnMut(Found<'_>) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<u64, StoreError> {
-    let reader = &reader.pinned()?;
+    let reader = &journal.store.pinned()?;
     let ix = portal.ix;
     let upper = portal.last_seq();
     if after >= upper {
@@ -225,9 +324,11 @@ pub fn after(
         ScanEnd::Exhausted => upper,
     };
     if let Some(entity) = filter.entity_id {
-        for seq in reader.entity(ix, entity.as_str(), from, upper) {
-            let seq = seq?;
-            if let Some(stop) = scan.look(seq, &indexed_event(reader, portal, seq)?)? {
+        for seq in journal.entity_seqs(reader, ix, entity.as_str(), from, upper)? {
+            let Some(bytes) = journal.indexed_event(reader, portal, seq)? else {
+                continue;
+            };
+            if let Some(stop) = scan.look(seq, &bytes)? {
                 return Ok(end(stop));
             }
         }

@@ -368,10 +368,85 @@ pub fn bump_duplicates(bytes: &mut [u8]) -> u32 {
     next
 }
 
+/// The `ts` and entity id of an encoded event, read without decoding the
+/// rest (a scan that filters on them decodes only what matches); `None` if
+/// the bytes do not hold an event. Follows postcard's encoding of
+/// [`EventRecord`]: the id's 16 bytes, `ts` as a varint, the name (variant
+/// varint, then a varint or a length-prefixed string), the entity id
+/// (`0`, or `1` and a length-prefixed string).
+pub fn peek(bytes: &[u8]) -> Option<(u64, Option<&str>)> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn string<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = usize::try_from(varint(b)?).ok()?;
+        let s = b.get(..len)?;
+        *b = &b[len..];
+        Some(s)
+    }
+    let mut b = bytes.get(HEADER + 16..)?;
+    let ts = varint(&mut b)?;
+    match varint(&mut b)? {
+        0 => {
+            varint(&mut b)?;
+        }
+        1 => {
+            string(&mut b)?;
+        }
+        _ => return None,
+    }
+    let entity = match b.split_first()? {
+        (0, _) => None,
+        (1, rest) => {
+            b = rest;
+            Some(std::str::from_utf8(string(&mut b)?).ok()?)
+        }
+        _ => return None,
+    };
+    Some((ts, entity))
+}
+
+/// The entity id of an encoded event (see [`peek`]).
+pub fn peek_entity(bytes: &[u8]) -> Option<&str> {
+    peek(bytes)?.1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn peek_reads_ts_and_entity_as_decoding_does() {
+        for (event, entity) in [
+            (Interned::At(3), Some("999")),
+            (Interned::Inline("ONCRMDEALADD".to_owned()), None),
+            (Interned::At(300), Some("x".repeat(200).as_str())),
+        ] {
+            let rec = EventRecord {
+                id: uuid::Uuid::now_v7().into_bytes(),
+                ts: 1_466_439_714,
+                event,
+                entity_id: entity.map(str::to_owned),
+                event_handler_id: Some("7".into()),
+                profile: Interned::At(0),
+                auth: Vec::new(),
+                data: StoredData::Absent,
+            };
+            let bytes = rec.to_bytes(3);
+            assert_eq!(peek(&bytes), Some((rec.ts, entity)));
+        }
+        assert_eq!(peek(&[0; 10]), None);
+    }
 
     #[test]
     fn event_round_trip_and_duplicate_bump() {

@@ -16,7 +16,8 @@ use super::render::{json_opt_str, EventJson, Rendered, Renderer};
 use crate::http::json_bytes_response;
 use crate::journal::read::{self, Found, ScanEnd};
 use crate::journal::record::PortalRecord;
-use crate::journal::store::{Reader, StoreError};
+use crate::journal::store::StoreError;
+use crate::journal::JournalReader;
 
 /// One page of results.
 #[derive(Debug)]
@@ -128,7 +129,11 @@ impl Collector<'_> {
 
 /// The newest page of `portal`'s events that match `q`, below `q`'s cursor
 /// if it has one, from a durable snapshot.
-pub fn newest(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result<Page, StoreError> {
+pub fn newest(
+    reader: &JournalReader,
+    portal: &PortalRecord,
+    q: &EventsQuery,
+) -> Result<Page, StoreError> {
     // Only events known durable; below the cursor when continuing.
     let at_most = q
         .cursor
@@ -150,7 +155,7 @@ pub fn newest(reader: &Reader, portal: &PortalRecord, q: &EventsQuery) -> Result
 /// stream sends them one by one); returns them with the highest seq looked
 /// at, where the next call continues.
 pub fn follow(
-    reader: &Reader,
+    reader: &JournalReader,
     portal: &PortalRecord,
     q: &EventsQuery,
     after: u64,

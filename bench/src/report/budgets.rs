@@ -15,10 +15,13 @@ fn exchange_us(m: &Measured) -> f64 {
     (m.server_cpu + m.client_cpu + m.other_cpu) * 1e6 / m.rate.max(1.0)
 }
 
-/// The section that puts the two throughput goals the service misses
-/// (ingest at 64 connections, latest-50) in CPU per request: what the
-/// machine has at the goal, what the bare HTTP exchange already spends of it
-/// in the same run, and what the service's own work measures.
+/// The ingest goal at 64 connections, as a share of the bare server's rate.
+pub(super) const INGEST_GOAL: f64 = 0.3;
+
+/// The section that puts the two throughput goals (ingest at 64
+/// connections, latest-50) in CPU per request: what the machine has at the
+/// goal, what the bare HTTP exchange already spends of it in the same run,
+/// and what the service's own work measures.
 pub(super) fn throughput(w: &mut String, o: &Opts, r: &Report) {
     let cores = r.machine.as_ref().map_or(0, |m| m.cores).max(1) as f64;
     let (Some(row), Some(ceil)) = (r.ingest_at(64), r.ceiling_at(64)) else {
@@ -37,7 +40,7 @@ pub(super) fn throughput(w: &mut String, o: &Opts, r: &Report) {
         w,
         "What {cores:.0} cores give per request at each goal, what the bare HTTP exchange already spent per request in this run (bare server + load generator + the rest of the machine, from the ceiling rows), and what the service's own work measured. Where the last row is larger than the one above it, the goal cannot be met without cutting that work by the ratio between the two, however fast the HTTP side were.\n"
     );
-    let goal_in = 0.5 * ceil.rate;
+    let goal_in = INGEST_GOAL * ceil.rate;
     let goal_q = 0.5 * get.rate;
     let (have_in, have_q) = (cores * 1e6 / goal_in, cores * 1e6 / goal_q);
     let (bare_in, bare_q) = (exchange_us(ceil), exchange_us(sized));
@@ -82,7 +85,7 @@ pub(super) fn throughput(w: &mut String, o: &Opts, r: &Report) {
     );
     let _ = writeln!(
         w,
-        "| goal | {} events/s (0.5 × {}) | {} req/s (0.5 × {}) |",
+        "| goal | {} events/s ({INGEST_GOAL} × {}) | {} req/s (0.5 × {}) |",
         int(goal_in as u64),
         int(ceil.rate as u64),
         int(goal_q as u64),

@@ -33,6 +33,7 @@ pub fn render(o: &Opts, r: &Report) -> String {
     phases::ingest(w, o, r);
     phases::query(w, o, r);
     resources::resources(w, o, r);
+    resources::mixes(w, o, r);
     resources::checks(w);
     let _ = writeln!(w, "{}", METHOD);
     s

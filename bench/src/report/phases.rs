@@ -63,9 +63,10 @@ pub(super) fn ingest(w: &mut String, o: &Opts, r: &Report) {
     let _ = writeln!(w, "## Ingest: `POST /v1/bitrix24/events`, durable acks\n");
     let _ = writeln!(
         w,
-        "The real `b24-journal serve` (RUST_LOG={}, log to a file), {} portals from a `--config` file, ~545-byte form bodies in the wire format of `tests/fixtures/ONCRMACTIVITYUPDATE-app.form`, ADD/UPDATE/DELETE 35/50/15 %, random activity ids, {:.0} % exact resends of bodies already answered `stored`. One server for all levels, in order; counts are checked against `GET /v1/portals` after each level.\n",
+        "The real `b24-journal serve` (RUST_LOG={}, log to a file), {} portals from a `--config` file, ~545-byte form bodies in the wire format of `tests/fixtures/ONCRMACTIVITYUPDATE-app.form`, ADD/UPDATE/DELETE 35/50/15 %, random-looking activity ids with {} new events each (consecutive, to the same portal, each with its own `ts`), {:.0} % exact resends of bodies already answered `stored`. One server for all levels, in order; counts are checked against `GET /v1/portals` after each level.\n",
         o.server_log,
         o.ingest_portals,
+        o.ingest_per_entity,
         o.dup_rate * 100.0
     );
     let _ = writeln!(
@@ -131,13 +132,19 @@ pub(super) fn ingest(w: &mut String, o: &Opts, r: &Report) {
     if let Some(d) = r.ingest_startup {
         let _ = write!(w, ", start to healthy {}", dur(d));
     }
-    if let Some((bytes, events)) = r.ingest_disk {
+    if let Some((disk, events)) = r.ingest_disk {
+        let per = |b: u64| b as f64 / events.max(1) as f64;
         let _ = write!(
             w,
-            "; data dir {} for {} events = {:.0} B/event",
-            int(bytes),
+            "; data dir after the restarted server stopped (a clean shutdown, which checkpoints) {} for {} events = **{:.0} B/event**: sled {} ({:.0} B/event), redo log {} ({:.0} B/event: the unsealed tails and the prepared segments), other {}",
+            int(disk.total()),
             int(events),
-            bytes as f64 / events.max(1) as f64
+            per(disk.total()),
+            int(disk.engine),
+            per(disk.engine),
+            int(disk.redo_log),
+            per(disk.redo_log),
+            int(disk.other)
         );
     }
     let _ = writeln!(w, ".\n");
@@ -149,11 +156,12 @@ pub(super) fn query(w: &mut String, o: &Opts, r: &Report) {
         let _ = writeln!(w, "## Query: `GET /v1/portals/{{member}}/events`\n");
         let _ = writeln!(
             w,
-            "Journal filled through the service's own write path (linked as a library) with N = {} events across {} portals (~{} per portal, ts ≈ base + i per portal with 0–2 s jitter, entity ids from a range of {} per portal ≈ 5 events each), then served by the real binary; {} connections, random portals. `since/until` windows are {} s wide. × ceiling is against the bare server's GET.\n",
+            "Journal filled through the service's own write path (linked as a library) with N = {} events across {} portals (~{} per portal, ts ≈ base + i per portal with 0–2 s jitter, entity ids from a range of {} per portal ≈ {} events each), then served by the real binary; {} connections, random portals. `since/until` windows are {} s wide. × ceiling is against the bare server's GET.\n",
             int(o.n),
             int(plan.portals),
             int(plan.per_portal()),
             int(plan.entity_range),
+            plan.per_entity,
             o.query_conns,
             o.window
         );

@@ -51,7 +51,12 @@ impl Harness {
     pub(super) fn ceiling(&mut self) -> anyhow::Result<()> {
         let (mut p, addr) = self.spawn_ceiling("ceiling")?;
         let host = addr.to_string();
-        let shared = IngestShared::new(gen::portals(self.o.ingest_portals, INGEST_SEED), host, 0.0);
+        let shared = IngestShared::new(
+            gen::portals(self.o.ingest_portals, INGEST_SEED),
+            host,
+            0.0,
+            1,
+        );
         for &c in &self.o.ingest_conns.clone() {
             eprintln!("== ceiling POST, {c} connections");
             let spec = self.spec(addr, c, self.o.ingest_secs);
@@ -130,7 +135,7 @@ impl Harness {
             members: vec!["x".into()],
             host: addr,
             token: READ_TOKEN.into(),
-            plan: FillPlan::new(1, 1),
+            plan: FillPlan::new(1, 1, 1),
             filled: 1,
             window: 1,
         });

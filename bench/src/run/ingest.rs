@@ -20,7 +20,12 @@ impl Harness {
         let cfg = self.write_config("ingest", &data, &portals)?;
         eprintln!("== ingest: starting b24-journal");
         let mut svc = self.start_service("ingest-server", &cfg)?;
-        let shared = IngestShared::new(portals, svc.addr.to_string(), self.o.dup_rate);
+        let shared = IngestShared::new(
+            portals,
+            svc.addr.to_string(),
+            self.o.dup_rate,
+            self.o.ingest_per_entity,
+        );
         let mut cum = IngestCounts::default();
         let mut seen: HashSet<u128> = HashSet::new();
         for &c in &self.o.ingest_conns.clone() {
@@ -70,8 +75,8 @@ impl Harness {
         self.r.ingest_restart_ok = events == cum.stored() && dups == cum.duplicates();
         self.r.ingest_startup = Some(svc.startup);
         self.stop_service(svc, "ingest server (restarted)");
-        let bytes = sys::disk_usage(&data).unwrap_or(0);
-        self.r.ingest_disk = Some((bytes, cum.stored()));
+        let split = sys::disk_split(&data).unwrap_or_default();
+        self.r.ingest_disk = Some((split, cum.stored()));
         self.r.ingest_total = cum;
         let _ = std::fs::remove_dir_all(&data);
         Ok(())

@@ -1,13 +1,15 @@
 //! `b24-bench run`: every phase, in one process, on one machine, one
 //! report. The harness (`harness.rs`) holds what the phases share; each
 //! phase is a file of its own, in the order they run: machine → ceiling →
-//! ingest → query (fills, then the in-process floors) → the sized ceiling.
+//! ingest → query (fills, then the in-process floors) → the sized ceiling →
+//! the other entity mixes' fills.
 
 mod ceiling;
 mod floors;
 mod harness;
 mod ingest;
 mod machine;
+mod mixes;
 mod proc;
 mod query;
 mod service;
@@ -69,6 +71,7 @@ fn run(o: Opts) -> anyhow::Result<(String, bool)> {
         Harness::ingest,
         Harness::query,
         Harness::ceiling_sized,
+        Harness::mixes,
     ] {
         if let Err(e) = phase(&mut h) {
             fatal = Some(e);

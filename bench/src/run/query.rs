@@ -33,7 +33,7 @@ impl Harness {
         let portals = gen::portals(self.o.query_portals as usize, QUERY_SEED);
         let members: Vec<String> = portals.iter().map(|p| p.member.clone()).collect();
         let cfg = self.write_config("query", &data, &portals)?;
-        let plan = FillPlan::new(self.o.query_portals, self.o.n);
+        let plan = FillPlan::new(self.o.query_portals, self.o.n, self.o.query_per_entity);
         let stages: Vec<u64> = if self.o.stage < self.o.n {
             vec![self.o.stage, self.o.n]
         } else {
@@ -41,7 +41,7 @@ impl Harness {
         };
         let mut from = 0;
         for (si, &at) in stages.iter().enumerate() {
-            let row = self.fill(&data, from, at)?;
+            let row = self.fill(&data, plan.per_entity, from, at)?;
             from = at;
             self.r.fills.push(row);
             eprintln!("== query: starting b24-journal on {at} events");
@@ -93,10 +93,19 @@ impl Harness {
         Ok(())
     }
 
-    /// Fills the events `from..to` of the plan for N into `data` with
-    /// `b24-bench fill`.
-    fn fill(&mut self, data: &Path, from: u64, to: u64) -> anyhow::Result<FillRow> {
-        eprintln!("== fill {from}..{to} of {} through the library", self.o.n);
+    /// Fills the events `from..to` of the plan for N with `per_entity`
+    /// events per entity id into `data` with `b24-bench fill`.
+    pub(super) fn fill(
+        &mut self,
+        data: &Path,
+        per_entity: u64,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<FillRow> {
+        eprintln!(
+            "== fill {from}..{to} of {} ({per_entity} per entity) through the library",
+            self.o.n
+        );
         let t = Instant::now();
         let line = self
             .tool(
@@ -117,11 +126,14 @@ impl Harness {
                     &QUERY_SEED.to_string(),
                     "--inflight",
                     &self.o.fill_inflight.to_string(),
+                    "--per-entity",
+                    &per_entity.to_string(),
                 ],
             )
             .with_context(|| format!("fill {from}..{to}"))?;
         let wall = t.elapsed();
         let row = FillRow {
+            per_entity,
             from,
             to,
             stored: line.get("stored") as u64,
@@ -130,7 +142,7 @@ impl Harness {
             close_secs: line.get("close_secs"),
             wall,
             peak_rss_kb: line.get("vmhwm_kb") as u64,
-            disk_bytes: sys::disk_usage(data).unwrap_or(0),
+            disk: sys::disk_split(data).unwrap_or_default(),
         };
         if row.stored != to - from || row.duplicates != 0 {
             self.errors.push(format!(

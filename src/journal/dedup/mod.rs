@@ -4,11 +4,12 @@
 //! entity id — or the canonical `data` when there is none —, ts). An event
 //! without an entity id stores its key, and a duplicate is found by it. An
 //! entity event needs no key of its own: it is looked for among its
-//! entity's index entries (which carry `ts` and a tag of the event name,
-//! see `pack`) and the portal's unsealed tail, and a candidate is
+//! entity's postings in the entity index (which carry `ts` and a tag of the
+//! event name; the runs' filters say where to look, see
+//! `journal::entities`) and the portal's unsealed tail, and a candidate is
 //! confirmed by reading the event. The writer keeps what it needs of each
-//! tail in memory ([`TailCache`]), since scanning the tail items for every
-//! entity event is costly.
+//! tail in memory ([`TailCache`]), since decoding the tail's events for
+//! every entity event is costly.
 //!
 //! The key itself is computed in [`key`] (a leaf the store's key layout can
 //! use without depending on the lookup here).
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use super::append::NewEvent;
+use super::entities::EntityIndex;
 use super::record::{EventRecord, PortalIx, PortalRecord};
 use super::store::codec;
 use super::store::{Reader, StoreError};
@@ -114,6 +116,7 @@ impl TailCache {
     pub(crate) fn stored_duplicate(
         &mut self,
         reader: &Reader,
+        entities: &EntityIndex,
         portal: &PortalRecord,
         event: &NewEvent,
         dedup: &DedupKey,
@@ -153,15 +156,10 @@ impl TailCache {
                 }
             }
         }
-        for chunk in reader.chunks(ix, entity, u64::MAX).rev() {
-            let (_, entries) = chunk?;
-            for e in entries.iter().rev() {
-                if e.seq >= first && e.ts == ts && e.tag == tag {
-                    if let Some(bytes) = reader.event(ix, e.seq)? {
-                        if same(&bytes)? {
-                            return Ok(Some(e.seq));
-                        }
-                    }
+        for seq in entities.candidates(reader, ix, entity, ts, tag, first)? {
+            if let Some(bytes) = reader.event(ix, seq)? {
+                if same(&bytes)? {
+                    return Ok(Some(seq));
                 }
             }
         }

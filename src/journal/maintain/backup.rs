@@ -16,8 +16,9 @@ use std::path::Path;
 use super::error::MaintainError;
 use super::offline::open_store;
 use crate::journal::dedup::key::dedup_key_of_record;
-use crate::journal::format::{check_format_upgrading, ENGINE_DIR};
-use crate::journal::layout;
+use crate::journal::entities::PortalRuns;
+use crate::journal::format::{check_format, ENGINE_DIR};
+use crate::journal::layout::{self, runs::RunsUpdate};
 use crate::journal::record::{span_of, EventRecord, PortalRecord};
 use crate::journal::registration::Registration;
 use crate::journal::store::codec;
@@ -66,9 +67,9 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     // The high-water mark: the durable state right now.
     let (portals, registrations): (Vec<PortalRecord>, Vec<Registration>) =
         handle.with_directory(|d| (d.portals().to_vec(), d.registrations().cloned().collect()));
-    check_format_upgrading(dest)?;
+    check_format(dest)?;
     let mut out = open_store(&dest.join(ENGINE_DIR), dest)?;
-    let reader = handle.reader();
+    let reader = handle.reader().store();
     // Keeps the writer from reopening the engine under the copy.
     let _long_read = reader.long_read();
     let mut batch = WriteBatch::default();
@@ -93,7 +94,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
 
 /// Writes `portal` and its `events` (oldest first, none above its last
 /// seq) into `out` through the writer's layout code, one block at a time
-/// (applying each step lets the next read the entity chunks it extends),
+/// (applying each step lets the next read the postings runs it merges),
 /// with its summaries from `source`. Counters are recomputed from what was
 /// copied; the next seq stays, so seqs are never reused. Returns the number
 /// of events copied.
@@ -110,6 +111,7 @@ pub(super) fn copy_portal(
     copy.events = 0;
     let mut laid = None;
     let mut fresh = BTreeMap::new();
+    let mut runs = RunsUpdate::of(portal.ix, &PortalRuns::default());
     let mut events = events.peekable();
     while let Some(item) = events.next() {
         let (seq, bytes) = item?;
@@ -138,7 +140,17 @@ pub(super) fn copy_portal(
                 ..copy.clone()
             };
             out.apply(std::mem::take(batch))?;
-            layout::lay_out(batch, out.reader(), &step, prev, std::mem::take(&mut fresh))?;
+            runs.applied();
+            layout::lay_out(
+                batch,
+                out.reader(),
+                &step,
+                prev,
+                std::mem::take(&mut fresh),
+                &mut runs,
+            )?;
+            // A copy being written has no readers: merged runs go at once.
+            runs.purge_dead(batch, out.reader())?;
             laid = Some(seq);
         }
     }
@@ -150,6 +162,8 @@ pub(super) fn copy_portal(
         }
     }
     out.apply(std::mem::take(batch))?;
+    // The list goes with the portal record, in the caller's last batch.
+    let _ = runs.finish(batch);
     batch.put_portal(&copy);
     Ok(copy.events)
 }

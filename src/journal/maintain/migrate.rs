@@ -1,4 +1,6 @@
-//! Offline migration of a version-1 data directory to the current format.
+//! Offline migration of an older data directory (version 1, 2 or 3) to the
+//! current format: every event is copied through the current layout code
+//! into a new engine, as a backup copies a running journal.
 
 use std::path::{Path, PathBuf};
 
@@ -6,10 +8,11 @@ use super::backup::copy_portal;
 use super::error::MaintainError;
 use super::offline::{open_store, sync_dir};
 use crate::journal::format::{
-    check_format_upgrading, raw_format_version, read_format_upgrading, write_format, ENGINE_DIR,
-    FORMAT_VERSION, UPGRADES_IN_PLACE_FROM,
+    raw_format_version, read_format, write_format, ENGINE_DIR, FORMAT_VERSION,
 };
-use crate::journal::store::{StoreError, WriteBatch};
+use crate::journal::record::PortalRecord;
+use crate::journal::store::codec::sealed_upto;
+use crate::journal::store::{Reader, StoreError, WriteBatch};
 
 /// What `migrate` did.
 #[derive(Debug, serde::Serialize)]
@@ -28,15 +31,41 @@ pub struct MigrateReport {
     pub old_files: Option<PathBuf>,
 }
 
-/// Converts a stopped version-1 data directory to the current version, in
-/// place. The new layout is written into a side directory first; the
-/// format file, rewritten last (fsynced rename), is the commit point. A
-/// crash at any step leaves version 1 readable and `migrate` can run again.
-/// Blocking.
+/// A portal's events in seq order, as migration reads them.
+type Events<'r> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + 'r>;
+
+/// The events of `portal` as an older version stored them, oldest first:
+/// version 1 as one item per event; versions 2 and 3 in sealed blocks and
+/// an unsealed tail of one sled item per event.
+fn old_events<'r>(
+    from: u32,
+    reader: &'r Reader,
+    portal: &PortalRecord,
+) -> Result<Events<'r>, StoreError> {
+    if from == 1 {
+        return Ok(Box::new(reader.v1_events(portal.ix)));
+    }
+    let (first, last) = (portal.first_seq(), portal.last_seq());
+    let sealed = sealed_upto(last);
+    // The blocks alone: the memtable of a store of these versions is empty.
+    let blocks = reader.events(portal.ix, first, sealed);
+    let tail = reader
+        .v3_tail(portal.ix)?
+        .into_iter()
+        .filter(move |(seq, _)| *seq > sealed && *seq >= first && *seq <= last)
+        .map(Ok);
+    Ok(Box::new(blocks.chain(tail)))
+}
+
+/// Converts a stopped data directory of version 1, 2 or 3 to the current
+/// version, in place. The new layout is written into a side directory
+/// first; the format file, rewritten last (fsynced rename), is the commit
+/// point. A crash at any step leaves the old version readable and
+/// `migrate` can run again. Blocking.
 pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
     let from = raw_format_version(data_dir)?;
     let engine = data_dir.join(ENGINE_DIR);
-    let old = data_dir.join(format!("{ENGINE_DIR}.v1"));
+    let old = data_dir.join(format!("{ENGINE_DIR}.v{from}"));
     let building = data_dir.join(format!("{ENGINE_DIR}.migrating"));
     let mut report = MigrateReport {
         data_dir: data_dir.to_owned(),
@@ -49,20 +78,15 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
     if from == FORMAT_VERSION {
         return Ok(report);
     }
-    if from == UPGRADES_IN_PLACE_FROM {
-        // Nothing to rebuild: rewriting the format file is the upgrade.
-        check_format_upgrading(data_dir)?;
-        return Ok(report);
-    }
-    if from != 1 {
-        read_format_upgrading(data_dir)?;
+    if !(1..FORMAT_VERSION).contains(&from) {
+        read_format(data_dir)?;
         return Err(MaintainError::Target(format!(
             "cannot migrate format version {from}"
         )));
     }
     let io = |e: std::io::Error| MaintainError::Store(StoreError::Io(e));
     // An earlier run that got as far as moving the old engine aside left
-    // the version-1 files there; anything in `sled` is then its output.
+    // the old files there; anything in `sled` is then its output.
     if old.exists() {
         if engine.exists() {
             std::fs::remove_dir_all(&engine).map_err(io)?;
@@ -90,7 +114,7 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
                 &mut batch,
                 reader,
                 portal,
-                reader.v1_events(portal.ix),
+                old_events(from, reader, portal)?,
             )?;
             if copied != portal.events {
                 return Err(MaintainError::Store(StoreError::Corrupt(format!(

@@ -11,6 +11,7 @@ mod offline;
 mod registrations;
 mod target;
 mod verify;
+mod verify_runs;
 
 pub use backup::{backup, check_backup_target, BackupStats};
 pub use error::MaintainError;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::error::MaintainError;
-use crate::journal::format::{read_format_upgrading, OpenError, ENGINE_DIR};
+use crate::journal::format::{read_format, OpenError, ENGINE_DIR};
 use crate::journal::store::Store;
 use crate::journal::PortalDirectory;
 
@@ -26,7 +26,7 @@ pub(super) fn open_store(engine: &Path, data_dir: &Path) -> Result<Store, OpenEr
 /// checked (a version-2 directory is upgraded in place), its store and
 /// its portals.
 pub(super) fn open_offline(data_dir: &Path) -> Result<(Store, PortalDirectory), MaintainError> {
-    read_format_upgrading(data_dir)?;
+    read_format(data_dir)?;
     let store = open_store(&data_dir.join(ENGINE_DIR), data_dir)?;
     let dir =
         PortalDirectory::from_records(store.reader().portals()?, store.reader().registrations()?)?;

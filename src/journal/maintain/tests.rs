@@ -4,11 +4,13 @@
 use std::path::Path;
 
 use super::{migrate, verify};
-use crate::journal::format::{check_format_upgrading, OpenError, ENGINE_DIR};
+use crate::journal::entities::EntityIndex;
+use crate::journal::format::{check_format, OpenError, ENGINE_DIR};
 use crate::journal::record::PortalProfile;
 use crate::journal::record::{EventRecord, PortalRecord};
 use crate::journal::record::{Interned, StoredData};
 use crate::journal::store::WriteBatch;
+use crate::journal::JournalReader;
 use crate::types::MemberId;
 
 const EVENTS: u64 = 150;
@@ -76,7 +78,7 @@ fn migrate_converts_a_version_1_directory_once() {
     let data = dir.path();
     let stored = write_v1(data);
     assert!(matches!(
-        check_format_upgrading(data),
+        check_format(data),
         Err(OpenError::NeedsMigration { found: 1, .. })
     ));
 
@@ -95,9 +97,8 @@ fn migrate_converts_a_version_1_directory_once() {
         .unwrap();
     let want: Vec<(u64, Vec<u8>)> = (1..).zip(stored).collect();
     assert_eq!(events, want, "every event, duplicates counters included");
-    let three: Vec<u64> = reader
-        .entity(0, "3", 1, EVENTS)
-        .collect::<Result<_, _>>()
+    let three = JournalReader::new(reader.clone(), EntityIndex::default(), Default::default())
+        .entity_seqs(reader, 0, "3", 1, EVENTS)
         .unwrap();
     let want: Vec<u64> = (1..=EVENTS)
         .filter(|s| !s.is_multiple_of(10) && s % 7 == 3)

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::MaintainError;
 use super::offline::open_store;
+use super::verify_runs::RunsCheck;
 use crate::journal::dedup::key::dedup_key_of_record;
-use crate::journal::format::{read_format_upgrading, ENGINE_DIR};
+use crate::journal::format::{read_format, ENGINE_DIR};
 use crate::journal::record::{EventRecord, PortalIx, PortalRecord};
 use crate::journal::store::codec;
 use crate::journal::store::{KeyKind, Reader, StoreError};
@@ -60,7 +61,7 @@ struct PortalTally {
 /// Opens a stopped data directory and checks every tree and index.
 /// Blocking.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
-    let format = read_format_upgrading(data_dir)?;
+    let format = read_format(data_dir)?;
     let store = open_store(&data_dir.join(ENGINE_DIR), data_dir)?;
     let reader = store.reader();
     let mut report = VerifyReport {
@@ -83,12 +84,10 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
     let mut tallies: HashMap<PortalIx, PortalTally> = HashMap::new();
     let mut seen_dedup: BTreeMap<(PortalIx, u64), u32> = BTreeMap::new();
 
-    // Sealed entity events and the index entries for them, per portal:
-    // every entry is checked against its event below, so equal counts mean
-    // every sealed entity event is indexed exactly once.
+    // Sealed entity events per portal, which the entity index must hold
+    // exactly once each (see `verify_runs`).
     let mut sealed_entity_events: HashMap<PortalIx, u64> = HashMap::new();
-    let mut index_entries: HashMap<PortalIx, u64> = HashMap::new();
-    let mut prev_chunk: Option<(PortalIx, String, u64)> = None;
+    let mut runs = RunsCheck::load(reader, &dir)?;
     for item in reader.all_keys() {
         let (_, kind, value) = item?;
         match kind {
@@ -138,57 +137,19 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     )?;
                 }
             }
-            KeyKind::Chunk {
-                portal: ix,
-                entity,
-                first,
-            } => {
-                let Some(p) = portal(ix) else {
-                    report.problem(format!("entity chunk of a portal without a record: {ix}"));
-                    continue;
-                };
-                let entries = match codec::decode_chunk(first, &value) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        report.problem(format!(
-                            "entity chunk {ix}/{entity}/{first}: {}",
-                            StoreError::from(e)
-                        ));
-                        continue;
-                    }
-                };
-                if let Some((pix, pentity, pmax)) = &prev_chunk {
-                    if *pix == ix && *pentity == entity && first <= *pmax {
-                        report.problem(format!("entity chunks of {ix}/{entity} overlap"));
-                    }
-                }
-                if let Some(last) = entries.last() {
-                    prev_chunk = Some((ix, entity.clone(), last.seq));
-                }
-                for e in entries.iter().filter(|e| e.seq >= p.first_seq()) {
-                    report.entity_entries += 1;
-                    *index_entries.entry(ix).or_default() += 1;
-                    let matches = match reader.event(ix, e.seq)? {
-                        Some(bytes) if e.seq <= codec::sealed_upto(p.last_seq()) => {
-                            match EventRecord::from_bytes(&bytes) {
-                                Ok((rec, _)) => {
-                                    rec.entity_id.as_deref() == Some(entity.as_str())
-                                        && rec.ts == e.ts
-                                        && codec::name_tag(rec.event_name(p)) == e.tag
-                                }
-                                Err(_) => false,
-                            }
-                        }
-                        _ => false,
-                    };
-                    if !matches {
-                        report.problem(format!(
-                            "entity index {ix}/{entity}/{} does not match a sealed event",
-                            e.seq
-                        ));
-                    }
+            KeyKind::RunItem {
+                portal: ix, run, ..
+            } => match portal(ix) {
+                Some(p) => runs.item(reader, p, run, &value)?,
+                None => report.problem(format!("postings of a portal without a record: {ix}")),
+            },
+            KeyKind::RunHead { portal: ix, run } => runs.head(ix, run),
+            KeyKind::Runs(ix) => {
+                if portal(ix).is_none() {
+                    report.problem(format!("run list of a portal without a record: {ix}"));
                 }
             }
+            KeyKind::V3Chunk => report.problem("an entity chunk of format version 3".into()),
             KeyKind::Dedup {
                 portal: ix, seq, ..
             } => {
@@ -214,15 +175,10 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             KeyKind::Unknown => report.problem("a key of unknown kind".into()),
         }
     }
-    for p in dir.portals() {
-        let sealed = sealed_entity_events.get(&p.ix).copied().unwrap_or(0);
-        let indexed = index_entries.get(&p.ix).copied().unwrap_or(0);
-        if sealed != indexed {
-            report.problem(format!(
-                "portal {}: {sealed} sealed entity events but {indexed} index entries",
-                p.member_id
-            ));
-        }
+    runs.finish(&sealed_entity_events, &dir);
+    report.entity_entries = runs.entries;
+    for problem in runs.problems {
+        report.problem(problem);
     }
     for ((ix, seq), n) in seen_dedup {
         if n > 1 {

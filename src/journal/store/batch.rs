@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::codec::{self, ChunkEntry};
+use super::codec::postings::{Item, RunHead, RunList};
 #[cfg(test)]
 use super::keys::V1_EVENT;
 use super::keys::{
-    chunk_key, key, registration_key, seq_key, Key, BLOCK, COUNTERS, DEDUP, HEALTH, LSN, PORTAL,
-    SUMMARY, TAIL,
+    key, registration_key, run_head_key, run_item_key, seq_key, tier, Key, BLOCK, COUNTERS, DEDUP,
+    HEALTH, PORTAL, RUNS, SUMMARY, TAIL,
 };
 use super::log;
 use crate::journal::dedup::key::DedupKey;
@@ -18,7 +18,8 @@ use crate::journal::registration::Registration;
 /// A set of writes, committed together by
 /// [`Store::commit_logged`](super::Store::commit_logged) or
 /// [`Store::commit`](super::Store::commit). One write per key (the last one
-/// made), in key order, as in `sled::Batch`.
+/// made), in key order, as in `sled::Batch`. Where each write lives after
+/// the log follows from its key (`keys::tier`).
 #[derive(Default)]
 pub struct WriteBatch {
     /// Key → value to insert, or `None` to remove.
@@ -37,28 +38,18 @@ impl WriteBatch {
         self.len += 1;
     }
 
-    /// The writes as one atomic sled batch, with the LSN if given.
-    pub(super) fn into_sled(self, lsn: Option<u64>) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        if let Some(lsn) = lsn {
-            batch.insert(&[LSN][..], &lsn.to_be_bytes()[..]);
-        }
-        batch
-    }
-
     /// The writes encoded for the redo log.
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let size = self
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 9)
+            .sum();
+        let mut out = Vec::with_capacity(size);
         for (k, v) in &self.writes {
             match v {
-                Some(v) => log::encode_insert(&mut out, k, v),
-                None => log::encode_remove(&mut out, k),
+                Some(v) => log::encode_insert(&mut out, tier(k), k, v),
+                None => log::encode_remove(&mut out, tier(k), k),
             }
         }
         out
@@ -84,23 +75,35 @@ impl WriteBatch {
         self.remove(seq_key(BLOCK, portal, block));
     }
 
-    /// Stores an entity chunk whose first entry is `first`.
-    pub fn put_chunk(
-        &mut self,
-        portal: PortalIx,
-        entity: &str,
-        first: u64,
-        entries: &[ChunkEntry],
-    ) {
+    /// Stores an item of postings run `run`.
+    pub fn put_run_item(&mut self, portal: PortalIx, run: u32, item: Item) {
         self.insert(
-            chunk_key(portal, entity, first),
-            codec::encode_chunk(first, entries),
+            run_item_key(portal, run, item.entity.as_bytes(), item.seq),
+            item.bytes,
         );
     }
 
-    /// Deletes an entity chunk (retention).
-    pub fn delete_chunk(&mut self, portal: PortalIx, entity: &str, first: u64) {
-        self.remove(chunk_key(portal, entity, first));
+    /// Deletes an item of postings run `run` (one written in the same
+    /// batch; stored runs are deleted by the keys
+    /// [`Reader::run_keys`](super::Reader::run_keys) finds).
+    pub fn delete_run_item(&mut self, portal: PortalIx, run: u32, item: &Item) {
+        self.remove(run_item_key(portal, run, item.entity.as_bytes(), item.seq));
+    }
+
+    /// Stores the head of postings run `run`.
+    pub fn put_run_head(&mut self, portal: PortalIx, run: u32, head: &RunHead) {
+        self.insert(run_head_key(portal, run), head.to_bytes());
+    }
+
+    /// Deletes the head of postings run `run` (its items are deleted by
+    /// key, as [`Reader::run_keys`](super::Reader::run_keys) finds them).
+    pub fn delete_run_head(&mut self, portal: PortalIx, run: u32) {
+        self.remove(run_head_key(portal, run));
+    }
+
+    /// Stores a portal's list of postings runs.
+    pub fn put_runs(&mut self, portal: PortalIx, runs: &RunList) {
+        self.insert(key(RUNS, portal, &[]), runs.to_bytes());
     }
 
     /// Stores the `ts` range of a summary block.
@@ -168,6 +171,22 @@ impl WriteBatch {
     #[cfg(test)]
     pub(crate) fn put_v1_event(&mut self, portal: PortalIx, seq: u64, value: Vec<u8>) {
         self.insert(seq_key(V1_EVENT, portal, seq), value);
+    }
+
+    /// Moves the second half of the writes (in key order) into a new batch,
+    /// for tests that crash in the middle of applying one.
+    #[cfg(test)]
+    pub(crate) fn split_off_half(&mut self) -> WriteBatch {
+        let at = self.writes.keys().nth(self.writes.len() / 2).cloned();
+        let rest = match at {
+            Some(k) => self.writes.split_off(&k),
+            None => BTreeMap::new(),
+        };
+        self.len = self.writes.len();
+        WriteBatch {
+            len: rest.len(),
+            writes: rest,
+        }
     }
 
     /// Number of writes in the batch.

@@ -1,13 +1,14 @@
-//! Commits: making a batch durable (through the redo log, or by flushing
-//! sled for inline commits) and the background checkpoints that let the
-//! redo log go.
+//! Commits: making a batch durable (through the redo log, and for inline
+//! commits by flushing sled too) and the background checkpoints that let
+//! the redo log go.
 
 use std::sync::Arc;
 
 use super::batch::WriteBatch;
 use super::engine::{apply_in_order, Flusher, Store};
 use super::error::{CommitError, StoreError};
-use super::log::CheckpointCause;
+use super::keys::tier;
+use super::log::{CheckpointCause, Tier};
 
 /// Free space below which a commit is refused before sled sees it. sled
 /// 0.34.7 handles running out of space mid-write badly: part of a batch can
@@ -19,26 +20,28 @@ use super::log::CheckpointCause;
 const WRITE_MIN_FREE: u64 = 8 * 1024 * 1024;
 
 impl Store {
-    /// Applies `batch` atomically without logging it (bulk copies into a
-    /// new store, which end with [`Store::sync`]).
+    /// Applies `batch` without logging it (bulk copies into a new store,
+    /// which end with [`Store::close`]): its engine writes as one atomic
+    /// sled batch, the rest into the memtable.
     pub fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
-        Ok(self.engine()?.tree.apply_batch(batch.into_sled(None))?)
+        let tree = self.engine()?.tree.clone();
+        let mut engine = sled::Batch::default();
+        for (k, v) in batch.writes {
+            match (tier(&k), v) {
+                (Tier::Engine, Some(v)) => engine.insert(k, v),
+                (Tier::Engine, None) => engine.remove(k),
+                (t, v) => self.memtable.apply(t, &k, v.as_deref()),
+            }
+        }
+        Ok(tree.apply_batch(engine)?)
     }
 
-    /// Applies `batch` atomically and makes it and everything before it
-    /// durable in sled's own files (inline commits: erase, retention,
-    /// maintenance). Only after `Ok` may it be acknowledged.
+    /// Commits `batch` through the redo log and then makes it and
+    /// everything before it durable in sled's own files (inline commits:
+    /// erase, retention, maintenance). Only after `Ok` may it be
+    /// acknowledged.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
-        self.check_space().map_err(CommitError::NotApplied)?;
-        let lsn = self.next_lsn;
-        let keys = batch.writes.len() as u64 + 1;
-        self.engine()
-            .map_err(CommitError::NotApplied)?
-            .tree
-            .apply_batch(batch.into_sled(Some(lsn)))
-            .map_err(|e| CommitError::NotDurable(e.into()))?;
-        crate::metrics::metrics().store_writes.inc_by(keys);
-        self.next_lsn += 1;
+        self.commit_logged(batch, || {})?;
         self.sync().map_err(CommitError::NotDurable)
     }
 
@@ -49,13 +52,22 @@ impl Store {
     /// that the record did not; logged first, every write sled holds is
     /// replayable. One by one instead of one atomic sled batch because an
     /// atomic batch makes sled wait for the device twice; the log record
-    /// already makes the batch atomic across a crash. Inserts go first, then removes, then
-    /// the LSN: a reader sees an event sealed into its block before it
-    /// leaves the tail.
+    /// already makes the batch atomic across a crash.
+    ///
+    /// The order of the writes is what lets readers, which never lock
+    /// against the writer, see each event somewhere at every moment: new
+    /// log-only writes (tail events) first; then sled's inserts (a sealed
+    /// block), removes, and the LSN; then the deferred writes; then
+    /// `before_drops` (the caller shows readers what the batch indexed);
+    /// and only then the log-only removes (the tail events just sealed).
     ///
     /// Refused (nothing written) when the disk is nearly full. After `Ok`
     /// the batch may be acknowledged.
-    pub fn commit_logged(&mut self, batch: WriteBatch) -> Result<(), CommitError> {
+    pub fn commit_logged(
+        &mut self,
+        batch: WriteBatch,
+        before_drops: impl FnOnce(),
+    ) -> Result<(), CommitError> {
         self.check_space().map_err(CommitError::NotApplied)?;
         let tree = self.engine().map_err(CommitError::NotApplied)?.tree.clone();
         let lsn = self.next_lsn;
@@ -68,10 +80,27 @@ impl Store {
             .sync()
             .map_err(|e| CommitError::NotDurable(e.into()))?;
         self.next_lsn += 1;
-        // The batch's keys and its LSN.
-        let keys = batch.writes.len() as u64 + 1;
-        apply_in_order(&tree, batch.writes, lsn).map_err(CommitError::NotDurable)?;
+        let mut engine = Vec::new();
+        let mut deferred = Vec::new();
+        let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        for (k, v) in &batch.writes {
+            match (tier(k), v) {
+                (Tier::Engine, _) => engine.push((k.as_slice(), v.as_deref())),
+                (Tier::Deferred, _) => deferred.push((k.as_slice(), v.as_deref())),
+                (Tier::LogOnly, Some(v)) => kept.push((k.as_slice(), Some(v.as_slice()))),
+                (Tier::LogOnly, None) => dropped.push((k.as_slice(), None)),
+            }
+        }
+        self.memtable.apply_log_only(kept);
+        // The engine's keys and its LSN, if any.
+        let keys = engine.len() as u64 + u64::from(!engine.is_empty());
+        apply_in_order(&tree, engine, lsn).map_err(CommitError::NotDurable)?;
         crate::metrics::metrics().store_writes.inc_by(keys);
+        for (k, v) in deferred {
+            self.memtable.apply(Tier::Deferred, k, v);
+        }
+        before_drops();
+        self.memtable.apply_log_only(dropped);
         self.maybe_checkpoint();
         Ok(())
     }
@@ -89,12 +118,22 @@ impl Store {
         Ok(())
     }
 
-    /// When the log's segment is full, starts a checkpoint in the
-    /// background: it flushes sled, then drops the older segments. Every
-    /// record logged so far is applied by now, as the checkpoint requires.
+    /// When the log's segment is full, starts a checkpoint: the deferred
+    /// writes go to sled here, a new segment starts with the snapshot of
+    /// the log-only writes, and a background thread flushes sled and then
+    /// drops the older segments. Every record logged so far is applied by
+    /// now, as the checkpoint requires.
     fn maybe_checkpoint(&self) {
         let Ok(engine) = self.engine() else { return };
-        let below = match self.wal.begin_checkpoint() {
+        if !self.wal.checkpoint_due() {
+            return;
+        }
+        if let Err(e) = engine.settle(&self.memtable, self.next_lsn - 1) {
+            // The log keeps everything; the next commit tries again.
+            tracing::warn!(error = %e, "could not start a journal checkpoint");
+            return;
+        }
+        let below = match self.wal.begin_checkpoint(&self.memtable.snapshot()) {
             Ok(Some(below)) => below,
             Ok(None) => return,
             Err(e) => {
@@ -122,20 +161,23 @@ impl Store {
         }
     }
 
-    /// Flushes and fsyncs everything applied so far into sled's own files
-    /// (so the redo log is no longer needed), then starts a new log
-    /// segment. Waits for a background checkpoint first: sled must not be
-    /// flushed from two threads.
+    /// Flushes and fsyncs everything applied so far into sled's own files,
+    /// the deferred writes included (so the redo log is no longer needed
+    /// but for the log-only writes), then starts a new log segment with
+    /// their snapshot. Waits for a background checkpoint first: sled must
+    /// not be flushed from two threads.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.flush_engine()?;
-        self.wal.reset()?;
+        self.wal.reset(&self.memtable.snapshot())?;
         Ok(())
     }
 
     /// Waits for a running checkpoint (one sled flusher at a time), then
-    /// flushes sled and fsyncs its files.
+    /// writes the deferred writes to sled, flushes it and fsyncs its files.
     pub(super) fn flush_engine(&self) -> Result<(), StoreError> {
         self.wal.wait_idle();
-        Flusher::new(self.engine()?, &self.dir, &self.synced_blobs).flush()
+        let engine = self.engine()?;
+        engine.settle(&self.memtable, self.next_lsn - 1)?;
+        Flusher::new(engine, &self.dir, &self.synced_blobs).flush()
     }
 }

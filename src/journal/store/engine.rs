@@ -1,5 +1,5 @@
 //! The sled database and its life: open, replay of the redo log, flush,
-//! reopen. [`Store`] owns one open engine and its redo log.
+//! reopen. [`Store`] owns one open engine, its redo log and its memtable.
 //!
 //! Everything lives in one sled tree under one-byte key prefixes (see
 //! `keys.rs`), because `apply_batch` is atomic within one tree only.
@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use super::error::StoreError;
 use super::keys::{be_u64, LSN};
-use super::log::{self, sync_dir, RedoLog, Segments};
+use super::log::{self, sync_dir, RedoLog, Segments, Tier};
+use super::memtable::Memtable;
 use super::reader::Reader;
 
 /// The redo log's directory, inside the engine's.
@@ -21,13 +22,15 @@ pub(super) const WAL_DIR: &str = "wal";
 /// Blob files already fsynced, by name; shared with checkpoint threads.
 pub(super) type SyncedBlobs = Arc<Mutex<HashSet<std::ffi::OsString>>>;
 
-/// The journal's storage: one open engine, its redo log, and the [`Reader`]
-/// that follows the engine through reopens. Only the writer (and offline
-/// maintenance) holds it.
+/// The journal's storage: one open engine, its redo log, its memtable, and
+/// the [`Reader`] that follows the engine through reopens. Only the writer
+/// (and offline maintenance) holds it.
 pub struct Store {
     /// `None` while a reopen is pending.
     engine: Option<Engine>,
     reader: Reader,
+    /// The log-only and deferred writes; the reader shares it.
+    pub(super) memtable: Arc<Memtable>,
     /// The engine's directory.
     pub(super) dir: PathBuf,
     cache_bytes: u64,
@@ -117,10 +120,12 @@ impl Engine {
             .unwrap_or(0))
     }
 
-    /// Applies the redo log's records that sled does not hold, in order.
-    /// Returns the next LSN and the segment a new log starts in; the log
-    /// may go only after a [`Flusher::flush`].
-    fn replay(&self, wal_dir: &Path) -> Result<(u64, u64), StoreError> {
+    /// Applies the redo log's engine writes that sled does not hold, in
+    /// order, and rebuilds the log-only and deferred writes of every record
+    /// into `memtable`. Returns the next LSN and the segment a new log
+    /// starts in; the log may go only after the deferred writes are in sled
+    /// and a [`Flusher::flush`].
+    fn replay(&self, wal_dir: &Path, memtable: &Memtable) -> Result<(u64, u64), StoreError> {
         let mut lsn = self.applied_lsn()?;
         let found = log::read(wal_dir)?;
         if found.after_hole > 0 {
@@ -134,6 +139,19 @@ impl Engine {
         }
         let mut replayed = 0u64;
         for record in &found.records {
+            let ops = log::decode_ops(&record.writes).ok_or_else(|| {
+                StoreError::Corrupt(format!("redo log record {} does not decode", record.lsn))
+            })?;
+            // The memtable's writes of every record, whatever sled holds:
+            // sled never had them.
+            for op in &ops {
+                match *op {
+                    log::Op::Insert(tier, k, v) => memtable.apply(tier, k, Some(v)),
+                    log::Op::Remove(tier, k) => memtable.apply(tier, k, None),
+                    log::Op::ClearLogOnly => memtable.clear_log_only(),
+                }
+            }
+            // A snapshot record (LSN 0) has no engine writes.
             if record.lsn <= lsn {
                 continue;
             }
@@ -143,17 +161,15 @@ impl Engine {
                     record.lsn
                 )));
             }
-            let ops = log::decode_ops(&record.writes).ok_or_else(|| {
-                StoreError::Corrupt(format!("redo log record {} does not decode", record.lsn))
-            })?;
             // One by one, as a commit applies them (see
             // `Store::commit_logged`): an atomic sled batch per record is
             // far slower.
             apply_in_order(
                 &self.tree,
-                ops.into_iter().map(|op| match op {
-                    log::Op::Insert(k, v) => (k, Some(v)),
-                    log::Op::Remove(k) => (k, None),
+                ops.into_iter().filter_map(|op| match op {
+                    log::Op::Insert(Tier::Engine, k, v) => Some((k, Some(v))),
+                    log::Op::Remove(Tier::Engine, k) => Some((k, None)),
+                    _ => None,
                 }),
                 record.lsn,
             )?;
@@ -169,6 +185,46 @@ impl Engine {
             tracing::info!(records = replayed, "replayed the redo log");
         }
         Ok((lsn + 1, found.next_segment))
+    }
+
+    /// Readies sled for a flush that lets the log records so far go: writes
+    /// the memtable's deferred writes and `last_lsn` as the LSN sled holds
+    /// (batches without engine writes do not write it, see
+    /// `apply_in_order`). On an error the deferred writes stay in the
+    /// memtable, so that a later checkpoint writes them.
+    pub(super) fn settle(&self, memtable: &Memtable, last_lsn: u64) -> Result<(), StoreError> {
+        let deferred = memtable.take_deferred();
+        for (done, (k, v)) in deferred.iter().enumerate() {
+            let written = match v {
+                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(drop),
+                None => self.tree.remove(k.as_slice()).map(drop),
+            };
+            if let Err(e) = written {
+                memtable.restore_deferred(deferred.into_iter().skip(done).collect());
+                return Err(e.into());
+            }
+        }
+        if last_lsn > self.applied_lsn()? {
+            self.tree.insert([LSN], &last_lsn.to_be_bytes()[..])?;
+        }
+        Ok(())
+    }
+
+    /// Brings a just-opened engine up to the log: replays it (rebuilding
+    /// the memtable), writes the deferred writes to sled and flushes.
+    /// Returns the next LSN and the segment a new log starts in.
+    fn recover(
+        &self,
+        dir: &Path,
+        memtable: &Memtable,
+        synced_blobs: &SyncedBlobs,
+    ) -> Result<(u64, u64), StoreError> {
+        let rebuilt = Memtable::default();
+        let (next_lsn, segment) = self.replay(&dir.join(WAL_DIR), &rebuilt)?;
+        memtable.replace_with(rebuilt);
+        self.settle(memtable, next_lsn - 1)?;
+        Flusher::new(self, dir, synced_blobs).flush()?;
+        Ok((next_lsn, segment))
     }
 }
 
@@ -207,9 +263,9 @@ impl Store {
             return Err(StoreError::Locked(dir.to_owned()));
         }
         let engine = Engine::open(dir, cache_bytes)?;
-        let (next_lsn, segment) = engine.replay(&dir.join(WAL_DIR))?;
         let synced_blobs = Arc::default();
-        Flusher::new(&engine, dir, &synced_blobs).flush()?;
+        let memtable = Arc::new(Memtable::default());
+        let (next_lsn, segment) = engine.recover(dir, &memtable, &synced_blobs)?;
         // Make the freshly created files and their directory entries durable
         // before anything is acknowledged.
         File::open(dir.join("conf"))?.sync_all()?;
@@ -217,9 +273,15 @@ impl Store {
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        let wal = Arc::new(RedoLog::start(&dir.join(WAL_DIR), segment, segments)?);
+        let wal = Arc::new(RedoLog::start(
+            &dir.join(WAL_DIR),
+            segment,
+            &memtable.snapshot(),
+            segments,
+        )?);
         Ok(Store {
-            reader: Reader::new(engine.tree.clone()),
+            reader: Reader::new(engine.tree.clone(), Arc::clone(&memtable)),
+            memtable,
             engine: Some(engine),
             dir: dir.to_owned(),
             cache_bytes,
@@ -262,11 +324,13 @@ impl Store {
         self.wal.wait_idle();
         self.wal.discard_pending();
         self.cycle_engine(|store, engine| {
-            let (next_lsn, segment) = engine.replay(&store.dir.join(WAL_DIR))?;
-            Flusher::new(&engine, &store.dir, &store.synced_blobs).flush()?;
+            // What the memtable holds beyond the log was never durable.
+            let (next_lsn, segment) =
+                engine.recover(&store.dir, &store.memtable, &store.synced_blobs)?;
             store.wal = Arc::new(RedoLog::start(
                 &store.dir.join(WAL_DIR),
                 segment,
+                &store.memtable.snapshot(),
                 store.segments,
             )?);
             store.next_lsn = next_lsn;
@@ -292,7 +356,9 @@ impl Store {
         self.flush_engine()?;
         self.cycle_engine(|store, engine| {
             if engine.applied_lsn()? + 1 != store.next_lsn {
-                let (next_lsn, _) = engine.replay(&store.dir.join(WAL_DIR))?;
+                // The memtable is current: only sled's part is replayed.
+                let (next_lsn, _) =
+                    engine.replay(&store.dir.join(WAL_DIR), &Memtable::default())?;
                 if next_lsn != store.next_lsn {
                     return Err(StoreError::Corrupt(format!(
                         "reopened engine and redo log end at LSN {}, expected {}",
@@ -360,18 +426,14 @@ impl Store {
         self.snapshot_every = bytes.max(1);
     }
 
-    /// Flushes everything into sled's files and closes the store, removing
-    /// its redo log (then empty): for stores written once, backups and
+    /// Flushes everything into sled's files and closes the store, leaving
+    /// a redo log of only the log-only writes (the unsealed tails; no log
+    /// at all without them): for stores written once, backups and
     /// migrations, whose copies need not carry prepared log segments
     /// (32 MiB of zeros). Opening it again starts a new log.
     pub fn close(mut self) -> Result<(), StoreError> {
         self.sync()?;
-        let wal_dir = self.dir.join(WAL_DIR);
-        drop(self);
-        std::fs::remove_dir_all(&wal_dir)?;
-        if let Some(parent) = wal_dir.parent() {
-            sync_dir(parent)?;
-        }
+        self.wal.finish(&self.memtable.snapshot())?;
         Ok(())
     }
 
@@ -412,9 +474,13 @@ impl Flusher {
     }
 }
 
-/// Applies one logged batch's writes to sled one by one: inserts, then
-/// removes, then the batch's LSN (see [`Store::commit_logged`] for why in
-/// this order and not as one sled batch).
+/// Applies one logged batch's engine writes to sled one by one: inserts,
+/// then removes, then the batch's LSN (see [`Store::commit_logged`] for why
+/// in this order and not as one sled batch). A batch without engine writes
+/// (most batches: tail events and counters only) writes nothing, not even
+/// its LSN: sled's `L` then names the last batch that changed sled, and
+/// replaying the batches after it changes nothing for those. Whoever lets
+/// log records go first writes the LSN up to them ([`Engine::settle`]).
 pub(super) fn apply_in_order<K, V>(
     tree: &sled::Tree,
     writes: impl IntoIterator<Item = (K, Option<V>)>,
@@ -425,18 +491,23 @@ where
     V: Into<sled::IVec>,
 {
     let mut removes = Vec::new();
+    let mut inserted = false;
     for (k, v) in writes {
         match v {
             Some(v) => {
                 tree.insert(k.as_ref(), v)?;
+                inserted = true;
             }
             None => removes.push(k),
         }
     }
+    let changed = inserted || !removes.is_empty();
     for k in removes {
         tree.remove(k.as_ref())?;
     }
-    tree.insert([LSN], &lsn.to_be_bytes()[..])?;
+    if changed {
+        tree.insert([LSN], &lsn.to_be_bytes()[..])?;
+    }
     Ok(())
 }
 

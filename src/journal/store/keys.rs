@@ -1,23 +1,28 @@
-//! The key layout: one-byte prefixes, the key builders, and [`classify`],
-//! which reads a key back into a [`KeyKind`].
+//! The key layout: one-byte prefixes, the key builders, [`tier`], which
+//! says where a key's writes live, and [`classify`], which reads a key back
+//! into a [`KeyKind`].
 //!
-//! | prefix | key                                       | value                 |
-//! |--------|-------------------------------------------|-----------------------|
-//! | `T`    | portal u32 BE, seq u64 BE                 | event record (tail)   |
-//! | `B`    | portal u32 BE, block u64 BE               | sealed event block    |
-//! | `X`    | portal u32 BE, len u8, entity id, seq u64 | entity chunk          |
-//! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE |
-//! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE (events without an entity id) |
-//! | `P`    | portal u32 BE                             | portal record: tables |
-//! | `C`    | portal u32 BE                             | portal record: counters |
-//! | `R`    | member id bytes                           | registration          |
-//! | `H`    | (none)                                    | last health probe, ms |
-//! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE |
+//! | prefix | key                                       | value                 | tier |
+//! |--------|-------------------------------------------|-----------------------|------|
+//! | `T`    | portal u32 BE, seq u64 BE                 | event record (tail)   | log only |
+//! | `B`    | portal u32 BE, block u64 BE               | sealed event block    | engine |
+//! | `I`    | portal u32 BE, run u32 BE, len u8, entity id, seq u64 BE | entity postings of a run, from this entity and seq on | engine |
+//! | `J`    | portal u32 BE, run u32 BE                 | run head (level, seqs, filters) | engine |
+//! | `M`    | portal u32 BE                             | the portal's runs     | engine |
+//! | `S`    | portal u32 BE, block u64 BE               | min ts, max ts u64 BE | engine |
+//! | `D`    | portal u32 BE, dedup key (16 bytes)       | seq u64 BE (events without an entity id) | engine |
+//! | `P`    | portal u32 BE                             | portal record: tables | engine |
+//! | `C`    | portal u32 BE                             | portal record: counters | deferred |
+//! | `R`    | member id bytes                           | registration          | engine |
+//! | `H`    | (none)                                    | last health probe, ms | engine |
+//! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
-//! scan yields newest-first without sorting.
+//! scan yields newest-first without sorting. `X` (entity chunks) was version
+//! 3's entity index; `migrate` skips it.
 
 use super::error::StoreError;
+use super::log::Tier;
 use crate::journal::dedup::key::DedupKey;
 use crate::journal::record::{PortalIx, SpanSummary};
 
@@ -25,7 +30,11 @@ pub(super) const TAIL: u8 = b'T';
 /// Version 1's per-event key (see migrations-notes/): read by `migrate` only.
 pub(super) const V1_EVENT: u8 = b'E';
 pub(super) const BLOCK: u8 = b'B';
-pub(super) const CHUNK: u8 = b'X';
+/// Version 3's entity chunks (see migrations-notes/): skipped by `migrate`.
+pub(super) const V3_CHUNK: u8 = b'X';
+pub(super) const RUN_ITEM: u8 = b'I';
+pub(super) const RUN_HEAD: u8 = b'J';
+pub(super) const RUNS: u8 = b'M';
 pub(super) const SUMMARY: u8 = b'S';
 pub(super) const DEDUP: u8 = b'D';
 pub(super) const PORTAL: u8 = b'P';
@@ -34,6 +43,19 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+
+/// Where the writes of `key` live after the redo log (see `log.rs`): the
+/// unsealed tail's events in memory and the log only, so that sled is
+/// written once per sealed block instead of twice per event; the portal
+/// counters, which every batch changes, in memory and the log until a
+/// checkpoint; everything else in sled.
+pub(super) fn tier(key: &[u8]) -> Tier {
+    match key.first() {
+        Some(&TAIL) => Tier::LogOnly,
+        Some(&COUNTERS) => Tier::Deferred,
+        _ => Tier::Engine,
+    }
+}
 
 /// A stored key, opaque outside the store: scans hand them out so that
 /// maintenance (erase) can delete exactly what it found without knowing the
@@ -58,15 +80,28 @@ pub enum KeyKind {
         /// Block number (see [`event_block`](super::codec::event_block)).
         block: u64,
     },
-    /// An entity index chunk.
-    Chunk {
+    /// An item of an entity postings run.
+    RunItem {
         /// Portal.
         portal: PortalIx,
-        /// Entity id.
+        /// Run number.
+        run: u32,
+        /// Entity id of the item's first posting.
         entity: String,
-        /// Seq of the chunk's first entry.
-        first: u64,
+        /// Seq of the item's first posting.
+        seq: u64,
     },
+    /// The head of an entity postings run.
+    RunHead {
+        /// Portal.
+        portal: PortalIx,
+        /// Run number.
+        run: u32,
+    },
+    /// A portal's list of entity postings runs.
+    Runs(PortalIx),
+    /// A version-3 entity chunk (read by nothing; `verify` reports it).
+    V3Chunk,
     /// A dedup key (events without an entity id), pointing at `seq`.
     Dedup {
         /// Portal.
@@ -111,18 +146,28 @@ pub(super) fn seq_key(prefix: u8, portal: PortalIx, seq: u64) -> Vec<u8> {
     key(prefix, portal, &[&seq.to_be_bytes()])
 }
 
-fn entity_prefix(portal: PortalIx, entity: &str) -> Vec<u8> {
-    // Entity ids are at most 200 bytes (types::EntityId), so the length fits a
-    // byte; the length prefix keeps "1" from matching "12".
+/// The key of run `run`'s item whose first posting is (`entity`, `seq`).
+/// A run keeps its postings in the order of these keys — entity length,
+/// entity bytes, seq (see `codec::postings`) — so the item holding an
+/// entity's first posting is the last one keyed at or before it. Entity ids
+/// are at most 200 bytes (types::EntityId), so the length fits a byte.
+pub(super) fn run_item_key(portal: PortalIx, run: u32, entity: &[u8], seq: u64) -> Vec<u8> {
     let len = [u8::try_from(entity.len()).unwrap_or(u8::MAX)];
-    key(CHUNK, portal, &[&len, entity.as_bytes()])
+    key(
+        RUN_ITEM,
+        portal,
+        &[&run.to_be_bytes(), &len, entity, &seq.to_be_bytes()],
+    )
 }
 
-/// The key of `entity`'s chunk whose first entry is `first`.
-pub(super) fn chunk_key(portal: PortalIx, entity: &str, first: u64) -> Vec<u8> {
-    let mut k = entity_prefix(portal, entity);
-    k.extend_from_slice(&first.to_be_bytes());
-    k
+/// The prefix of every item of run `run`.
+pub(super) fn run_prefix(portal: PortalIx, run: u32) -> Vec<u8> {
+    key(RUN_ITEM, portal, &[&run.to_be_bytes()])
+}
+
+/// The key of run `run`'s head.
+pub(super) fn run_head_key(portal: PortalIx, run: u32) -> Vec<u8> {
+    key(RUN_HEAD, portal, &[&run.to_be_bytes()])
 }
 
 /// The key of a registration.
@@ -163,23 +208,30 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&BLOCK) if k.len() == 13 => portal()
             .zip(be_u64(&k[5..]))
             .map(|(portal, block)| KeyKind::Block { portal, block }),
-        Some(&CHUNK) if k.len() >= 15 => {
-            let len = k[5] as usize;
+        Some(&RUN_ITEM) if k.len() >= 18 => {
+            let len = k[9] as usize;
             match (
                 portal(),
-                k.get(6..6 + len),
-                k.get(6 + len..).and_then(be_u64),
+                be_u32(&k[5..]),
+                k.get(10..10 + len),
+                k.get(10 + len..).and_then(be_u64),
             ) {
-                (Some(portal), Some(entity), Some(first)) if k.len() == 14 + len => {
-                    std::str::from_utf8(entity).ok().map(|e| KeyKind::Chunk {
+                (Some(portal), Some(run), Some(entity), Some(seq)) if k.len() == 18 + len => {
+                    std::str::from_utf8(entity).ok().map(|e| KeyKind::RunItem {
                         portal,
+                        run,
                         entity: e.to_owned(),
-                        first,
+                        seq,
                     })
                 }
                 _ => None,
             }
         }
+        Some(&RUN_HEAD) if k.len() == 9 => portal()
+            .zip(be_u32(&k[5..]))
+            .map(|(portal, run)| KeyKind::RunHead { portal, run }),
+        Some(&RUNS) if k.len() == 5 => portal().map(KeyKind::Runs),
+        Some(&V3_CHUNK) => Some(KeyKind::V3Chunk),
         Some(&DEDUP) if k.len() == 21 => match (portal(), be_u64(v)) {
             (Some(portal), Some(seq)) => {
                 let mut digest = [0u8; 16];

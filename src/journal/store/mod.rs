@@ -9,8 +9,11 @@
 //! - `engine.rs`: the sled database: open, redo-log replay, flush, reopen;
 //! - `commit.rs`: durable commits and background checkpoints;
 //! - `log.rs`: the redo log that makes a group commit durable;
+//! - `memtable.rs`: the writes kept in memory and the log instead of sled
+//!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
-//! - [`codec`]: how events are packed into blocks and chunks (pure bytes).
+//! - [`codec`]: how events are packed into blocks and the entity index
+//!   into postings runs (pure bytes).
 //!
 //! Everything lives in one sled tree, because `apply_batch` is atomic
 //! within one tree only: an event, its index entries, its dedup key and its
@@ -19,7 +22,8 @@
 //! process-global lock and may re-run).
 //!
 //! A group commit is made durable by the redo log (in `wal/` beside sled's
-//! files), not by flushing sled. sled is flushed at checkpoints and by
+//! files), not by flushing sled; the unsealed tails never reach sled at
+//! all, so the log keeps them (see `log.rs`). sled is flushed at checkpoints and by
 //! [`Store::sync`]; its `flush()` uses `sync_file_range` on Linux, which is
 //! not a full fsync, and it writes large values to `blobs/` without syncing
 //! them, so every flush here is followed by `sync_all` on sled's log file
@@ -32,6 +36,7 @@ mod engine;
 mod error;
 mod keys;
 mod log;
+mod memtable;
 mod reader;
 mod scan;
 
@@ -42,5 +47,7 @@ pub use keys::{Key, KeyKind};
 pub use reader::{LongRead, Reader};
 pub use scan::SeqScan;
 
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

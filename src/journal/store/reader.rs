@@ -1,19 +1,26 @@
 //! [`Reader`]: the read side of the store, cloneable into request handlers,
-//! and every lookup and scan the journal makes.
+//! and every lookup and scan the journal makes. Reads of log-only and
+//! deferred keys go to the memtable (see `memtable.rs`), the rest to sled.
 
+use std::cmp::Ordering as KeyOrder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::codec::{self, ChunkEntry};
+use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
-    chunk_key, classify, key, seq_key, seq_suffix, Key, KeyKind, BLOCK, CHUNK, COUNTERS, DEDUP,
-    PORTAL, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
+    classify, key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix, Key, KeyKind,
+    BLOCK, COUNTERS, DEDUP, PORTAL, REGISTRATION, RUNS, RUN_HEAD, RUN_ITEM, SUMMARY, TAIL,
+    V1_EVENT,
 };
+use super::memtable::Memtable;
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
-use crate::journal::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
+
+/// A key with its kind and value, as scans hand them out.
+type ClassifiedKey = (Key, KeyKind, Vec<u8>);
 
 /// A read-only view of the store, cloneable into request handlers. It
 /// follows the store through reopens.
@@ -23,6 +30,8 @@ pub struct Reader {
     pub(super) shared: Arc<RwLock<Option<sled::Tree>>>,
     /// Long reads in progress (see [`Reader::long_read`]).
     pub(super) long_reads: Arc<AtomicUsize>,
+    /// The store's log-only and deferred writes.
+    pub(super) memtable: Arc<Memtable>,
 }
 
 /// A long read (a backup) in progress, until dropped: meanwhile the engine
@@ -54,11 +63,12 @@ where
 }
 
 impl Reader {
-    /// A reader of `tree`, the engine's tree just opened.
-    pub(super) fn new(tree: sled::Tree) -> Reader {
+    /// A reader of `tree`, the engine's tree just opened, and `memtable`.
+    pub(super) fn new(tree: sled::Tree, memtable: Arc<Memtable>) -> Reader {
         Reader {
             shared: Arc::new(RwLock::new(Some(tree))),
             long_reads: Arc::default(),
+            memtable,
         }
     }
 
@@ -71,6 +81,7 @@ impl Reader {
         Ok(Reader {
             shared: Arc::new(RwLock::new(Some(self.tree()?))),
             long_reads: Arc::clone(&self.long_reads),
+            memtable: Arc::clone(&self.memtable),
         })
     }
 
@@ -98,10 +109,29 @@ impl Reader {
             .map(|kv| {
                 let (k, fixed) = kv?;
                 let mut bytes = fixed.to_vec();
-                if let Some(c) = tree.get([&[COUNTERS][..], &k[1..]].concat())? {
+                let counters = [&[COUNTERS][..], &k[1..]].concat();
+                let counters = match self.memtable.deferred(&counters) {
+                    Some(deferred) => deferred,
+                    None => tree.get(&counters)?.map(|c| c.to_vec()),
+                };
+                if let Some(c) = counters {
                     bytes.extend_from_slice(&c);
                 }
                 Ok(PortalRecord::from_bytes(&bytes)?)
+            })
+            .collect()
+    }
+
+    /// The log-only keys (tail events) with the prefix `prefix`, classified.
+    fn log_only_keys(&self, prefix: &[u8]) -> Vec<Result<ClassifiedKey, StoreError>> {
+        let mut hi = prefix.to_vec();
+        hi.extend_from_slice(&[0xff; 16]);
+        self.memtable
+            .log_only_range(prefix..=hi.as_slice())
+            .into_iter()
+            .map(|(k, v)| {
+                let kind = classify(&k, &v);
+                Ok((Key(k), kind, v))
             })
             .collect()
     }
@@ -112,22 +142,28 @@ impl Reader {
         &self,
         portal: PortalIx,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
-        scan(self.tree(), move |tree| {
-            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, PORTAL, COUNTERS]
-                .into_iter()
-                .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    let kind = classify(&k, &v);
-                    Ok((Key(k.to_vec()), kind, v.to_vec()))
-                })
-        })
+        let tails = self.log_only_keys(&key(TAIL, portal, &[]));
+        let stored = scan(self.tree(), move |tree| {
+            [
+                BLOCK, RUN_ITEM, RUN_HEAD, RUNS, DEDUP, SUMMARY, PORTAL, COUNTERS,
+            ]
+            .into_iter()
+            .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
+            .map(|kv| {
+                let (k, v) = kv?;
+                let kind = classify(&k, &v);
+                Ok((Key(k.to_vec()), kind, v.to_vec()))
+            })
+        });
+        tails.into_iter().chain(stored)
     }
 
-    /// Every key in the store, in key order, classified.
+    /// Every key in the store, classified: sled's in key order, then the
+    /// memtable's tail events.
     pub fn all_keys(
         &self,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
+        let tails = self.log_only_keys(&[TAIL]);
         scan(self.tree(), |tree| {
             tree.iter().map(|kv| {
                 let (k, v) = kv?;
@@ -135,6 +171,7 @@ impl Reader {
                 Ok((Key(k.to_vec()), kind, v.to_vec()))
             })
         })
+        .chain(tails)
     }
 
     /// Every registration, by member id.
@@ -159,7 +196,7 @@ impl Reader {
 
     /// The encoded event `seq` of `portal`, wherever it lives.
     pub fn event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut scan = SeqScan::new(self.tree(), portal, seq, seq);
+        let mut scan = self.events(portal, seq, seq);
         scan.next()
             .transpose()
             .map(|found| found.map(|(_, bytes)| bytes))
@@ -167,22 +204,41 @@ impl Reader {
 
     /// Events of `portal` with seq in `lo..=hi`, oldest first (`.rev()` for
     /// newest first); seqs that are gone are skipped. `hi` must not exceed
-    /// the portal's last seq written to the engine (see [`SeqScan`]): the
-    /// scan takes every seq up to `sealed_upto(hi)` to be in a block.
+    /// the portal's last seq committed (see [`SeqScan`]): the scan takes
+    /// every seq up to `sealed_upto(hi)` to be in a block.
     pub fn events(&self, portal: PortalIx, lo: u64, hi: u64) -> SeqScan {
-        SeqScan::new(self.tree(), portal, lo, hi)
+        SeqScan::new(self.tree(), Arc::clone(&self.memtable), portal, lo, hi)
     }
 
     /// Event `seq` of `portal` if it is in the unsealed tail.
     pub fn tail_event(&self, portal: PortalIx, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree()?
-            .get(seq_key(TAIL, portal, seq))?
-            .map(|v| v.to_vec()))
+        Ok(self.memtable.log_only(&seq_key(TAIL, portal, seq)))
+    }
+
+    /// The unsealed tail of `portal` with seqs in `lo..=hi`: (seq, encoded
+    /// event), oldest first.
+    pub fn tail_range(
+        &self,
+        portal: PortalIx,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let (lo, hi) = (seq_key(TAIL, portal, lo), seq_key(TAIL, portal, hi));
+        self.memtable
+            .log_only_range(lo.as_slice()..=hi.as_slice())
+            .into_iter()
+            .map(|(k, v)| Ok((seq_suffix(&k)?, v)))
+            .collect()
     }
 
     /// The unsealed tail of `portal`: (seq, encoded event), oldest first.
     pub fn tail(&self, portal: PortalIx) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.tail_range(portal, 0, u64::MAX)
+    }
+
+    /// The unsealed tail of `portal` as version 3 stored it (one sled item
+    /// per event): read only by `migrate`.
+    pub fn v3_tail(&self, portal: PortalIx) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.tree()?
             .scan_prefix(key(TAIL, portal, &[]))
             .map(|kv| {
@@ -200,87 +256,76 @@ impl Reader {
             .map(|v| v.to_vec()))
     }
 
-    /// The chunks of `entity` in `portal` whose first seq is `<= hi`, oldest
-    /// first: (first seq, entries).
-    pub fn chunks(
+    /// `portal`'s list of postings runs, if it has one.
+    pub fn runs(&self, portal: PortalIx) -> Result<Option<RunList>, StoreError> {
+        match self.tree()?.get(key(RUNS, portal, &[]))? {
+            Some(v) => Ok(Some(RunList::from_bytes(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The head of `portal`'s postings run `run`, if it exists.
+    pub fn run_head(&self, portal: PortalIx, run: u32) -> Result<Option<RunHead>, StoreError> {
+        match self.tree()?.get(run_head_key(portal, run))? {
+            Some(v) => Ok(Some(RunHead::from_bytes(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `entity`'s postings in run `run` of `portal`, as `(seq, ts, name
+    /// tag)` in seq order: one reverse range read, from the last item keyed
+    /// at or before the entity's end back to the one that holds its first
+    /// posting (see `codec::postings`).
+    pub fn run_postings_of(
         &self,
         portal: PortalIx,
+        run: u32,
         entity: &str,
-        hi: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<ChunkEntry>), StoreError>> {
-        let lo = chunk_key(portal, entity, 0);
-        let hi = chunk_key(portal, entity, hi);
+    ) -> Result<Vec<(u64, u64, u16)>, StoreError> {
+        let tree = self.tree()?;
+        let lo = run_prefix(portal, run);
+        let hi = run_item_key(portal, run, entity.as_bytes(), u64::MAX);
+        let mut items = Vec::new();
+        for kv in tree.range(lo..=hi).rev() {
+            let (k, v) = kv?;
+            let KeyKind::RunItem { entity: first, .. } = classify(&k, &v) else {
+                return Err(StoreError::Corrupt("postings item key".into()));
+            };
+            let before = entity_order(first.as_bytes(), entity.as_bytes()) == KeyOrder::Less;
+            items.push(v);
+            if before {
+                break;
+            }
+        }
+        let mut found = Vec::new();
+        for v in items.iter().rev() {
+            found.extend(postings::find_in_item(v, entity.as_bytes())?);
+        }
+        Ok(found)
+    }
+
+    /// Every posting of run `run` of `portal`, in run order (for merges and
+    /// verification).
+    pub fn run_postings(
+        &self,
+        portal: PortalIx,
+        run: u32,
+    ) -> impl Iterator<Item = Result<Vec<postings::Posting>, StoreError>> {
         scan(self.tree(), move |tree| {
-            tree.range(lo..=hi).map(|kv| {
-                let (k, v) = kv?;
-                let first = seq_suffix(&k)?;
-                Ok((first, codec::decode_chunk(first, &v)?))
+            tree.scan_prefix(run_prefix(portal, run)).map(|kv| {
+                let (_, v) = kv?;
+                Ok(postings::decode_item(&v)?)
             })
         })
     }
 
-    /// The newest chunk of `entity` in `portal`, if any.
-    pub fn newest_chunk(
-        &self,
-        portal: PortalIx,
-        entity: &str,
-    ) -> Result<Option<(u64, Vec<ChunkEntry>)>, StoreError> {
-        self.chunks(portal, entity, u64::MAX)
-            .next_back()
-            .transpose()
-    }
-
-    /// Seqs of `portal`'s events about `entity` with seq in `lo..=hi`,
-    /// oldest first (`.rev()` for newest first): the sealed ones from the
-    /// entity index, the rest from the tail.
-    pub fn entity(
-        &self,
-        portal: PortalIx,
-        entity: &str,
-        lo: u64,
-        hi: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<u64, StoreError>> {
-        let found = self.entity_seqs(portal, entity, lo, hi);
-        let (err, seqs) = match found {
-            Ok(seqs) => (None, seqs),
-            Err(e) => (Some(Err(e)), Vec::new()),
-        };
-        err.into_iter().chain(seqs.into_iter().map(Ok))
-    }
-
-    fn entity_seqs(
-        &self,
-        portal: PortalIx,
-        entity: &str,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<u64>, StoreError> {
-        // The tail first: a block sealed meanwhile moves events from the tail
-        // into the index, so reading in this order can see an event twice
-        // (removed below) but never miss one.
-        let mut seqs = Vec::new();
-        for (seq, bytes) in self.tail(portal)? {
-            if (lo..=hi).contains(&seq) {
-                let (rec, _) = EventRecord::from_bytes(&bytes)?;
-                if rec.entity_id.as_deref() == Some(entity) {
-                    seqs.push(seq);
-                }
-            }
-        }
-        let mut sealed = Vec::new();
-        for chunk in self.chunks(portal, entity, hi) {
-            let (_, entries) = chunk?;
-            sealed.extend(
-                entries
-                    .into_iter()
-                    .map(|e| e.seq)
-                    .filter(|s| (lo..=hi).contains(s)),
-            );
-        }
-        sealed.extend(seqs);
-        sealed.sort_unstable();
-        sealed.dedup();
-        Ok(sealed)
+    /// The keys of run `run`'s items (to delete the run).
+    pub fn run_keys(&self, portal: PortalIx, run: u32) -> Result<Vec<Key>, StoreError> {
+        self.tree()?
+            .scan_prefix(run_prefix(portal, run))
+            .keys()
+            .map(|k| Ok(Key(k?.to_vec())))
+            .collect()
     }
 
     /// Events of `portal` in the version-1 layout (one `E` item per event),

@@ -1,9 +1,12 @@
 //! [`SeqScan`]: a portal's events by seq, in either direction, wherever
-//! each one lives (a tail item or its sealed block).
+//! each one lives (a tail event in the memtable, or its sealed block).
+
+use std::sync::Arc;
 
 use super::codec;
 use super::error::StoreError;
 use super::keys::{seq_key, seq_suffix, BLOCK, TAIL};
+use super::memtable::Memtable;
 use crate::journal::record::PortalIx;
 
 /// Where one seq was found.
@@ -18,18 +21,18 @@ enum Lookup {
 
 /// Iterator over a portal's events by seq, both directions.
 ///
-/// `hi` must not exceed the portal's last seq written to the engine: then
-/// every seq up to `sealed_upto(hi)` is in a sealed block (the write that
-/// fills a block seals it), and only the seqs above can be tail items. Those
-/// are looked up in the tail first and then in their block: a seal writes
-/// the block before it removes the tail items, so in that order a
-/// concurrent seal cannot hide an event.
+/// `hi` must not exceed the portal's last seq committed: then every seq up
+/// to `sealed_upto(hi)` is in a sealed block (the commit that fills a block
+/// seals it), and only the seqs above can be tail events. Those are looked
+/// up in the memtable first and then in their block: a seal writes the
+/// block before it drops the tail events (see
+/// [`Store::commit_logged`](super::Store::commit_logged)), so in that order
+/// a concurrent seal cannot hide an event.
 ///
-/// The tail part is read with one range scan, not one `get` per seq: a
-/// latest-50 page is mostly tail items, and a sled `get` walks the tree from
-/// its root each time.
+/// The tail part is copied out of the memtable once, under one lock.
 pub struct SeqScan {
     tree: Option<sled::Tree>,
+    memtable: Arc<Memtable>,
     err: Option<StoreError>,
     portal: PortalIx,
     lo: u64,
@@ -39,8 +42,8 @@ pub struct SeqScan {
     top: u64,
     /// Whether the scan is of one seq.
     point: bool,
-    /// The tail items above `sealed_upto(top)`, once read.
-    tail: Option<Vec<(u64, sled::IVec)>>,
+    /// The tail events above `sealed_upto(top)`, once read.
+    tail: Option<Vec<(u64, Vec<u8>)>>,
     /// The last block read.
     cache: Option<CachedBlock>,
 }
@@ -56,6 +59,7 @@ struct CachedBlock {
 impl SeqScan {
     pub(super) fn new(
         tree: Result<sled::Tree, StoreError>,
+        memtable: Arc<Memtable>,
         portal: PortalIx,
         lo: u64,
         hi: u64,
@@ -66,6 +70,7 @@ impl SeqScan {
         };
         SeqScan {
             tree,
+            memtable,
             err,
             portal,
             lo: lo.max(1),
@@ -77,25 +82,24 @@ impl SeqScan {
         }
     }
 
-    /// The tail items with seqs in `sealed_upto(top) + 1 ..= top` as of now, read once
-    /// (fewer than [`codec::BLOCK_SPAN`]). A seq missing here that a caller
-    /// may read was sealed (or deleted) before this read, so its block is
-    /// where to look.
-    fn tail_items(&mut self, tree: &sled::Tree) -> Result<&[(u64, sled::IVec)], StoreError> {
+    /// The tail events with seqs in `sealed_upto(top) + 1 ..= top` as of
+    /// now, read once (fewer than [`codec::BLOCK_SPAN`]). A seq missing
+    /// here that a caller may read was sealed (or deleted) before this
+    /// read, so its block is where to look.
+    fn tail_items(&mut self) -> Result<&mut [(u64, Vec<u8>)], StoreError> {
         if self.tail.is_none() {
             let sealed = codec::sealed_upto(self.top);
             let from = seq_key(TAIL, self.portal, sealed + 1);
             let to = seq_key(TAIL, self.portal, self.top);
-            let items = tree
-                .range(from..=to)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    Ok((seq_suffix(&k)?, v))
-                })
+            let items = self
+                .memtable
+                .log_only_range(from.as_slice()..=to.as_slice())
+                .into_iter()
+                .map(|(k, v)| Ok((seq_suffix(&k)?, v)))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             self.tail = Some(items);
         }
-        Ok(self.tail.as_deref().unwrap_or_default())
+        Ok(self.tail.as_deref_mut().unwrap_or_default())
     }
 
     fn cached(&self, seq: u64) -> Option<Lookup> {
@@ -119,14 +123,15 @@ impl SeqScan {
         if seq > codec::sealed_upto(self.top) {
             if self.point {
                 // A one-seq scan (`Reader::event`): a point lookup is cheaper
-                // than a range scan.
-                if let Some(v) = tree.get(seq_key(TAIL, self.portal, seq))? {
-                    return Ok(Lookup::Found(v.to_vec()));
+                // than a range copy.
+                if let Some(v) = self.memtable.log_only(&seq_key(TAIL, self.portal, seq)) {
+                    return Ok(Lookup::Found(v));
                 }
             } else {
-                let tail = self.tail_items(tree)?;
+                let tail = self.tail_items()?;
                 if let Ok(at) = tail.binary_search_by_key(&seq, |(s, _)| *s) {
-                    return Ok(Lookup::Found(tail[at].1.to_vec()));
+                    // Each seq is visited once per scan.
+                    return Ok(Lookup::Found(std::mem::take(&mut tail[at].1)));
                 }
             }
         }

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::codec;
 use super::engine::WAL_DIR;
-use super::keys::{seq_key, TAIL};
-use super::log::{self, RedoLog, Segments};
+use super::keys::{seq_key, BLOCK};
+use super::log::{self, RedoLog, Segments, Tier};
 use super::{Store, StoreError, WriteBatch};
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(super) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -23,7 +23,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-const CACHE: u64 = 8 << 20;
+pub(super) const CACHE: u64 = 8 << 20;
 
 #[test]
 fn writes_sled_lost_come_back_from_the_redo_log() {
@@ -40,11 +40,13 @@ fn writes_sled_lost_come_back_from_the_redo_log() {
     for seq in 1..=3u64 {
         let mut b = WriteBatch::default();
         b.put_tail(7, seq, vec![seq as u8; 3]);
+        // And a write that goes to sled.
+        b.put_block(7, seq, vec![seq as u8; 5]);
         if seq == 3 {
             b.delete_tail(7, 0);
         }
         // Durable in the redo log only.
-        store.commit_logged(b).unwrap();
+        store.commit_logged(b, || {}).unwrap();
     }
     std::fs::remove_dir_all(crashed.join(WAL_DIR)).unwrap();
     copy_dir(&live.join(WAL_DIR), &crashed.join(WAL_DIR));
@@ -56,15 +58,21 @@ fn writes_sled_lost_come_back_from_the_redo_log() {
         tail,
         vec![(1, vec![1; 3]), (2, vec![2; 3]), (3, vec![3; 3])]
     );
+    assert_eq!(store.reader().block(7, 3).unwrap(), Some(vec![3; 5]));
     assert_eq!(store.engine().unwrap().applied_lsn().unwrap(), 4);
     assert_eq!(store.next_lsn, 5);
-    // Opening replayed, flushed and dropped the old log: a second open
+    // Opening replayed, flushed and dropped the old log, keeping only the
+    // tail events (log-only writes) in a snapshot record: a second open
     // finds nothing to apply and the same state.
     drop(store);
     let found = log::read(&crashed.join(WAL_DIR)).unwrap();
-    assert!(found.records.is_empty(), "{found:?}");
+    assert!(
+        found.records.iter().all(|r| r.lsn == 0),
+        "only a snapshot record: {found:?}"
+    );
     let store = Store::open(&crashed, CACHE).unwrap();
     assert_eq!(store.reader().tail(7).unwrap().len(), 3);
+    assert_eq!(store.reader().block(7, 3).unwrap(), Some(vec![3; 5]));
 }
 
 #[test]
@@ -99,24 +107,24 @@ fn replay_skips_what_sled_holds_and_refuses_a_gap() {
     let mut store = Store::open(&engine, CACHE).unwrap();
     for value in [b"one", b"two"] {
         let mut b = WriteBatch::default();
-        b.put_tail(1, 0, value.to_vec());
+        b.put_block(1, 0, value.to_vec());
         store.commit(b).unwrap();
     }
     drop(store);
     // An older record than sled holds (LSN 1 of 2) must not undo the
     // newer write.
     let mut writes = Vec::new();
-    log::encode_insert(&mut writes, &seq_key(TAIL, 1, 0), b"one");
-    let log = RedoLog::start(&engine.join(WAL_DIR), 100, Segments::Prepared).unwrap();
+    log::encode_insert(&mut writes, Tier::Engine, &seq_key(BLOCK, 1, 0), b"one");
+    let log = RedoLog::start(&engine.join(WAL_DIR), 100, &[], Segments::Prepared).unwrap();
     log.append(1, &writes);
     log.sync().unwrap();
     drop(log);
     let store = Store::open(&engine, CACHE).unwrap();
-    assert_eq!(store.reader().tail(1).unwrap(), vec![(0, b"two".to_vec())]);
+    assert_eq!(store.reader().block(1, 0).unwrap(), Some(b"two".to_vec()));
     drop(store);
 
     // A record past a hole (sled holds LSN 2, the log starts at 4).
-    let log = RedoLog::start(&engine.join(WAL_DIR), 200, Segments::Prepared).unwrap();
+    let log = RedoLog::start(&engine.join(WAL_DIR), 200, &[], Segments::Prepared).unwrap();
     log.append(4, &writes);
     log.sync().unwrap();
     drop(log);
@@ -145,7 +153,7 @@ fn store_due_a_refresh(dir: &Path) -> (PathBuf, Store) {
     assert!(!store.snapshot_due());
     let mut b = WriteBatch::default();
     b.put_tail(7, 0, b"zero".to_vec());
-    store.commit_logged(b).unwrap();
+    store.commit_logged(b, || {}).unwrap();
     assert!(store.snapshot_due());
     (live, store)
 }
@@ -176,7 +184,7 @@ fn a_snapshot_refresh_keeps_every_write_and_the_redo_log_carries_on() {
     copy_dir(&live, &crashed);
     let mut b = WriteBatch::default();
     b.put_tail(7, 1, b"one".to_vec());
-    store.commit_logged(b).unwrap();
+    store.commit_logged(b, || {}).unwrap();
     std::fs::remove_dir_all(crashed.join(WAL_DIR)).unwrap();
     copy_dir(&live.join(WAL_DIR), &crashed.join(WAL_DIR));
     drop(store);

@@ -11,12 +11,17 @@ use std::sync::Arc;
 
 use super::super::append::{AppendError, UnavailableCause};
 use super::super::directory::PortalDirectory;
-use super::super::layout;
+use super::super::entities::PortalRuns;
+use super::super::layout::{self, runs::RunsUpdate};
 use super::super::record::{PortalIx, PortalRecord};
 use super::super::registration::Registration;
 use super::super::store::codec;
 use super::super::store::{CommitError, StoreError, WriteBatch};
 use super::{now_ms, Batch, Writer};
+
+/// What laying out a batch leaves to do after its commit: the entity
+/// index runs to show, and the portals whose runs then wait to be deleted.
+type LaidOut = (Vec<(PortalIx, PortalRuns)>, Vec<PortalIx>);
 
 impl Writer {
     /// Commits through the store, remembering a failure: sled keeps the
@@ -56,6 +61,8 @@ impl Writer {
                 self.directory = dir.clone();
                 *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
                 self.tails.forget_all();
+                self.entities.forget_all();
+                self.dead_runs.clear();
                 self.broken = false;
                 self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::info!("journal reopened after a storage error; accepting events again");
@@ -64,9 +71,42 @@ impl Writer {
         }
     }
 
+    /// The update of `portal`'s entity index runs in this batch, begun with
+    /// the deletion of the runs its last change made dead (readers were
+    /// shown that change in an earlier commit; see `layout::runs`).
+    fn runs_update<'u>(
+        &self,
+        updates: &'u mut HashMap<PortalIx, RunsUpdate>,
+        writes: &mut WriteBatch,
+        portal: PortalIx,
+    ) -> Result<&'u mut RunsUpdate, StoreError> {
+        match updates.entry(portal) {
+            std::collections::hash_map::Entry::Occupied(held) => Ok(held.into_mut()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let reader = self.store.reader();
+                let runs = self.entities.runs(reader, portal)?;
+                let mut update = RunsUpdate::of(portal, &runs);
+                update.purge_dead(writes, reader)?;
+                Ok(slot.insert(update))
+            }
+        }
+    }
+
     /// Puts the batch's new and rewritten events into `writes`, laid out
-    /// as `pack` describes.
-    fn lay_out(&self, batch: &mut Batch, writes: &mut WriteBatch) -> Result<(), StoreError> {
+    /// as `layout` describes. Returns the entity index runs to show once
+    /// the batch is committed, and the portals whose runs then wait to be
+    /// deleted.
+    fn lay_out(&self, batch: &mut Batch, writes: &mut WriteBatch) -> Result<LaidOut, StoreError> {
+        let mut updates = HashMap::new();
+        for &portal in &self.dead_runs {
+            let live = self
+                .directory
+                .portal(portal)
+                .is_some_and(|p| !p.member_id.is_empty());
+            if live {
+                self.runs_update(&mut updates, writes, portal)?;
+            }
+        }
         let committed_last = |portal: PortalIx| {
             self.directory
                 .portal(portal)
@@ -117,15 +157,27 @@ impl Writer {
                 .portals
                 .get(&portal)
                 .ok_or_else(|| StoreError::Corrupt(format!("portal {portal} not in batch")))?;
+            let update = self.runs_update(&mut updates, writes, portal)?;
             layout::lay_out(
                 writes,
                 self.store.reader(),
                 rec,
                 committed_last(portal),
                 events,
+                update,
             )?;
         }
-        Ok(())
+        let mut shown = Vec::new();
+        let mut purge = Vec::new();
+        for (portal, update) in updates {
+            if update.has_dead() {
+                purge.push(portal);
+            }
+            if let Some(runs) = update.finish(writes) {
+                shown.push((portal, runs));
+            }
+        }
+        Ok((shown, purge))
     }
 
     /// Commits the batch, then publishes it and answers every waiter; a
@@ -163,9 +215,26 @@ impl Writer {
             }
             return;
         }
+        let entities = self.entities.clone();
         let committed = laid_out
             .map_err(CommitError::NotApplied)
-            .and_then(|()| self.store.commit_logged(writes));
+            .and_then(|(shown, purge)| {
+                // Readers must see the new runs before the tail events they
+                // index leave the memtable.
+                let show = move || {
+                    for (portal, runs) in shown {
+                        entities.publish(portal, runs);
+                    }
+                };
+                self.store.commit_logged(writes, show).map(|()| purge)
+            });
+        let committed = match committed {
+            Ok(purge) => {
+                self.dead_runs = purge;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = committed {
             tracing::error!(error = %e, "journal batch not committed; answering 503");
             // A refusal for lack of space touched nothing; anything else

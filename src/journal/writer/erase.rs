@@ -26,6 +26,8 @@ impl Writer {
         };
         let erased = rec.events;
         self.tails.forget(rec.ix);
+        self.entities.forget(rec.ix);
+        self.dead_runs.retain(|&p| p != rec.ix);
         let tombstone = PortalRecord {
             member_id: String::new(),
             ..PortalRecord::new(rec.ix, &member_placeholder())

@@ -7,10 +7,11 @@
 //! - `stage`: each event is checked against the store and against the batch
 //!   itself for a duplicate (see `journal::dedup`), applies its registration
 //!   change, and takes the next per-portal seq;
-//! - `commit`: the batch is laid out (`pack`) and committed — one record in
-//!   the redo log, one fdatasync, then the writes into sled — and only then
-//!   shown to readers and answered; jobs that arrive meanwhile form the next
-//!   batch;
+//! - `commit`: the batch is laid out (`layout`: tails, sealed blocks, the
+//!   entity index's runs) and committed — one record in the redo log, one
+//!   fdatasync, then the writes into sled and the memtable — and only then
+//!   shown to readers and answered; jobs that arrive meanwhile form the
+//!   next batch;
 //! - `erase` and `retain`: the two jobs that delete.
 //!
 //! Because only the writer reads and writes what dedup looks at, "check and
@@ -36,6 +37,7 @@ use super::append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
 use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
 use super::directory::PortalDirectory;
+use super::entities::EntityIndex;
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
@@ -121,6 +123,11 @@ pub(super) struct Writer {
     broken: bool,
     /// Per portal, its unsealed tail as deduplication needs it.
     tails: TailCache,
+    /// The entity index's runs, shared with readers.
+    entities: EntityIndex,
+    /// Portals whose dead entity index runs the next commit deletes (see
+    /// `layout::runs`).
+    dead_runs: Vec<PortalIx>,
 }
 
 fn now_ms() -> u64 {
@@ -141,6 +148,7 @@ impl Writer {
         directory: PortalDirectory,
         published: Arc<RwLock<PortalDirectory>>,
         commits: watch::Sender<u64>,
+        entities: EntityIndex,
     ) -> Self {
         Writer {
             store,
@@ -149,6 +157,8 @@ impl Writer {
             commits,
             broken: false,
             tails: TailCache::default(),
+            entities,
+            dead_runs: Vec::new(),
         }
     }
 

@@ -2,17 +2,18 @@
 //! first, in bounded steps.
 //!
 //! Each step deletes at most its budget of events, portal by portal, with
-//! their blocks, tail items, entity index chunks, dedup keys and span
-//! summaries, in one atomic commit. The caller repeats while a step
-//! returns its budget, other jobs running in between, so ingest never
-//! waits for more than one step. Readers start at a portal's `first_seq`,
-//! so a block or chunk that still holds a kept event can stay.
+//! their blocks, tail items, dedup keys and span summaries, in one atomic
+//! commit; entity index runs that hold only deleted events become dead
+//! (see `layout::runs`). The caller repeats while a step returns its
+//! budget, other jobs running in between, so ingest never waits for more
+//! than one step. Readers start at a portal's `first_seq`, so a block or
+//! run that still holds a kept event can stay.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::super::append::{AppendError, UnavailableCause};
 use super::super::dedup::key::dedup_key_of_record;
+use super::super::layout::runs::RunsUpdate;
 use super::super::record::{span_of, EventRecord, PortalIx, PortalRecord};
 use super::super::retention::RetentionPolicy;
 use super::super::store::codec;
@@ -32,6 +33,8 @@ impl Writer {
         let cutoff_ms = policy.cutoff_ms(now_ms());
         let mut writes = WriteBatch::default();
         let mut touched = Vec::new();
+        let mut shown = Vec::new();
+        let mut purge = Vec::new();
         let mut deleted = 0u64;
         let portals: Vec<PortalRecord> = self
             .directory
@@ -49,7 +52,6 @@ impl Writer {
                 .map_or(0, |keep| rec.events.saturating_sub(keep));
             let (first, last) = (rec.first_seq(), rec.last_seq());
             let mut first_kept = rec.next_seq;
-            let mut entities = HashSet::new();
             let reader = self.store.reader();
             for item in reader.events(rec.ix, first, last) {
                 let (seq, bytes) = item.map_err(unavailable)?;
@@ -60,14 +62,9 @@ impl Writer {
                     first_kept = seq;
                     break;
                 }
-                match &event.entity_id {
-                    Some(entity) => {
-                        entities.insert(entity.clone());
-                    }
-                    None => {
-                        if let Some(key) = dedup_key_of_record(&event, &rec) {
-                            writes.delete_dedup(rec.ix, &key);
-                        }
+                if event.entity_id.is_none() {
+                    if let Some(key) = dedup_key_of_record(&event, &rec) {
+                        writes.delete_dedup(rec.ix, &key);
                     }
                 }
                 rec.events -= 1;
@@ -91,13 +88,18 @@ impl Writer {
             for seq in first.max(sealed + 1)..first_kept {
                 writes.delete_tail(rec.ix, seq);
             }
-            for entity in &entities {
-                for chunk in reader.chunks(rec.ix, entity, first_kept) {
-                    let (chunk_first, entries) = chunk.map_err(unavailable)?;
-                    if entries.last().is_some_and(|e| e.seq < first_kept) {
-                        writes.delete_chunk(rec.ix, entity, chunk_first);
-                    }
-                }
+            let runs = self.entities.runs(reader, rec.ix).map_err(unavailable)?;
+            let mut update = RunsUpdate::of(rec.ix, &runs);
+            // Made dead by an earlier commit, already shown to readers.
+            update
+                .purge_dead(&mut writes, reader)
+                .map_err(unavailable)?;
+            update.drop_below(first_kept);
+            if update.has_dead() {
+                purge.push(rec.ix);
+            }
+            if let Some(runs) = update.finish(&mut writes) {
+                shown.push((rec.ix, runs));
             }
             let first_span = span_of(first_kept);
             for summary in reader.summaries_desc(rec.ix, first_span.saturating_sub(1)) {
@@ -114,6 +116,14 @@ impl Writer {
         }
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
+        for (portal, runs) in shown {
+            self.entities.publish(portal, runs);
+        }
+        for portal in purge {
+            if !self.dead_runs.contains(&portal) {
+                self.dead_runs.push(portal);
+            }
+        }
         let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
         for rec in touched {
             self.directory.upsert(rec);

@@ -126,7 +126,13 @@ impl Writer {
         if let Some(committed) = self.directory.by_member(member) {
             let found = self
                 .tails
-                .stored_duplicate(self.store.reader(), committed, &event, &dedup)
+                .stored_duplicate(
+                    self.store.reader(),
+                    &self.entities,
+                    committed,
+                    &event,
+                    &dedup,
+                )
                 .map_err(unavailable)?;
             if let Some(seq) = found {
                 match self.bump_stored(batch, portal, seq) {

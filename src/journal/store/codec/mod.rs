@@ -1,7 +1,8 @@
-//! The packing codec: the bytes of a sealed event block and of an entity
-//! index chunk, and the seq arithmetic of blocks. Pure functions of bytes
-//! and numbers, below the store; when blocks are sealed and chunks
-//! extended is the layout policy's business (`journal::layout`).
+//! The packing codec: the bytes of a sealed event block ([here](self)),
+//! of the entity index's postings runs ([`postings`]) and of their filters
+//! ([`filter`]), and the seq arithmetic of blocks. Pure functions of bytes
+//! and numbers, below the store; when blocks are sealed and runs merged is
+//! the layout policy's business (`journal::layout`).
 //!
 //! Events are packed because sled's cost on disk and in writer CPU is per
 //! stored item, so one item per event and per index entry costs far more
@@ -11,20 +12,16 @@
 //!   `block * BLOCK_SPAN + 1 ..= (block + 1) * BLOCK_SPAN` live in one
 //!   stored item: [`BLOCK_SPAN`] entries, an empty one for an event that is
 //!   gone.
-//! - **Entity chunks**: up to [`CHUNK_MAX`] entries `(seq, ts, name tag)`
-//!   of one (portal, entity). An entry carries `ts` and a tag of the event
-//!   name so that deduplication of entity events — the dedup key is
-//!   (event, entity, ts) — needs no key of its own: a candidate is
-//!   confirmed by reading the event itself.
+//! - **Postings**: `(entity, seq, ts, name tag)` of sealed entity events,
+//!   in runs of many entities each (see [`postings`]).
 
-use serde::{Deserialize, Serialize};
+pub mod filter;
+pub mod postings;
 
 /// Events per sealed block.
 pub const BLOCK_SPAN: u64 = 64;
-/// Most entries per entity chunk: bounds what one append rewrites.
-pub const CHUNK_MAX: usize = 64;
 
-/// Stored block or chunk bytes that do not decode.
+/// Stored block or postings bytes that do not decode.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// A block is not a postcard sequence of byte strings.
@@ -33,15 +30,12 @@ pub enum CodecError {
     /// A block holds the wrong number of entries.
     #[error("block holds {0} entries, not {BLOCK_SPAN}")]
     BlockSize(usize),
-    /// A chunk is not a postcard sequence of entries.
-    #[error("chunk: {0}")]
-    Chunk(#[source] postcard::Error),
-    /// A chunk entry's seq does not fit a u64.
-    #[error("chunk seq overflows")]
-    ChunkSeqOverflow,
-    /// A chunk's seqs are not strictly increasing.
-    #[error("chunk seqs not increasing")]
-    ChunkSeqsNotIncreasing,
+    /// A postings item, run head or run list does not decode.
+    #[error("postings: {0}")]
+    Postings(&'static str),
+    /// A run head or run list is not valid postcard.
+    #[error("run: {0}")]
+    Run(#[source] postcard::Error),
 }
 
 /// The block a seq (≥ 1) belongs to.
@@ -75,51 +69,6 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
         return Err(CodecError::BlockSize(entries.len()));
     }
     Ok(entries)
-}
-
-/// One entity index entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkEntry {
-    /// The event's seq.
-    pub seq: u64,
-    /// The event's `ts` (seconds).
-    pub ts: u64,
-    /// [`name_tag`] of the event's name.
-    pub tag: u16,
-}
-
-/// Stored form of an entry: seq relative to the chunk's first seq, so that
-/// postcard's varints keep it to a byte or two.
-#[derive(Serialize, Deserialize)]
-struct StoredEntry(u64, u64, u16);
-
-/// Encodes the entries of a chunk whose key names `first` (the seq of its
-/// first entry). Entries must be in increasing seq order, all `>= first`.
-pub fn encode_chunk(first: u64, entries: &[ChunkEntry]) -> Vec<u8> {
-    let stored: Vec<StoredEntry> = entries
-        .iter()
-        .map(|e| StoredEntry(e.seq - first, e.ts, e.tag))
-        .collect();
-    // Cannot fail: plain integers serialise into a Vec without error.
-    postcard::to_stdvec(&stored).expect("chunk serialises")
-}
-
-/// Decodes a chunk stored under first seq `first`.
-pub fn decode_chunk(first: u64, bytes: &[u8]) -> Result<Vec<ChunkEntry>, CodecError> {
-    let stored: Vec<StoredEntry> = postcard::from_bytes(bytes).map_err(CodecError::Chunk)?;
-    let mut out = Vec::with_capacity(stored.len());
-    let mut prev = None;
-    for StoredEntry(delta, ts, tag) in stored {
-        let seq = first
-            .checked_add(delta)
-            .ok_or(CodecError::ChunkSeqOverflow)?;
-        if prev.is_some_and(|p| p >= seq) {
-            return Err(CodecError::ChunkSeqsNotIncreasing);
-        }
-        prev = Some(seq);
-        out.push(ChunkEntry { seq, ts, tag });
-    }
-    Ok(out)
 }
 
 /// A 16-bit tag of an event name (FNV-1a): lets a dedup check skip entries
@@ -160,18 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_round_trip_and_refuse_seqs_out_of_order() {
-        let entries: Vec<ChunkEntry> = (10..10 + CHUNK_MAX as u64)
-            .map(|seq| ChunkEntry {
-                seq,
-                ts: 1_700_000_000 + seq,
-                tag: name_tag("ONCRMACTIVITYUPDATE"),
-            })
-            .collect();
-        let bytes = encode_chunk(10, &entries);
-        assert_eq!(decode_chunk(10, &bytes).unwrap(), entries);
-        let backwards: Vec<ChunkEntry> = entries.iter().rev().copied().collect();
-        assert!(decode_chunk(10, &encode_chunk(10, &backwards[..2])).is_err());
+    fn name_tags_differ() {
         assert_ne!(name_tag("ONCRMDEALADD"), name_tag("ONCRMDEALUPDATE"));
     }
 }

@@ -25,10 +25,26 @@
 //! one possibly over part of itself, which rewrites the same values — and
 //! a batch is never applied on top of a later one.
 //!
+//! Not every write goes on to sled: a write's *tier* (decided by its key,
+//! see `keys::tier`) says where it lives after the log. Engine writes are
+//! applied to sled. Log-only writes (the unsealed tails) live in memory and
+//! in the log only, so the log must always hold them: every new segment a
+//! checkpoint (or an open, or a sync) starts begins with a *snapshot*
+//! record that re-logs all of them. Deferred writes (the portal counters)
+//! live in memory and in the log until the next checkpoint writes them to
+//! sled. Opening the store therefore reads the log-only and deferred writes
+//! of every record in the log, whatever sled holds.
+//!
 //! Record: `len u32 LE | crc32 u32 LE | lsn u64 LE | writes`, where `crc32`
 //! covers `lsn` and `writes`, and `writes` is a run of
-//! `1 | key len u32 LE | key | value len u32 LE | value` (insert) or
-//! `0 | key len u32 LE | key` (remove).
+//! `tag | key len u32 LE | key | value len u32 LE | value` (an insert: tag
+//! 1 engine, 3 log-only, 5 deferred) or `tag | key len u32 LE | key` (a
+//! remove: tag 0 engine, 2 log-only, 4 deferred), or the one byte `6`: the
+//! log-only state is cleared here (a snapshot record starts with it). A
+//! snapshot record carries LSN 0: it applies nothing to sled. Version 3's
+//! records are the tags 0 and 1 only.
+
+mod record;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -36,11 +52,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+#[cfg(test)]
+pub use record::encode_clear_log_only;
+#[cfg(test)]
+use record::HEADER;
+pub use record::{decode_ops, encode_insert, encode_remove, read, Op, Tier};
+use record::{frame, segment_path, segments, write_snapshot};
+
 /// A segment past this size starts a checkpoint. Bounds both the disk the
 /// log takes and the replay at start.
 pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
-
-const HEADER: usize = 8;
 
 /// How a log makes room for its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,162 +74,6 @@ pub enum Segments {
     /// migrations, offline edits, `verify`), which commit a few batches and
     /// must not leave 16 MiB files of zeros in a copy.
     Growing,
-}
-
-/// One write of a batch, as logged.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Op<'a> {
-    /// Insert `key` = `value`.
-    Insert(&'a [u8], &'a [u8]),
-    /// Remove `key`.
-    Remove(&'a [u8]),
-}
-
-/// Appends an insert to a batch's encoded writes.
-pub fn encode_insert(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    out.push(1);
-    push_bytes(out, key);
-    push_bytes(out, value);
-}
-
-/// Appends a remove to a batch's encoded writes.
-pub fn encode_remove(out: &mut Vec<u8>, key: &[u8]) {
-    out.push(0);
-    push_bytes(out, key);
-}
-
-fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Keys and values are far below 4 GiB (a request body is at most a few
-    // MiB), so the length fits.
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-/// Decodes a batch's writes; `None` if they are malformed (a record whose
-/// checksum matched but does not decode is corruption, not a torn write).
-pub fn decode_ops(mut b: &[u8]) -> Option<Vec<Op<'_>>> {
-    fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-        let v = b.get(4..4 + len)?;
-        *b = &b[4 + len..];
-        Some(v)
-    }
-    let mut ops = Vec::new();
-    while let Some((&tag, rest)) = b.split_first() {
-        b = rest;
-        let key = take(&mut b)?;
-        ops.push(match tag {
-            1 => Op::Insert(key, take(&mut b)?),
-            0 => Op::Remove(key),
-            _ => return None,
-        });
-    }
-    Some(ops)
-}
-
-/// A record read back from the log.
-#[derive(Debug)]
-pub struct Record {
-    /// Its log sequence number.
-    pub lsn: u64,
-    /// Its encoded writes (see [`decode_ops`]).
-    pub writes: Vec<u8>,
-}
-
-/// What [`read`] found.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// Every whole record, in log order.
-    pub records: Vec<Record>,
-    /// The first damaged or torn record, if any: its segment and offset.
-    /// A crash while appending leaves one at the end of the last segment;
-    /// those bytes were never acknowledged.
-    pub torn: Option<(PathBuf, u64)>,
-    /// Whole records found in segments *after* the damaged one: acknowledged
-    /// data behind a hole, which replay cannot apply in order.
-    pub after_hole: usize,
-    /// Where a new log starts: after every segment with content; a blank
-    /// last segment (prepared, never written to) is reused.
-    pub next_segment: u64,
-}
-
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("{n:020}.log"))
-}
-
-/// The segments in `dir`, ascending.
-fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let n = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(n) = n {
-            out.push((n, path));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Reads every record in the log directory `dir` (created if missing), up
-/// to the first damaged one.
-pub fn read(dir: &Path) -> std::io::Result<Recovered> {
-    fs::create_dir_all(dir)?;
-    let mut found = Recovered::default();
-    // The first blank segment after the last one with content.
-    let (mut blank_since, mut after_content) = (None, 1);
-    for (n, path) in segments(dir)? {
-        let bytes = fs::read(&path)?;
-        if bytes.iter().all(|&b| b == 0) {
-            blank_since.get_or_insert(n);
-        } else {
-            (blank_since, after_content) = (None, n + 1);
-        }
-        let mut at = 0usize;
-        while at < bytes.len() {
-            match parse_record(&bytes[at..]) {
-                Some((record, used)) => {
-                    if found.torn.is_some() {
-                        found.after_hole += 1;
-                    } else {
-                        found.records.push(record);
-                    }
-                    at += used;
-                }
-                None => {
-                    // Zeros: the unused rest of a prepared segment.
-                    let clean_end = bytes[at..].iter().all(|&b| b == 0);
-                    if !clean_end && found.torn.is_none() {
-                        found.torn = Some((path.clone(), at as u64));
-                    }
-                    break;
-                }
-            }
-        }
-    }
-    found.next_segment = blank_since.unwrap_or(after_content);
-    Ok(found)
-}
-
-fn parse_record(b: &[u8]) -> Option<(Record, usize)> {
-    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
-    let body = b.get(HEADER..HEADER + len)?;
-    if len < 8 || crc32fast::hash(body) != crc {
-        return None;
-    }
-    let lsn = u64::from_le_bytes(body[..8].try_into().ok()?);
-    Some((
-        Record {
-            lsn,
-            writes: body[8..].to_vec(),
-        },
-        HEADER + len,
-    ))
 }
 
 /// The log of one open store, shared by the writer (which appends, writes
@@ -251,11 +116,19 @@ struct CheckpointState {
 }
 
 impl RedoLog {
-    /// Starts the log in segment `n` of `dir` (blank or new) and deletes
-    /// every older one: call only once sled holds everything the older ones
+    /// Starts the log in segment `n` of `dir` (blank or new), beginning
+    /// with the snapshot record of `snapshot` (the log-only writes, see
+    /// [`encode_clear_log_only`]; none if empty), and deletes every older
+    /// segment: call only once sled holds everything else the older ones
     /// do.
-    pub fn start(dir: &Path, n: u64, segments: Segments) -> std::io::Result<RedoLog> {
+    pub fn start(
+        dir: &Path,
+        n: u64,
+        snapshot: &[u8],
+        segments: Segments,
+    ) -> std::io::Result<RedoLog> {
         let file = create_segment(dir, n, segments)?;
+        let len = write_snapshot(&file, snapshot)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
         if segments == Segments::Prepared && !segment_path(dir, n + 1).exists() {
@@ -265,7 +138,7 @@ impl RedoLog {
             dir: dir.to_owned(),
             segments,
             pending: Mutex::new(Vec::new()),
-            out: Mutex::new(Segment { n, file, len: 0 }),
+            out: Mutex::new(Segment { n, file, len }),
             checkpoint: Mutex::new(CheckpointState::default()),
             checkpoint_done: Condvar::new(),
         };
@@ -275,16 +148,8 @@ impl RedoLog {
 
     /// Appends one batch's record (in memory; durable after [`RedoLog::sync`]).
     pub fn append(&self, lsn: u64, writes: &[u8]) {
-        let mut body_crc = crc32fast::Hasher::new();
-        body_crc.update(&lsn.to_le_bytes());
-        body_crc.update(writes);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        // A batch is at most MAX_BATCH events of bounded size: far below
-        // 4 GiB.
-        pending.extend_from_slice(&((8 + writes.len()) as u32).to_le_bytes());
-        pending.extend_from_slice(&body_crc.finalize().to_le_bytes());
-        pending.extend_from_slice(&lsn.to_le_bytes());
-        pending.extend_from_slice(writes);
+        frame(&mut pending, lsn, writes);
     }
 
     /// Drops records appended but not written (the store is being reopened:
@@ -310,13 +175,23 @@ impl RedoLog {
         Ok(out.len)
     }
 
+    /// Whether [`RedoLog::begin_checkpoint`] would start one: the current
+    /// segment is past [`SEGMENT_MAX`] and no checkpoint runs or failed.
+    pub fn checkpoint_due(&self) -> bool {
+        let state = self.lock_checkpoint();
+        let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        !state.running && state.failed.is_none() && out.len >= SEGMENT_MAX
+    }
+
     /// If the current segment is past [`SEGMENT_MAX`] and no checkpoint is
-    /// running: starts a new segment for everything appended from now on
-    /// and returns its number — every older segment may be deleted (with
-    /// [`RedoLog::finish_checkpoint`]) once sled is flushed. Call only where
-    /// every record written so far is already applied to sled (the writer,
-    /// right after a commit).
-    pub fn begin_checkpoint(&self) -> std::io::Result<Option<u64>> {
+    /// running: starts a new segment for everything appended from now on,
+    /// beginning with the snapshot record of `snapshot` (the log-only
+    /// writes as they stand), and returns its number — every older segment
+    /// may be deleted (with [`RedoLog::finish_checkpoint`]) once sled is
+    /// flushed. Call only where every record written so far is already
+    /// applied to sled and the deferred writes too (the writer, right after
+    /// a commit).
+    pub fn begin_checkpoint(&self, snapshot: &[u8]) -> std::io::Result<Option<u64>> {
         let mut state = self.lock_checkpoint();
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         if state.running || state.failed.is_some() || out.len < SEGMENT_MAX {
@@ -333,9 +208,12 @@ impl RedoLog {
             out.file.sync_data()?;
         }
         let n = out.n + 1;
-        out.file = create_segment(&self.dir, n, self.segments)?;
+        let file = create_segment(&self.dir, n, self.segments)?;
+        // Durable before the older segments may go: they hold the only
+        // copies of the log-only writes until then.
+        out.len = write_snapshot(&file, snapshot)?;
+        out.file = file;
         out.n = n;
-        out.len = 0;
         state.running = true;
         Ok(Some(n))
     }
@@ -374,26 +252,67 @@ impl RedoLog {
         }
     }
 
-    /// After the store flushed sled itself: every record so far is in sled,
-    /// so a new segment starts and the older ones go.
-    pub fn reset(&self) -> std::io::Result<()> {
+    /// After the store flushed sled itself (the deferred writes included):
+    /// everything but the log-only writes is in sled, so a new segment
+    /// starts with their snapshot record (see [`RedoLog::start`]) and the
+    /// older ones go.
+    pub fn reset(&self, snapshot: &[u8]) -> std::io::Result<()> {
         self.wait_idle();
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        // An empty segment can stay (inline commits reset often: no need
-        // to prepare a segment each time).
-        if out.len > 0 {
+        // A segment holding nothing but the same snapshot can stay (inline
+        // commits reset often: no need to prepare a segment each time).
+        if out.len > 0 || !snapshot.is_empty() {
             let n = out.n + 1;
-            out.file = create_segment(&self.dir, n, self.segments)?;
+            let file = create_segment(&self.dir, n, self.segments)?;
+            out.len = write_snapshot(&file, snapshot)?;
+            out.file = file;
             out.n = n;
-            out.len = 0;
         }
         let n = out.n;
         drop(out);
         self.drop_below(n)
+    }
+
+    /// Closes a log whose store was flushed (the deferred writes included)
+    /// for good: keeps only a segment of just the snapshot record of
+    /// `snapshot`, without the zeros of a prepared one, or no log directory
+    /// at all when `snapshot` is empty. A store written once (a backup, a
+    /// migration) then carries no prepared segments; opening it starts a
+    /// new log.
+    pub fn finish(&self, snapshot: &[u8]) -> std::io::Result<()> {
+        self.wait_idle();
+        let dir = self.dir.clone();
+        let n = self.out.lock().unwrap_or_else(|p| p.into_inner()).n + 1;
+        if snapshot.is_empty() {
+            fs::remove_dir_all(&dir)?;
+            return match dir.parent() {
+                Some(parent) => sync_dir(parent),
+                None => Ok(()),
+            };
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(segment_path(&dir, n))?;
+        write_snapshot(&file, snapshot)?;
+        sync_dir(&dir)?;
+        for (m, path) in segments(&dir)? {
+            if m != n {
+                fs::remove_file(path)?;
+            }
+        }
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "prep") {
+                fs::remove_file(path)?;
+            }
+        }
+        sync_dir(&dir)
     }
 
     /// Prepares segment `n` (see `prepare_segment`): a checkpoint does
@@ -504,118 +423,4 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn writes(ops: &[Op<'_>]) -> Vec<u8> {
-        let mut w = Vec::new();
-        for op in ops {
-            match op {
-                Op::Insert(k, v) => encode_insert(&mut w, k, v),
-                Op::Remove(k) => encode_remove(&mut w, k),
-            }
-        }
-        w
-    }
-
-    #[test]
-    fn records_round_trip_and_a_torn_tail_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = RedoLog::start(dir.path(), 1, Segments::Prepared).unwrap();
-        let a = writes(&[Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]);
-        let b = writes(&[Op::Insert(b"", b"")]);
-        wal.append(7, &a);
-        wal.append(8, &b);
-        wal.sync().unwrap();
-        drop(wal);
-        let seg = segment_path(dir.path(), 1);
-        assert_eq!(fs::metadata(&seg).unwrap().len(), SEGMENT_MAX);
-        // A clean end: the rest of the prepared segment is zeros.
-        let found = read(dir.path()).unwrap();
-        assert_eq!(found.records.len(), 2);
-        assert!(found.torn.is_none(), "{found:?}");
-        // A crash in the middle of the next append.
-        let end = (2 * (HEADER + 8) + a.len() + b.len()) as u64;
-        let f = OpenOptions::new().write(true).open(&seg).unwrap();
-        f.write_all_at(&[40, 0, 0, 0, 1, 2], end).unwrap();
-        drop(f);
-
-        let found = read(dir.path()).unwrap();
-        assert_eq!(found.records.len(), 2);
-        assert_eq!(found.records[0].lsn, 7);
-        assert_eq!(
-            decode_ops(&found.records[0].writes).unwrap(),
-            vec![Op::Insert(b"k1", b"v1"), Op::Remove(b"k2")]
-        );
-        assert_eq!(found.records[1].lsn, 8);
-        assert_eq!(
-            decode_ops(&found.records[1].writes).unwrap(),
-            vec![Op::Insert(b"", b"")]
-        );
-        let (path, at) = found.torn.unwrap();
-        assert_eq!(path, seg);
-        assert_eq!(at, end);
-        assert_eq!(found.after_hole, 0);
-        // Segment 2 is the blank one prepared for the first rotation.
-        assert!(segment_path(dir.path(), 2).exists());
-        assert_eq!(found.next_segment, 2);
-
-        // Starting again deletes what replay consumed and reuses the blank
-        // segment.
-        let wal = RedoLog::start(dir.path(), found.next_segment, Segments::Prepared).unwrap();
-        drop(wal);
-        assert!(!seg.exists());
-        let found = read(dir.path()).unwrap();
-        assert!(found.records.is_empty() && found.torn.is_none());
-        assert_eq!(found.next_segment, 2);
-    }
-
-    #[test]
-    fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = RedoLog::start(dir.path(), 1, Segments::Prepared).unwrap();
-        wal.append(1, &writes(&[Op::Insert(b"a", b"1")]));
-        wal.append(2, &writes(&[Op::Insert(b"b", b"2")]));
-        wal.sync().unwrap();
-        drop(wal);
-        // A second segment, as if a checkpoint had started.
-        let next = File::create(segment_path(dir.path(), 2)).unwrap();
-        drop(next);
-        let mut bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
-        // A bit of the second record's body.
-        let second = HEADER + 8 + writes(&[Op::Insert(b"a", b"1")]).len();
-        bytes[second + HEADER + 9] ^= 1;
-        fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
-        let wal2 = RedoLog {
-            dir: dir.path().to_owned(),
-            segments: Segments::Prepared,
-            pending: Mutex::new(Vec::new()),
-            out: Mutex::new(Segment {
-                n: 2,
-                file: OpenOptions::new()
-                    .append(true)
-                    .open(segment_path(dir.path(), 2))
-                    .unwrap(),
-                len: 0,
-            }),
-            checkpoint: Mutex::new(CheckpointState::default()),
-            checkpoint_done: Condvar::new(),
-        };
-        wal2.append(3, &writes(&[Op::Insert(b"c", b"3")]));
-        wal2.sync().unwrap();
-
-        let found = read(dir.path()).unwrap();
-        assert_eq!(found.records.len(), 1);
-        assert_eq!(found.records[0].lsn, 1);
-        assert!(found.torn.is_some());
-        assert_eq!(found.after_hole, 1);
-    }
-
-    #[test]
-    fn malformed_writes_do_not_decode() {
-        assert_eq!(decode_ops(&[]).unwrap(), vec![]);
-        assert!(decode_ops(&[2, 0, 0, 0, 0]).is_none());
-        assert!(decode_ops(&[1, 5, 0, 0, 0, b'a']).is_none());
-        assert!(decode_ops(&[1, 1, 0, 0, 0, b'a']).is_none());
-    }
-}
+mod tests;

@@ -1,0 +1,196 @@
+//! Migration of a journal written by the previous release: the fixture
+//! `v3-journal.tar.gz` is a data directory of format 3 written by the
+//! binary of the commit before format 4 (see `fixtures/PROVENANCE.md`),
+//! with the answers it gave and the events it served. The current binary
+//! refuses to serve it, `migrate` converts it, and then every event reads
+//! back exactly as before, every count matches, every body posted before is
+//! answered `duplicate` with its original's id and seq, and the portals
+//! learnt from ONAPPINSTALL keep their registrations.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Learnt from ONAPPINSTALL in the fixture (its token is only there).
+const N1: Portal = Portal {
+    member: "77aa55cc33ee11ff00dd22bb44996688",
+    domain: "acme.bitrix24.com",
+    token: "inst-token-first-0a1b2c3d4e5f",
+};
+/// Installed, then uninstalled, in the fixture.
+const N2: Portal = Portal {
+    member: "0000ffff1111eeee2222dddd3333cccc",
+    domain: "racers.bitrix24.com",
+    token: "inst-token-racers-5v6w7x8y9z",
+};
+
+/// What the version-3 service answered and served.
+struct Recorded {
+    posts: Vec<Value>,
+    portals: Value,
+    events: Value,
+}
+
+/// Unpacks the fixture into `dir`; returns the data directory and the
+/// records.
+fn unpack(dir: &Path) -> (PathBuf, Recorded) {
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(format!("{FIXTURES}/v3-journal.tar.gz"))
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar: {status}");
+    let json = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+    };
+    let recorded = Recorded {
+        posts: json("posts.json").as_array().unwrap().clone(),
+        portals: json("portals.json"),
+        events: json("events.json"),
+    };
+    (dir.join("data"), recorded)
+}
+
+/// The fixture's service ran with the standard portals and learnt
+/// installs from *.bitrix24.com.
+fn serve_args(data: &Path) -> Vec<String> {
+    let mut args = default_args(data);
+    args.extend(["--install-domains".into(), "*.bitrix24.com".into()]);
+    args
+}
+
+fn command(args: &[&str], data: &Path) -> (bool, String) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--data-dir".into(), data.to_str().unwrap().into()]);
+    let (status, out) = run_to_exit(&all, &[], Duration::from_secs(120));
+    (status.success(), out)
+}
+
+/// Migrates the directory of format `from` and checks everything the
+/// version-3 service answered and served against the current one.
+async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
+    let refused = try_spawn_app(serve_args(data))
+        .await
+        .err()
+        .expect("an older format must not be served");
+    assert!(
+        refused.contains(&format!("format version {from}"))
+            && refused.contains("b24-journal migrate"),
+        "the refusal names the version and the command: {refused}"
+    );
+    let (ok, out) = command(&["migrate"], data);
+    assert!(ok, "migrate failed: {out}");
+    assert!(out.contains(&format!("\"from\": {from}")), "{out}");
+    assert!(out.contains("\"to\": 4"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "b24-journal data format 4\n"
+    );
+    let (ok, out) = command(&["verify"], data);
+    assert!(ok, "verify failed: {out}");
+    assert!(out.contains("\"problem_count\": 0"), "{out}");
+    assert!(out.contains("\"events\": 235"), "{out}");
+    assert!(out.contains("\"registrations\": 2"), "{out}");
+
+    let s = spawn_app_with(serve_args(data)).await;
+    // Every portal, with its counts and times, as listed before.
+    let listed = s.get("/v1/portals", &[]).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json(), recorded.portals);
+    // Every event, as served before.
+    let events = recorded.events.as_object().unwrap();
+    for (member, before) in events {
+        assert_eq!(
+            &Value::Array(s.all_events(member).await),
+            before,
+            "the events of {member}"
+        );
+    }
+    // Each entity's events through the entity index, as in the full list.
+    for (member, before) in events {
+        let before = before.as_array().unwrap();
+        let mut entities: Vec<&str> = before
+            .iter()
+            .filter_map(|e| e["entity_id"].as_str())
+            .collect();
+        entities.sort_unstable();
+        entities.dedup();
+        for entity in entities {
+            let want: Vec<&Value> = before
+                .iter()
+                .filter(|e| e["entity_id"].as_str() == Some(entity))
+                .collect();
+            let got = s.walk(member, &[("entity_id", entity)], 1000).await;
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                want,
+                "{member} entity {entity}"
+            );
+        }
+    }
+    // Every body the old service took is a duplicate of the same event.
+    for post in &recorded.posts {
+        if post["status"] != 200 {
+            continue;
+        }
+        let ct = post["content_type"].as_str().unwrap();
+        let body = post["body"].as_str().unwrap().to_owned();
+        let r = s.post_raw_ct(Some(ct), body).await;
+        let (id, seq) = expect_duplicate(&r);
+        assert_eq!(
+            (id.as_str(), seq),
+            (
+                post["answer"]["id"].as_str().unwrap(),
+                post["answer"]["seq"].as_u64().unwrap()
+            ),
+            "{}",
+            post["label"]
+        );
+    }
+    // The registrations: the learnt portal's token still works (and only
+    // it), the uninstalled portal is still refused, new events go on
+    // after the old seqs.
+    let mut ev = EventSpec::new(N1, "ONCRMCONTACTUPDATE", Some("5"), 1_720_000_999);
+    ev.token = Some(N1.token.into());
+    let (_, seq) = s.store(&ev).await;
+    assert_eq!(seq, 7, "after the learnt portal's six events");
+    ev.token = Some("not-the-installed-token".into());
+    ev.ts = "1720001000".into();
+    assert_eq!(s.post_form(&ev.form()).await.status, 401);
+    let mut ev = EventSpec::new(N2, "ONCRMCONTACTADD", Some("1"), 1_720_000_999);
+    ev.token = Some(N2.token.into());
+    assert_eq!(s.post_form(&ev.form()).await.status, 401);
+    s.stop().await;
+    let (ok, out) = command(&["verify"], data);
+    assert!(ok && out.contains("\"problem_count\": 0"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_3_journal_is_migrated_keeping_every_event_answer_and_registration() {
+    let dir = tempdir();
+    let (data, recorded) = unpack(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "b24-journal data format 3\n"
+    );
+    migrate_and_check(&data, &recorded, 3).await;
+    // The old engine stays beside the new one until the operator deletes it.
+    assert!(data.join("sled.v3").join("db").exists());
+}
+
+/// Version 2 is version 3 without the redo log: the same journal as a
+/// version-2 binary left it migrates the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_2_journal_is_migrated_too() {
+    let dir = tempdir();
+    let (data, recorded) = unpack(dir.path());
+    std::fs::remove_dir_all(data.join("sled").join("wal")).unwrap();
+    std::fs::write(data.join("FORMAT"), "b24-journal data format 2\n").unwrap();
+    migrate_and_check(&data, &recorded, 2).await;
+}
