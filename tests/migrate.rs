@@ -102,7 +102,14 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
     // Every portal, with its counts and times, as listed before.
     let listed = s.get("/v1/portals", &[]).await;
     assert_eq!(listed.status, 200);
-    assert_eq!(listed.json(), recorded.portals);
+    // `previous_domains` came after the recording (a portal that never
+    // changed its domain lists none); the rest must be as recorded.
+    let mut listed = listed.json();
+    for portal in listed["portals"].as_array_mut().unwrap() {
+        let previous = portal.as_object_mut().unwrap().remove("previous_domains");
+        assert_eq!(previous, Some(Value::Array(vec![])), "{portal}");
+    }
+    assert_eq!(listed, recorded.portals);
     // Every event, as served before.
     let events = recorded.events.as_object().unwrap();
     for (member, before) in events {
