@@ -102,6 +102,10 @@ async fn run_backup(app: Arc<App>, root: PathBuf, body: &[u8]) -> Result<Respons
             "path": to,
             "portals": stats.portals,
             "events": stats.events,
+            "sealed_tokens": stats.sealed_tokens,
+            "note": (stats.sealed_tokens > 0).then_some(
+                "refresh tokens are copied only sealed: offline pulling from this copy needs the same --secrets-key-file"
+            ),
         }),
     ))
 }

@@ -102,7 +102,9 @@ where
             metrics().stored.inc();
             ("stored", id, seq)
         }
-        AppendOutcome::Duplicate { id, seq } => {
+        // A push is never reconciled (only pulled records are); counted
+        // as the duplicate it would be.
+        AppendOutcome::Duplicate { id, seq } | AppendOutcome::Reconciled { id, seq } => {
             metrics().duplicates.inc();
             ("duplicate", id, seq)
         }

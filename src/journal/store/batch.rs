@@ -7,12 +7,14 @@ use super::codec::{self, ChunkEntry};
 #[cfg(test)]
 use super::keys::V1_EVENT;
 use super::keys::{
-    chunk_key, key, registration_key, seq_key, Key, BLOCK, COUNTERS, DEDUP, HEALTH, LSN, PORTAL,
+    chunk_key, key, pull_state_key, registration_key, seq_key, Key, BLOCK, COUNTERS, DEDUP, HEALTH,
+    LSN, PORTAL,
     SUMMARY, TAIL,
 };
 use super::log;
 use crate::journal::dedup::key::DedupKey;
 use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
+use crate::journal::pull_state::PullState;
 use crate::journal::registration::Registration;
 
 /// A set of writes, committed together by
@@ -137,6 +139,16 @@ impl WriteBatch {
     /// Stores a portal registration.
     pub fn put_registration(&mut self, reg: &Registration) {
         self.insert(registration_key(&reg.member_id), reg.to_bytes());
+    }
+
+    /// Stores a portal's offline pull state.
+    pub fn put_pull_state(&mut self, state: &PullState) {
+        self.insert(pull_state_key(&state.member_id), state.to_bytes());
+    }
+
+    /// Removes a portal's offline pull state.
+    pub fn remove_pull_state(&mut self, member_id: &str) {
+        self.remove(pull_state_key(member_id));
     }
 
     /// Removes a portal registration.

@@ -8,11 +8,12 @@ use super::codec::{self, ChunkEntry};
 use super::error::StoreError;
 use super::keys::{
     chunk_key, classify, key, seq_key, seq_suffix, Key, KeyKind, BLOCK, CHUNK, COUNTERS, DEDUP,
-    PORTAL, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
+    PORTAL, PULL_STATE, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
 };
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
 use crate::journal::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
+use crate::journal::pull_state::PullState;
 use crate::journal::registration::Registration;
 
 /// A read-only view of the store, cloneable into request handlers. It
@@ -145,6 +146,18 @@ impl Reader {
             .map(|v| {
                 let v = v?;
                 Ok(Registration::from_bytes(&v)?)
+            })
+            .collect()
+    }
+
+    /// Every portal's offline pull state.
+    pub fn pull_states(&self) -> Result<Vec<PullState>, StoreError> {
+        self.tree()?
+            .scan_prefix([PULL_STATE])
+            .values()
+            .map(|v| {
+                let v = v?;
+                Ok(PullState::from_bytes(&v)?)
             })
             .collect()
     }
