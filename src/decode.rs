@@ -571,7 +571,7 @@ fn optional_string(
 }
 
 /// `data[FIELDS][ID]`, else `data[FIELDS_AFTER][ID]`; a string or a number.
-fn entity_id(data: Option<&Value>) -> Result<Option<EntityId>, DecodeError> {
+pub fn entity_id(data: Option<&Value>) -> Result<Option<EntityId>, DecodeError> {
     for (section, field) in [
         ("FIELDS", "data[FIELDS][ID]"),
         ("FIELDS_AFTER", "data[FIELDS_AFTER][ID]"),

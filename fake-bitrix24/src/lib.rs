@@ -165,7 +165,9 @@ impl FakeBitrix24 {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("the fake portal binds its loopback address");
-        let addr = listener.local_addr().expect("a bound socket has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
         let server = warp::serve(routes(config.clone(), state.clone()))
             .incoming(listener)
             .graceful(async move {
@@ -284,7 +286,10 @@ impl FakeBitrix24 {
         f.append_pair("auth[expires_in]", "3600");
         f.append_pair("auth[scope]", "crm");
         f.append_pair("auth[domain]", &self.domain());
-        f.append_pair("auth[server_endpoint]", &format!("{}/rest/", self.oauth_server()));
+        f.append_pair(
+            "auth[server_endpoint]",
+            &format!("{}/rest/", self.oauth_server()),
+        );
         f.append_pair("auth[status]", "L");
         f.append_pair("auth[client_endpoint]", &self.client_endpoint());
         f.append_pair("auth[member_id]", &self.config.member_id);
@@ -466,14 +471,16 @@ fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::body::bytes())
         .and(with())
-        .then(|query: HashMap<String, String>, body: bytes::Bytes, ctx: Ctx| async move {
-            let (c, s) = ctx;
-            let mut params = query;
-            for (k, v) in form_urlencoded::parse(&body) {
-                params.insert(k.into_owned(), v.into_owned());
-            }
-            answer(&s, |st| refresh(&c, st, &params)).await
-        });
+        .then(
+            |query: HashMap<String, String>, body: bytes::Bytes, ctx: Ctx| async move {
+                let (c, s) = ctx;
+                let mut params = query;
+                for (k, v) in form_urlencoded::parse(&body) {
+                    params.insert(k.into_owned(), v.into_owned());
+                }
+                answer(&s, |st| refresh(&c, st, &params)).await
+            },
+        );
     let rest = warp::path!("rest" / String)
         .and(warp::post())
         .and(warp::body::content_length_limit(1 << 20))
@@ -523,11 +530,7 @@ fn refresh(
         return error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client");
     }
     if s.revoked || s.refresh_token.as_deref() != Some(get("refresh_token")) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "Invalid grant",
-        );
+        return error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid grant");
     }
     let access = token();
     let refresh = token();
@@ -661,7 +664,10 @@ fn offline_get(s: &mut State, params: &serde_json::Map<String, Value>) -> warp::
             free
         }
     };
-    let events: Vec<Value> = picked.iter().map(|&i| record_json(&s.queue[i], false)).collect();
+    let events: Vec<Value> = picked
+        .iter()
+        .map(|&i| record_json(&s.queue[i], false))
+        .collect();
     s.calls.gets += 1;
     let answered_process = if clear {
         let mut gone = picked;

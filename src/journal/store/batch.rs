@@ -8,13 +8,12 @@ use super::codec::{self, ChunkEntry};
 use super::keys::V1_EVENT;
 use super::keys::{
     chunk_key, key, pull_state_key, registration_key, seq_key, Key, BLOCK, COUNTERS, DEDUP, HEALTH,
-    LSN, PORTAL,
-    SUMMARY, TAIL,
+    LSN, PORTAL, SUMMARY, TAIL,
 };
 use super::log;
 use crate::journal::dedup::key::DedupKey;
-use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::pull_state::PullState;
+use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
 
 /// A set of writes, committed together by

@@ -12,8 +12,8 @@ use super::keys::{
 };
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
-use crate::journal::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use crate::journal::pull_state::PullState;
+use crate::journal::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
 
 /// A read-only view of the store, cloneable into request handlers. It

@@ -131,7 +131,11 @@ struct Batch {
     /// Pull-state saves answered once the batch is durable.
     saved: Vec<oneshot::Sender<Result<(), AppendError>>>,
     /// Pulled batches answered once the batch is durable.
-    pulled: Vec<(PulledReply, Vec<Result<AppendOutcome, AppendError>>, PullState)>,
+    pulled: Vec<(
+        PulledReply,
+        Vec<Result<AppendOutcome, AppendError>>,
+        PullState,
+    )>,
 }
 
 /// The writer thread's state.
@@ -245,7 +249,9 @@ impl Writer {
                     let _ = reply.send(self.retain(policy, budget));
                 }
                 Job::SavePull { state, reply } => {
-                    batch.pulls.insert(state.member_id.clone(), (*state).clone());
+                    batch
+                        .pulls
+                        .insert(state.member_id.clone(), (*state).clone());
                     batch.saved.push(reply);
                 }
                 Job::AppendPulled {

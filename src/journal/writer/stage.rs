@@ -9,8 +9,8 @@
 use uuid::Uuid;
 
 use super::super::append::{AppendError, AppendOutcome, NewEvent, Origin};
-use super::super::provenance::Provenance;
 use super::super::dedup::key::dedup_key;
+use super::super::provenance::Provenance;
 use super::super::record::{
     bump_duplicates, store_data, EventRecord, Interned, PortalIx, PortalRecord,
 };
