@@ -194,7 +194,11 @@ impl Settings {
             &args,
             std::mem::take(&mut file.app),
             std::mem::take(&mut file.offline),
-        )?;
+        )
+        .map_err(|e| SettingsError::Invalid {
+            setting: e.setting,
+            why: e.why,
+        })?;
         let listen_raw = args
             .listen
             .or(file.listen)

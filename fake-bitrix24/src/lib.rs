@@ -90,6 +90,8 @@ pub struct Calls {
     pub expired: u64,
     /// Calls answered with an injected failure.
     pub failed: u64,
+    /// Refreshes refused with `invalid_grant`.
+    pub invalid_grants: u64,
 }
 
 #[derive(Debug, Default)]
@@ -112,8 +114,10 @@ struct State {
     /// Answers to delay, next first.
     delays: Vec<Duration>,
     calls: Calls,
-    /// Unix seconds the clock is moved by (see `advance_clock`).
+    /// Unix seconds the clock is moved by.
     clock_offset: i64,
+    /// `event.offline.clear` answers wait until this is false.
+    stall_clears: bool,
 }
 
 /// A running fake portal. Dropping it stops the server.
@@ -386,6 +390,29 @@ impl FakeBitrix24 {
         s.delays.extend(std::iter::repeat_n(delay, n));
     }
 
+    /// While on, `event.offline.clear` calls hang (the caller's time limit
+    /// ends them): a window between fetch and clear for crash tests.
+    pub fn stall_clears(&self, on: bool) {
+        self.lock().stall_clears = on;
+    }
+
+    /// Reserves up to `n` queued records under a new process id, as a
+    /// `clear=0` fetch whose answer never reached the application would;
+    /// returns the id.
+    pub fn reserve(&self, n: usize) -> String {
+        let mut s = self.lock();
+        let p = token();
+        for r in s
+            .queue
+            .iter_mut()
+            .filter(|r| r.process_id.is_none())
+            .take(n)
+        {
+            r.process_id = Some(p.clone());
+        }
+        p
+    }
+
     /// Every token the fake has issued and its client secret: none may
     /// appear in b24-journal's data directory, logs or answers.
     pub fn secrets(&self) -> Vec<String> {
@@ -490,6 +517,11 @@ fn routes(
             let (c, s) = ctx;
             let method = method.strip_suffix(".json").unwrap_or(&method).to_owned();
             let params = parse_body(&body);
+            if method == "event.offline.clear" {
+                while s.lock().map(|st| st.stall_clears).unwrap_or(false) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             answer(&s, |st| call(&c, st, &method, &params)).await
         });
     oauth.or(rest).unify()
@@ -530,6 +562,7 @@ fn refresh(
         return error(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client");
     }
     if s.revoked || s.refresh_token.as_deref() != Some(get("refresh_token")) {
+        s.calls.invalid_grants += 1;
         return error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid grant");
     }
     let access = token();

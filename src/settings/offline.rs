@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, SettingsError};
 use crate::cli::ServeArgs;
 use crate::offline::config::{
     AppCredentials, OfflineConfig, Policy, DEFAULT_CALL_TIMEOUT_SECS, DEFAULT_CONCURRENCY,
@@ -51,6 +50,23 @@ pub(super) struct FileOffline {
     portals: BTreeMap<String, String>,
 }
 
+/// An offline setting that cannot be used (`settings` turns it into its
+/// `Invalid::Invalid`).
+#[derive(Debug)]
+pub struct Invalid {
+    /// The setting.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub why: String,
+}
+
+fn invalid(setting: &'static str, why: impl Into<String>) -> Invalid {
+    Invalid {
+        setting,
+        why: why.into(),
+    }
+}
+
 /// The puller's settings, when pulling is on.
 #[derive(Debug, Clone)]
 pub struct OfflineSettings {
@@ -60,7 +76,7 @@ pub struct OfflineSettings {
     pub secrets_key_file: PathBuf,
 }
 
-fn policy(setting: &'static str, raw: &str) -> Result<Option<Policy>, SettingsError> {
+fn policy(setting: &'static str, raw: &str) -> Result<Option<Policy>, Invalid> {
     match raw.trim() {
         "" | "off" => Ok(None),
         other => Policy::parse(other)
@@ -74,7 +90,7 @@ pub(super) fn resolve(
     args: &ServeArgs,
     app: FileApp,
     file: FileOffline,
-) -> Result<Option<OfflineSettings>, SettingsError> {
+) -> Result<Option<OfflineSettings>, Invalid> {
     const POLICY: &str = "offline (--offline, B24J_OFFLINE, [offline] policy)";
     const PORTALS: &str = "offline portals (--offline-portal, [offline.portals])";
     let default_policy = match args.offline.clone().or(file.policy) {
@@ -190,7 +206,7 @@ fn client_secret(
     args: &ServeArgs,
     in_file: Option<String>,
     secret_file: Option<PathBuf>,
-) -> Result<Secret, SettingsError> {
+) -> Result<Secret, Invalid> {
     const SETTING: &str =
         "app client_secret (B24J_APP_CLIENT_SECRET, --client-secret-file, [app] client_secret)";
     let from_env = std::env::var(CLIENT_SECRET_ENV)

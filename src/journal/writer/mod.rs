@@ -89,6 +89,14 @@ pub(super) enum Job {
     Shutdown,
 }
 
+/// A pulled batch's answer, sent once the batch is durable: where, each
+/// record's outcome, and the pull state as committed.
+type PulledAnswer = (
+    PulledReply,
+    Vec<Result<AppendOutcome, AppendError>>,
+    PullState,
+);
+
 /// Where the writer answers a pulled batch: each record's outcome, and
 /// the pull state as committed.
 pub(super) type PulledReply =
@@ -131,11 +139,7 @@ struct Batch {
     /// Pull-state saves answered once the batch is durable.
     saved: Vec<oneshot::Sender<Result<(), AppendError>>>,
     /// Pulled batches answered once the batch is durable.
-    pulled: Vec<(
-        PulledReply,
-        Vec<Result<AppendOutcome, AppendError>>,
-        PullState,
-    )>,
+    pulled: Vec<PulledAnswer>,
 }
 
 /// The writer thread's state.
