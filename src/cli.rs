@@ -141,8 +141,9 @@ pub struct ServeArgs {
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
-    /// `backup_dir`, and a `[portals]` table of
-    /// member_id = "application_token"). See config.example.toml.
+    /// `backup_dir`, `[app]` and `[offline]` for offline events, and a
+    /// `[portals]` table of member_id = "application_token"). See
+    /// config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

@@ -16,6 +16,9 @@ use crate::journal::record::PortalProfile;
 use crate::journal::{Lifecycle, NewEvent, Origin};
 use crate::types::{EventName, MemberId, Ts};
 
+/// Longest `MESSAGE_ID` kept: Bitrix24's are 32 hex digits (an md5).
+const MAX_MESSAGE_ID: usize = 64;
+
 /// Why a record cannot be journaled.
 #[derive(Debug, thiserror::Error)]
 #[error("offline record {message_id}: {why}")]
@@ -38,6 +41,9 @@ pub fn to_event(
         message_id: record.message_id.clone(),
         why,
     };
+    if record.message_id.len() > MAX_MESSAGE_ID || record.message_id.chars().any(char::is_control) {
+        return Err(bad("MESSAGE_ID is not a short printable string".into()));
+    }
     let event =
         EventName::parse(&record.event_name).map_err(|e| bad(format!("EVENT_NAME {}", e.0)))?;
     let ts = Ts::parse_unix_or_rfc3339(&record.timestamp)
