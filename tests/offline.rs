@@ -16,6 +16,8 @@ use common::*;
 use fake_bitrix24::{FakeBitrix24, FakeConfig};
 use serde_json::Value;
 
+/// The admin token of the backup check.
+const ADMIN: &str = "adm-Offl1ne7Bk9Qz4";
 /// The fake portal's application token (trusted with `--portal`).
 const APP_TOKEN: &str = "fa4eapp70ken0123456789abcdef0123";
 
@@ -83,7 +85,12 @@ impl Setup {
     }
 
     fn start(&self, policy: &str) -> TestServer {
-        let args = self.args(policy);
+        self.start_with(policy, &[])
+    }
+
+    fn start_with(&self, policy: &str, extra: &[&str]) -> TestServer {
+        let mut args = self.args(policy);
+        args.extend(extra.iter().map(|a| a.to_string()));
         tokio::task::block_in_place(|| TestServer::spawn(args, &[]))
     }
 
@@ -225,6 +232,31 @@ async fn queued_while_stopped_is_journaled_once_and_cleared_after_commit() {
     ];
     assert!(answers[2].contains("b24j_offline_records_total{outcome=\"recovered\"} 120"));
     let logs = first_logs + &stop(&mut server);
+
+    // The stopped directory verifies (pull state and provenance included),
+    // and the CLI shows the pulling state; neither prints a token.
+    let data = setup.data.to_str().unwrap().to_string();
+    let (status, verify) = run_to_exit(
+        &["verify".into(), "--data-dir".into(), data.clone()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "verify: {verify}");
+    assert!(verify.contains("\"problem_count\": 0"), "{verify}");
+    let (status, list) = run_to_exit(
+        &["portals".into(), "--data-dir".into(), data, "list".into()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "portals list: {list}");
+    assert!(
+        list.contains(&format!(
+            "{member}\t{}\toffline\ttoken=ok\tclear=reserve\tpulled=120\trecovered=120",
+            setup.fake.domain()
+        )),
+        "{list}"
+    );
+    let answers = [answers, vec![verify, list]].concat();
     assert_no_secrets(&setup.fake, &setup.data, &logs, &answers);
 }
 
@@ -446,6 +478,38 @@ async fn rotated_refresh_token_survives_a_restart_and_revocation_stops_pulling()
     let answers = vec![server.get("/v1/portals", &[]).await.text];
     let logs = logs + &stop(&mut server);
     assert_no_secrets(&setup.fake, &setup.data, &logs, &answers);
+
+    // An online backup copies the grant only sealed, and says what
+    // resuming pulling from the copy needs.
+    let backups = setup.data.parent().unwrap().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let mut server = setup.start_with(
+        "pull",
+        &[
+            "--admin-token",
+            ADMIN,
+            "--backup-dir",
+            backups.to_str().unwrap(),
+        ],
+    );
+    let r = server
+        .send(
+            server
+                .client
+                .post(server.url("/v1/admin/backup"))
+                .bearer_auth(ADMIN)
+                .header("content-type", "application/json")
+                .body(r#"{"to":"copy"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["sealed_tokens"], 1);
+    assert!(r.json()["note"]
+        .as_str()
+        .unwrap()
+        .contains("--secrets-key-file"));
+    let logs = stop(&mut server);
+    assert_no_secrets(&setup.fake, &backups, &logs, &[r.text]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
