@@ -238,19 +238,23 @@ impl Offline {
             s.token = TokenState::Ok;
             s.last_error = None;
         };
-        let portal = match self.portal(member.as_str()) {
-            Some(p) => p,
+        match self.portal(member.as_str()) {
+            Some(portal) => {
+                portal.update(&self.inner.out.journal, install).await?;
+                portal.set_access(grant.access_token);
+                portal.wake.notify_one();
+            }
             None => {
+                // Saved, and given the install's access token, before its
+                // task starts: the first pull then needs no refresh.
                 let mut state = PullState::default();
                 install(&mut state);
                 let portal = Arc::new(Portal::new(member.clone(), policy, state));
-                self.spawn(portal.clone());
-                portal
+                portal.update(&self.inner.out.journal, |_| {}).await?;
+                portal.set_access(grant.access_token);
+                self.spawn(portal);
             }
-        };
-        portal.update(&self.inner.out.journal, install).await?;
-        portal.set_access(grant.access_token);
-        portal.wake.notify_one();
+        }
         tracing::info!(member_id = %member, policy = policy.as_str(), "offline pulling on: the install's refresh token is kept sealed");
         Ok(true)
     }
