@@ -310,7 +310,10 @@ fn backoff(failures: u32) -> Duration {
 async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
     let mut stopping = inner.stopping.clone();
     let mut failures = 0u32;
-    let mut first = true;
+    // Look for reservations whose process id was never saved: after a
+    // start, and after a failed pull (a fetch that timed out may still
+    // have reserved its batch at the portal).
+    let mut look_for_orphans = true;
     let mut delay = Duration::ZERO;
     loop {
         let revoked = portal.snapshot().token == TokenState::Revoked;
@@ -334,15 +337,16 @@ async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
         let Ok(_permit) = inner.permits.acquire().await else {
             return;
         };
-        let result = pull_once(&inner, &portal, first).await;
+        let result = pull_once(&inner, &portal, look_for_orphans).await;
         match result {
             Ok(()) => {
                 failures = 0;
-                first = false;
+                look_for_orphans = false;
                 delay = inner.config.poll;
             }
             Err(e) => {
                 failures += 1;
+                look_for_orphans = true;
                 delay = backoff(failures);
                 crate::metrics::metrics()
                     .offline_errors
@@ -360,7 +364,11 @@ async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
 }
 
 /// One pull of `portal`, with its endpoint checked.
-async fn pull_once(inner: &Inner, portal: &Portal, first: bool) -> Result<(), portal::PullError> {
+async fn pull_once(
+    inner: &Inner,
+    portal: &Portal,
+    look_for_orphans: bool,
+) -> Result<(), portal::PullError> {
     let state = portal.snapshot();
     let endpoint = endpoint::rest_endpoint(
         &state.client_endpoint,
@@ -373,7 +381,7 @@ async fn pull_once(inner: &Inner, portal: &Portal, first: bool) -> Result<(), po
         endpoint: &endpoint,
         batch: inner.config.batch,
         reconcile_window: inner.config.reconcile_window,
-        find_orphans: first,
+        find_orphans: look_for_orphans,
     };
     pull::pull(portal, &cx).await
 }

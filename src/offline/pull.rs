@@ -7,10 +7,11 @@
 //! `event.offline.clear` deletes exactly those records. A crash between
 //! the two leaves the id saved, and the next start refetches the
 //! reservation by it; deduplication makes journaling it again harmless.
-//! A fetch whose answer never reached the journal leaves a reservation
-//! whose id was never saved: the first pull after a start finds such
-//! reservations with `event.offline.list`, which shows each record's
-//! `PROCESS_ID`.
+//! A fetch whose answer never reached the journal (a crash, or a time-out
+//! while the portal still reserved the batch) leaves a reservation whose
+//! id was never saved: the first pull after a start or after a failed
+//! pull finds such reservations with `event.offline.list`, which shows
+//! each record's `PROCESS_ID`.
 //!
 //! Without the feature the portal answers `WRONG_LICENSE`; that is
 //! recorded and the portal is pulled with `clear=1`, which deletes records
@@ -39,8 +40,8 @@ pub struct PullContext<'a> {
     pub batch: usize,
     /// Reconcile window (seconds) under the reconcile policy.
     pub reconcile_window: u64,
-    /// Look for reservations whose id was never saved (first pull after a
-    /// start).
+    /// Look for reservations whose id was never saved (the first pull
+    /// after a start or after a failed pull).
     pub find_orphans: bool,
 }
 
