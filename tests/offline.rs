@@ -569,3 +569,51 @@ async fn an_install_naming_another_host_as_its_endpoint_is_not_pulled() {
     let logs = stop(&mut server);
     assert!(logs.contains("offline pulling not enabled for this portal"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_start_without_a_private_key_file_or_the_app_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new(FakeConfig::default()).await;
+    let without = |flag: &str, args: Vec<String>| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut skip = false;
+        for a in args {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a == flag {
+                skip = true;
+                continue;
+            }
+            out.push(a);
+        }
+        out
+    };
+    let refused = |args: Vec<String>, needle: &str| {
+        let (status, out) = run_to_exit(&args, &[], Duration::from_secs(20));
+        assert!(!status.success(), "started with {args:?}");
+        assert!(out.contains(needle), "{needle:?} not in: {out}");
+        for s in setup.fake.secrets() {
+            assert!(!out.contains(s.as_str()), "a secret in the error");
+        }
+    };
+    refused(
+        without("--secrets-key-file", setup.args("pull")),
+        "secrets_key_file (--secrets-key-file",
+    );
+    refused(
+        without("--client-secret-file", setup.args("pull")),
+        "app client_secret",
+    );
+    refused(
+        without("--app-client-id", setup.args("pull")),
+        "app client_id",
+    );
+    let mut bad_policy = setup.args("pull");
+    let at = bad_policy.iter().position(|a| a == "pull").unwrap();
+    bad_policy[at] = "sometimes".into();
+    refused(bad_policy, "use off, pull or reconcile");
+    std::fs::set_permissions(&setup.key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    refused(setup.args("pull"), "chmod 600");
+}
