@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
 use crate::journal::{JournalHandle, RetentionPolicy};
+use crate::offline::Offline;
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
 
@@ -60,6 +61,8 @@ pub struct App {
     pub backup_dir: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed, for the logs.
     pub trusted_proxies: Vec<IpNet>,
+    /// The offline-event puller (`None`: pulling is off).
+    pub offline: Option<Arc<Offline>>,
 }
 
 impl App {

@@ -41,8 +41,19 @@ pub enum Command {
     /// it until you delete them).
     Migrate(DataDirArgs),
     /// List, add or remove portal tokens kept in a stopped data directory
-    /// (as SHA-256 digests).
+    /// (as SHA-256 digests); `list` also shows offline pulling state.
     Portals(PortalsArgs),
+    /// Create a new secrets key file (mode 0600) for `--secrets-key-file`:
+    /// the key that seals the refresh tokens offline pulling keeps.
+    Keygen(KeygenArgs),
+}
+
+/// Options of `keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// The file to create (never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 /// Options of `backup`.
@@ -130,8 +141,9 @@ pub struct ServeArgs {
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
-    /// `backup_dir`, and a `[portals]` table of
-    /// member_id = "application_token"). See config.example.toml.
+    /// `backup_dir`, `[app]` and `[offline]` for offline events, and a
+    /// `[portals]` table of member_id = "application_token"). See
+    /// config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -244,4 +256,60 @@ pub struct ServeArgs {
     /// [default: RUST_LOG, else info]. Changes on a reload.
     #[arg(long, env = "B24J_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Offline events: pull every installed portal's offline queue with
+    /// this policy, `pull` (events bound offline only) or `reconcile`
+    /// (bound online and offline; the queue is the backstop), or `off`
+    /// [default: off]. Needs the application's credentials and a secrets
+    /// key. The client secret comes from B24J_APP_CLIENT_SECRET or
+    /// --client-secret-file, never from the command line.
+    #[arg(long, env = "B24J_OFFLINE", value_name = "POLICY")]
+    pub offline: Option<String>,
+
+    /// A portal's own offline policy (`MEMBER_ID=pull|reconcile|off`);
+    /// repeatable.
+    #[arg(
+        long = "offline-portal",
+        env = "B24J_OFFLINE_PORTALS",
+        value_name = "MEMBER_ID=POLICY",
+        value_delimiter = ','
+    )]
+    pub offline_portals: Vec<String>,
+
+    /// The OAuth application's client_id (offline pulling).
+    #[arg(long, env = "B24J_APP_CLIENT_ID", value_name = "ID")]
+    pub app_client_id: Option<String>,
+
+    /// A file holding the application's client_secret (offline pulling).
+    #[arg(long, env = "B24J_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// The OAuth server [default: https://oauth.bitrix.info].
+    #[arg(long, env = "B24J_OAUTH_SERVER", value_name = "URL")]
+    pub oauth_server: Option<String>,
+
+    /// The key that seals refresh tokens at rest (mode 0600; create it
+    /// with `b24-journal keygen --to FILE`).
+    #[arg(long, env = "B24J_SECRETS_KEY_FILE", value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// Seconds between polls of each portal's offline queue; an
+    /// ONOFFLINEEVENT pulls at once [default: 30].
+    #[arg(long, env = "B24J_OFFLINE_POLL", value_name = "SECS")]
+    pub offline_poll: Option<u64>,
+
+    /// Reconcile policy: seconds within which a pushed event of the same
+    /// name and entity stands for an offline record [default: 5].
+    #[arg(long, env = "B24J_RECONCILE_WINDOW", value_name = "SECS")]
+    pub reconcile_window: Option<u64>,
+
+    /// Time limit of each call to a portal or the OAuth server [default: 15].
+    #[arg(long, env = "B24J_OFFLINE_TIMEOUT", value_name = "SECS")]
+    pub offline_timeout: Option<u64>,
+
+    /// TEST ONLY: accept plain-http REST and OAuth endpoints on loopback
+    /// addresses (the fake portal of the tests and the demo). Never in
+    /// production: tokens would travel unencrypted.
+    #[arg(long, env = "B24J_OFFLINE_ALLOW_HTTP_LOOPBACK")]
+    pub offline_allow_http_loopback: bool,
 }

@@ -100,6 +100,9 @@ pub enum CommandError {
         /// What to do instead.
         advice: &'static str,
     },
+    /// The secrets key file could not be created.
+    #[error(transparent)]
+    Key(#[from] crate::offline::secrets::KeyError),
     /// `portals remove` named a portal without a registration.
     #[error("{member_id} has no registration in {}", data_dir.display())]
     NotRegistered {
@@ -137,6 +140,13 @@ pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
             init_logging();
             blocking(move || migrate(&args.data_dir).map_err(in_use(&args.data_dir, STOP_ADVICE)))
                 .await?;
+        }
+        Command::Keygen(args) => {
+            crate::offline::secrets::SecretsKey::generate(&args.to).map_err(CommandError::Key)?;
+            println!(
+                "created {} (mode 0600): pass it as --secrets-key-file; keep it outside the data directory and back it up apart from it",
+                args.to.display()
+            );
         }
         Command::Portals(args) => {
             init_logging();
@@ -283,6 +293,23 @@ pub fn portals(args: PortalsArgs) -> Result<(), CommandError> {
                         Source::Install => "install",
                         Source::Operator => "operator",
                     }
+                );
+            }
+            for s in maintain::list_pull_states(&args.data_dir)? {
+                // Never the token: it is sealed, and not opened here.
+                let status = crate::offline::PullStatus::of(&s, "-", false);
+                println!(
+                    "{}\t{}\toffline\ttoken={}\tclear={}\tpulled={}\trecovered={}\treconciled={}\tduplicates={}\tlast_pull={}\tlast_error={}",
+                    s.member_id,
+                    s.domain,
+                    status.token,
+                    status.clear_mode,
+                    status.pulled,
+                    status.recovered,
+                    status.reconciled,
+                    status.duplicates,
+                    status.last_pull.as_deref().unwrap_or("never"),
+                    status.last_error.as_deref().unwrap_or("none"),
                 );
             }
         }

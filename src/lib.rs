@@ -45,6 +45,9 @@ pub mod journal;
 // The read API's parameters, pages, cursors and JSON rendering.
 pub mod query;
 
+// Offline events: pull what Bitrix24 queued (sealed grant, REST, puller).
+pub mod offline;
+
 // Shared by the steps above.
 
 // The state the routes share.

@@ -14,6 +14,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod offline;
+
+pub use offline::{OfflineSettings, CLIENT_SECRET_ENV};
+
 use crate::cli::{ServeArgs, DEFAULT_DATA_DIR};
 use crate::journal::RetentionPolicy;
 use crate::token_policy;
@@ -69,6 +73,10 @@ struct FileSettings {
     backup_dir: Option<PathBuf>,
     #[serde(default)]
     portals: BTreeMap<String, String>,
+    #[serde(default)]
+    app: offline::FileApp,
+    #[serde(default)]
+    offline: offline::FileOffline,
 }
 
 /// Settings, resolved and checked.
@@ -109,6 +117,9 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The log filter (`info`, `debug`, `b24_journal=trace`, …).
     pub log_filter: String,
+    /// Offline-event pulling (off when `None`). Read at start only: a
+    /// reload does not change it.
+    pub offline: Option<OfflineSettings>,
 }
 
 /// A setting that cannot be used.
@@ -175,10 +186,19 @@ impl Settings {
     /// Merges flags/env (already merged by clap) over the config file over
     /// defaults, and checks the result.
     pub fn resolve(args: ServeArgs) -> Result<Settings, SettingsError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let offline = offline::resolve(
+            &args,
+            std::mem::take(&mut file.app),
+            std::mem::take(&mut file.offline),
+        )
+        .map_err(|e| SettingsError::Invalid {
+            setting: e.setting,
+            why: e.why,
+        })?;
         let listen_raw = args
             .listen
             .or(file.listen)
@@ -343,6 +363,7 @@ impl Settings {
             backup_dir,
             warnings: tokens.warnings,
             log_filter,
+            offline,
         })
     }
 }

@@ -28,7 +28,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
     auth.require()?;
     let live = app.live();
-    let list: Vec<Value> = app.journal.with_directory(|dir| {
+    let mut list: Vec<Value> = app.journal.with_directory(|dir| {
         let describe = |member: &str| {
             let reg = dir.registration(member);
             let status = match reg.map(|r| r.status) {
@@ -107,5 +107,14 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
         }
         list
     });
+    // Offline pulling per portal (`null`: not pulled), never a token.
+    let pulls = app.offline.as_ref().map(|o| o.status()).unwrap_or_default();
+    for entry in &mut list {
+        let member = entry["member_id"].as_str().unwrap_or_default().to_owned();
+        entry["offline"] = match pulls.get(&member) {
+            Some(status) => json!(status),
+            None => Value::Null,
+        };
+    }
     Ok(json_response(StatusCode::OK, &json!({ "portals": list })))
 }

@@ -48,6 +48,12 @@ pub enum RunError {
     /// The socket's address needs a setting that is missing.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The secrets key for offline pulling cannot be used.
+    #[error(transparent)]
+    SecretsKey(#[from] crate::offline::secrets::KeyError),
+    /// Offline pulling cannot start.
+    #[error(transparent)]
+    Offline(#[from] crate::offline::StartError),
 }
 
 /// Runs the service until SIGTERM or SIGINT: on the socket inherited
@@ -100,6 +106,14 @@ async fn serve_with(
         source,
     })?;
     check_exposure(addr, &settings)?;
+    // Checked before the journal opens: a key file others can read is a
+    // reason not to start at all.
+    let secrets_key = match &settings.offline {
+        Some(o) => Some(crate::offline::secrets::SecretsKey::load(
+            &o.secrets_key_file,
+        )?),
+        None => None,
+    };
     let journal = open_journal(&settings).await?;
     if settings.portals.is_empty() {
         tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
@@ -113,7 +127,17 @@ async fn serve_with(
         notify::stopping();
         let _ = stop.send(true);
     };
+    let offline = match (&settings.offline, secrets_key) {
+        (Some(o), Some(key)) => Some(Arc::new(crate::offline::Offline::start(
+            o.config.clone(),
+            key,
+            journal.handle(),
+            stopping.clone(),
+        )?)),
+        _ => None,
+    };
     let app = Arc::new(App {
+        offline,
         journal: journal.handle(),
         live: ArcSwap::from_pointee(reload::live(&settings)),
         data_dir: settings.data_dir.clone(),

@@ -32,6 +32,9 @@ pub struct BackupStats {
     pub portals: usize,
     /// Events copied.
     pub events: u64,
+    /// Offline pull states copied, with their refresh tokens sealed: the
+    /// `--secrets-key-file` is needed to resume pulling from the copy.
+    pub sealed_tokens: usize,
 }
 
 /// Checks that `dest` can receive a backup: absolute, and missing or empty.
@@ -76,6 +79,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     let mut stats = BackupStats {
         portals: 0,
         events: 0,
+        sealed_tokens: 0,
     };
     for portal in &portals {
         let last = portal.last_seq();
@@ -86,6 +90,10 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     }
     for reg in &registrations {
         batch.put_registration(reg);
+    }
+    for state in reader.pull_states()? {
+        batch.put_pull_state(&state);
+        stats.sealed_tokens += 1;
     }
     out.commit(batch)?;
     out.close()?;

@@ -29,6 +29,7 @@ fn event(seq: u64, name: u32) -> EventRecord {
         event_handler_id: None,
         profile: Interned::At(0),
         auth: Vec::new(),
+        provenance: Default::default(),
     }
 }
 

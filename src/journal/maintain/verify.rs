@@ -172,6 +172,12 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                 }
             }
             KeyKind::Portal(_) | KeyKind::Registration | KeyKind::Health | KeyKind::Lsn => {}
+            // Sealed: verify checks that it decodes, never what it holds.
+            KeyKind::PullState => {
+                if crate::journal::pull_state::PullState::from_bytes(&value).is_err() {
+                    report.problem("an offline pull state that does not decode".into());
+                }
+            }
             KeyKind::Unknown => report.problem("a key of unknown kind".into()),
         }
     }

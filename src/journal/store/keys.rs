@@ -16,6 +16,7 @@
 //! | `R`    | member id bytes                           | registration          | engine |
 //! | `H`    | (none)                                    | last health probe, ms | engine |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
+//! | `O`    | member id bytes                           | offline pull state (sealed token) | engine |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting. `X` (entity chunks) was version
@@ -43,6 +44,9 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+/// A portal's offline pull state (`journal::pull_state`): additive, a
+/// data directory without any is a directory where pulling never ran.
+pub(super) const PULL_STATE: u8 = b'O';
 
 /// Where the writes of `key` live after the redo log (see `log.rs`): the
 /// unsealed tail's events in memory and the log only, so that sled is
@@ -126,6 +130,8 @@ pub enum KeyKind {
     Health,
     /// The LSN of the last logged batch.
     Lsn,
+    /// A portal's offline pull state.
+    PullState,
     /// Anything else: corruption.
     Unknown,
 }
@@ -173,6 +179,13 @@ pub(super) fn run_head_key(portal: PortalIx, run: u32) -> Vec<u8> {
 /// The key of a registration.
 pub(super) fn registration_key(member_id: &str) -> Vec<u8> {
     let mut k = vec![REGISTRATION];
+    k.extend_from_slice(member_id.as_bytes());
+    k
+}
+
+/// The key of a portal's offline pull state.
+pub(super) fn pull_state_key(member_id: &str) -> Vec<u8> {
+    let mut k = vec![PULL_STATE];
     k.extend_from_slice(member_id.as_bytes());
     k
 }
@@ -259,6 +272,7 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         }
         Some(&PORTAL | &COUNTERS) if k.len() == 5 => portal().map(KeyKind::Portal),
         Some(&REGISTRATION) => Some(KeyKind::Registration),
+        Some(&PULL_STATE) if k.len() > 1 => Some(KeyKind::PullState),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
         _ => None,

@@ -10,12 +10,13 @@ use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
     classify, key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix, Key, KeyKind,
-    BLOCK, COUNTERS, DEDUP, PORTAL, REGISTRATION, RUNS, RUN_HEAD, RUN_ITEM, SUMMARY, TAIL,
-    V1_EVENT,
+    BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, RUNS, RUN_HEAD, RUN_ITEM, SUMMARY,
+    TAIL, V1_EVENT,
 };
 use super::memtable::Memtable;
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
+use crate::journal::pull_state::PullState;
 use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
 
@@ -182,6 +183,18 @@ impl Reader {
             .map(|v| {
                 let v = v?;
                 Ok(Registration::from_bytes(&v)?)
+            })
+            .collect()
+    }
+
+    /// Every portal's offline pull state.
+    pub fn pull_states(&self) -> Result<Vec<PullState>, StoreError> {
+        self.tree()?
+            .scan_prefix([PULL_STATE])
+            .values()
+            .map(|v| {
+                let v = v?;
+                Ok(PullState::from_bytes(&v)?)
             })
             .collect()
     }

@@ -199,6 +199,9 @@ impl Writer {
         for reg in batch.registrations.values() {
             writes.put_registration(reg);
         }
+        for state in batch.pulls.values() {
+            writes.put_pull_state(state);
+        }
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
         }
@@ -212,6 +215,9 @@ impl Writer {
             // Only refused jobs (or nothing): no write to make durable.
             for (reply, outcome) in batch.replies {
                 let _ = reply.send(outcome);
+            }
+            for (reply, outcomes, state) in batch.pulled {
+                let _ = reply.send(Ok((outcomes, state)));
             }
             return;
         }
@@ -251,8 +257,11 @@ impl Writer {
             for (reply, outcome) in batch.replies {
                 let _ = reply.send(outcome.and(Err(AppendError::Unavailable(cause.clone()))));
             }
-            for probe in batch.probes {
+            for probe in batch.probes.into_iter().chain(batch.saved) {
                 let _ = probe.send(Err(AppendError::Unavailable(cause.clone())));
+            }
+            for (reply, _, _) in batch.pulled {
+                let _ = reply.send(Err(AppendError::Unavailable(cause.clone())));
             }
             return;
         }
@@ -277,8 +286,11 @@ impl Writer {
             // The handler may have gone (client disconnected).
             let _ = reply.send(outcome);
         }
-        for probe in batch.probes {
+        for probe in batch.probes.into_iter().chain(batch.saved) {
             let _ = probe.send(Ok(()));
+        }
+        for (reply, outcomes, state) in batch.pulled {
+            let _ = reply.send(Ok((outcomes, state)));
         }
     }
 

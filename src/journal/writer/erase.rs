@@ -35,6 +35,7 @@ impl Writer {
         let mut writes = WriteBatch::default();
         writes.put_portal(&tombstone);
         writes.remove_registration(member);
+        writes.remove_pull_state(member);
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
         self.directory.upsert(tombstone.clone());

@@ -24,6 +24,7 @@
 
 mod commit;
 mod erase;
+mod pulled;
 mod retain;
 mod stage;
 
@@ -38,6 +39,7 @@ use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
+use super::pull_state::PullState;
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
@@ -72,9 +74,35 @@ pub(super) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<u64, AppendError>>,
     },
+    /// Store a portal's offline pull state (durably, when answered).
+    SavePull {
+        state: Box<PullState>,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Journal a batch of pulled offline records and, in the same atomic
+    /// batch, the portal's pull state with its counters advanced by the
+    /// outcomes.
+    AppendPulled {
+        events: Vec<NewEvent>,
+        state: Box<PullState>,
+        reply: PulledReply,
+    },
     /// Commit what came before, then stop.
     Shutdown,
 }
+
+/// A pulled batch's answer, sent once the batch is durable: where, each
+/// record's outcome, and the pull state as committed.
+type PulledAnswer = (
+    PulledReply,
+    Vec<Result<AppendOutcome, AppendError>>,
+    PullState,
+);
+
+/// Where the writer answers a pulled batch: each record's outcome, and
+/// the pull state as committed.
+pub(super) type PulledReply =
+    oneshot::Sender<Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError>>;
 
 /// A new event waiting in the current batch.
 struct Pending {
@@ -108,6 +136,12 @@ struct Batch {
     replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
     /// Probes answered once the batch is durable.
     probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Pull states this batch stores, by member id.
+    pulls: HashMap<String, PullState>,
+    /// Pull-state saves answered once the batch is durable.
+    saved: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Pulled batches answered once the batch is durable.
+    pulled: Vec<PulledAnswer>,
 }
 
 /// The writer thread's state.
@@ -228,6 +262,17 @@ impl Writer {
                     self.commit(std::mem::take(&mut batch));
                     let _ = reply.send(self.retain(policy, budget));
                 }
+                Job::SavePull { state, reply } => {
+                    batch
+                        .pulls
+                        .insert(state.member_id.clone(), (*state).clone());
+                    batch.saved.push(reply);
+                }
+                Job::AppendPulled {
+                    events,
+                    state,
+                    reply,
+                } => self.stage_pulled(&mut batch, events, *state, reply),
                 Job::Shutdown => stop = true,
             }
         }
@@ -300,6 +345,12 @@ fn refuse(job: Job) {
             let _ = reply.send(Err(err()));
         }
         Job::Retain { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::SavePull { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::AppendPulled { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Job::Shutdown => {}

@@ -8,8 +8,9 @@
 
 use uuid::Uuid;
 
-use super::super::append::{AppendError, AppendOutcome, NewEvent};
+use super::super::append::{AppendError, AppendOutcome, NewEvent, Origin};
 use super::super::dedup::key::dedup_key;
+use super::super::provenance::Provenance;
 use super::super::record::{
     bump_duplicates, store_data, EventRecord, Interned, PortalIx, PortalRecord,
 };
@@ -107,6 +108,17 @@ impl Writer {
             .entry(event.profile.domain.clone())
             .or_insert(portal);
 
+        // Reconcile policy: a pulled record a pushed event stands for.
+        if let Origin::Offline {
+            reconcile_window: Some(window),
+            ..
+        } = &event.origin
+        {
+            if let Some((id, seq)) = self.reconcile(batch, portal, &event, *window)? {
+                return Ok(AppendOutcome::Reconciled { id, seq });
+            }
+        }
+
         // A duplicate of an event earlier in this same batch.
         if let Some(&i) = batch.taken.get(&(portal, dedup)) {
             let pending = &mut batch.new_events[i];
@@ -181,6 +193,10 @@ impl Writer {
             batch.sealed.push((portal, sealed));
         }
         let name = event.event.as_str();
+        let provenance = match event.origin {
+            Origin::Push => Provenance::default(),
+            Origin::Offline { message_id, .. } => Provenance::offline(message_id),
+        };
         let record = EventRecord {
             id: now.into_bytes(),
             ts,
@@ -205,6 +221,7 @@ impl Writer {
                 // serialises.
                 serde_json::to_vec(&event.auth_rest).expect("a JSON object serialises")
             },
+            provenance,
         };
         let received = record.received_ms();
         rec.first_received_ms.get_or_insert(received);
