@@ -130,8 +130,9 @@ pub struct ServeArgs {
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
-    /// `backup_dir`, and a `[portals]` table of
-    /// member_id = "application_token"). See config.example.toml.
+    /// `backup_dir`, `cors_origins`, `console`, a `[portals]` table of
+    /// member_id = "application_token", and `[[read_tokens]]` entries of
+    /// scoped read tokens). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -239,6 +240,21 @@ pub struct ServeArgs {
     /// [default: off].
     #[arg(long, env = "B24J_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+
+    /// Origins whose web pages may call the read API from a browser
+    /// (CORS), comma-separated, e.g. `https://dash.example.com`; `*` is
+    /// refused. Changes on a reload [default: none].
+    #[arg(
+        long,
+        env = "B24J_CORS_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Do not serve the built-in console at /console [default: served].
+    #[arg(long, env = "B24J_NO_CONSOLE")]
+    pub no_console: bool,
 
     /// Log level or filter (`info`, `debug`, `b24_journal=trace,warn`, …)
     /// [default: RUST_LOG, else info]. Changes on a reload.
