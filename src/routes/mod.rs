@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod console;
+pub mod cors;
 pub mod events;
 pub mod filters;
 pub mod health;
@@ -19,7 +21,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod portals;
+pub mod stats;
 pub mod stream;
+pub mod tickets;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,6 +51,14 @@ pub fn routes(
         .unify()
         .or(stream::routes(app.clone()))
         .unify()
+        .or(tickets::routes(app.clone()))
+        .unify()
+        .or(stats::routes(app.clone()))
+        .unify()
+        .or(console::routes(app.clone()))
+        .unify()
+        .or(cors::preflight(app.clone()))
+        .unify()
         .or(admin::routes(app.clone()))
         .unify()
         .or(metrics::routes(app.clone()))
@@ -60,14 +72,17 @@ pub fn routes(
     client(&app)
         .and(warp::method())
         .and(warp::path::full())
-        .map(|client, method, path| RequestLine {
+        .and(cors::origin())
+        .map(|client, method, path, origin| RequestLine {
             client,
             method,
             path,
+            origin,
             started: Instant::now(),
         })
         .and(api)
-        .map(|line: RequestLine, res: Response| {
+        .map(move |line: RequestLine, mut res: Response| {
+            cors::decorate(&app, line.origin.as_deref(), line.path.as_str(), &mut res);
             line.log(res.status());
             res
         })
@@ -77,7 +92,11 @@ pub fn routes(
 struct RequestLine {
     client: ClientAddr,
     method: Method,
+    /// The path without the query string: a stream ticket
+    /// (`?ticket=`) must never reach the logs.
     path: FullPath,
+    /// The `Origin` header, for CORS.
+    origin: Option<String>,
     started: Instant,
 }
 
@@ -95,6 +114,7 @@ impl RequestLine {
             method,
             path,
             started,
+            ..
         } = self;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (path, status) = (path.as_str(), status.as_u16());

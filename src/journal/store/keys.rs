@@ -13,6 +13,7 @@
 //! | `R`    | member id bytes                           | registration          |
 //! | `H`    | (none)                                    | last health probe, ms |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE |
+//! | `A`    | portal u32 BE, hour u64 BE (of `ts`)      | activity rollup (`journal::rollup`) |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting.
@@ -34,6 +35,8 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+/// Activity rollups, one per portal and hour (see `rollups.rs`).
+pub(super) const ROLLUP: u8 = b'A';
 
 /// A stored key, opaque outside the store: scans hand them out so that
 /// maintenance (erase) can delete exactly what it found without knowing the
@@ -91,6 +94,13 @@ pub enum KeyKind {
     Health,
     /// The LSN of the last logged batch.
     Lsn,
+    /// An activity rollup record.
+    Rollup {
+        /// Portal.
+        portal: PortalIx,
+        /// Unix hour.
+        hour: u64,
+    },
     /// Anything else: corruption.
     Unknown,
 }
@@ -209,6 +219,9 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&REGISTRATION) => Some(KeyKind::Registration),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
+        Some(&ROLLUP) if k.len() == 13 => portal()
+            .zip(be_u64(&k[5..]))
+            .map(|(portal, hour)| KeyKind::Rollup { portal, hour }),
         _ => None,
     };
     parsed.unwrap_or(KeyKind::Unknown)

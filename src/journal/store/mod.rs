@@ -10,6 +10,7 @@
 //! - `commit.rs`: durable commits and background checkpoints;
 //! - `log.rs`: the redo log that makes a group commit durable;
 //! - `reader.rs` and `scan.rs`: lookups and scans;
+//! - `rollups.rs`: the activity rollup records' keys;
 //! - [`codec`]: how events are packed into blocks and chunks (pure bytes).
 //!
 //! Everything lives in one sled tree, because `apply_batch` is atomic
@@ -33,6 +34,7 @@ mod error;
 mod keys;
 mod log;
 mod reader;
+mod rollups;
 mod scan;
 
 pub use batch::WriteBatch;

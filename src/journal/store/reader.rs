@@ -8,7 +8,7 @@ use super::codec::{self, ChunkEntry};
 use super::error::StoreError;
 use super::keys::{
     chunk_key, classify, key, seq_key, seq_suffix, Key, KeyKind, BLOCK, CHUNK, COUNTERS, DEDUP,
-    PORTAL, REGISTRATION, SUMMARY, TAIL, V1_EVENT,
+    PORTAL, REGISTRATION, ROLLUP, SUMMARY, TAIL, V1_EVENT,
 };
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
@@ -81,7 +81,7 @@ impl Reader {
     }
 
     /// The current tree (a cheap handle).
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
+    pub(super) fn tree(&self) -> Result<sled::Tree, StoreError> {
         self.shared
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -113,7 +113,7 @@ impl Reader {
         portal: PortalIx,
     ) -> impl Iterator<Item = Result<(Key, KeyKind, Vec<u8>), StoreError>> + '_ {
         scan(self.tree(), move |tree| {
-            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, PORTAL, COUNTERS]
+            [TAIL, BLOCK, CHUNK, DEDUP, SUMMARY, ROLLUP, PORTAL, COUNTERS]
                 .into_iter()
                 .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
                 .map(|kv| {

@@ -11,7 +11,8 @@
 //!   the redo log, one fdatasync, then the writes into sled — and only then
 //!   shown to readers and answered; jobs that arrive meanwhile form the next
 //!   batch;
-//! - `erase` and `retain`: the two jobs that delete.
+//! - `erase` and `retain`: the two jobs that delete;
+//! - `rollup`: the activity rollups, changed in the same batches.
 //!
 //! Because only the writer reads and writes what dedup looks at, "check and
 //! append" is one atomic step without locks, and concurrent requests share
@@ -24,6 +25,7 @@
 mod commit;
 mod erase;
 mod retain;
+mod rollup;
 mod stage;
 
 use std::collections::HashMap;
@@ -39,6 +41,7 @@ use super::directory::PortalDirectory;
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
+use super::rollup::RollupDelta;
 use super::store::{Store, StoreError};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
@@ -106,6 +109,9 @@ struct Batch {
     replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
     /// Probes answered once the batch is durable.
     probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Duplicates of stored events, for the activity rollups (new events
+    /// are counted from `new_events` at commit).
+    rollups: RollupDelta,
 }
 
 /// The writer thread's state.

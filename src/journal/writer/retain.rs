@@ -3,7 +3,8 @@
 //!
 //! Each step deletes at most its budget of events, portal by portal, with
 //! their blocks, tail items, entity index chunks, dedup keys and span
-//! summaries, in one atomic commit. The caller repeats while a step
+//! summaries, and their counts in the activity rollups, in one atomic
+//! commit. The caller repeats while a step
 //! returns its budget, other jobs running in between, so ingest never
 //! waits for more than one step. Readers start at a portal's `first_seq`,
 //! so a block or chunk that still holds a kept event can stay.
@@ -15,6 +16,7 @@ use super::super::append::{AppendError, UnavailableCause};
 use super::super::dedup::key::dedup_key_of_record;
 use super::super::record::{span_of, EventRecord, PortalIx, PortalRecord};
 use super::super::retention::RetentionPolicy;
+use super::super::rollup::RollupDelta;
 use super::super::store::codec;
 use super::super::store::{StoreError, WriteBatch};
 use super::{now_ms, unavailable, Writer};
@@ -33,6 +35,7 @@ impl Writer {
         let mut writes = WriteBatch::default();
         let mut touched = Vec::new();
         let mut deleted = 0u64;
+        let mut rollups = RollupDelta::default();
         let portals: Vec<PortalRecord> = self
             .directory
             .portals()
@@ -70,6 +73,8 @@ impl Writer {
                         }
                     }
                 }
+                let name = event.event_name(&rec).to_owned();
+                rollups.add(rec.ix, event.ts, &name, -1, -i64::from(dups));
                 rec.events -= 1;
                 rec.duplicates = rec.duplicates.saturating_sub(u64::from(dups));
                 excess = excess.saturating_sub(1);
@@ -112,6 +117,8 @@ impl Writer {
         if writes.is_empty() {
             return Ok(0);
         }
+        self.write_rollups(&rollups, &mut writes)
+            .map_err(unavailable)?;
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
         let ixs: Vec<PortalIx> = touched.iter().map(|r| r.ix).collect();
