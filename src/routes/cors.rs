@@ -57,7 +57,17 @@ pub fn origin() -> impl Filter<Extract = (Option<String>,), Error = std::convert
 /// a configured origin; otherwise the answer carries no CORS header and
 /// the browser does not send the request.
 pub fn preflight(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::options()
+    // Not `warp::options()`: on every other method that would reject with
+    // "method not allowed", which outranks "not found" for unknown paths.
+    warp::method()
+        .and_then(|method: warp::http::Method| async move {
+            if method == warp::http::Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(warp::path::full())
         .and(warp::header::optional::<String>("origin"))
         .and(with_app(app))
