@@ -43,6 +43,42 @@ pub enum Command {
     /// List, add or remove portal tokens kept in a stopped data directory
     /// (as SHA-256 digests).
     Portals(PortalsArgs),
+    /// List, add or remove scoped read tokens (`[[read_tokens]]`) in a
+    /// config file; the running service applies them on a reload.
+    ReadTokens(ReadTokensArgs),
+}
+
+/// Options of `read-tokens`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadTokensArgs {
+    /// The config file to read or edit (its comments are kept).
+    #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ReadTokensAction,
+}
+
+/// `read-tokens` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReadTokensAction {
+    /// List the scoped read tokens: name, how the token is stored, portals.
+    List,
+    /// Make a new random token for these portals, print it once, and store
+    /// its SHA-256 in the file.
+    Add {
+        /// The token's name (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// A portal it opens, by member id or domain; repeatable or
+        /// comma-separated.
+        #[arg(long = "portal", value_name = "MEMBER_ID_OR_DOMAIN", required = true)]
+        portals: Vec<String>,
+    },
+    /// Remove a token by name.
+    Remove {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Options of `backup`.

@@ -106,11 +106,16 @@ impl StatsQuery {
         }
         let bucket = bucket.unwrap_or(Bucket::Hour);
         let until = until.map_or(now, |t| t.secs());
-        let default_span = match bucket {
-            Bucket::Hour => 24 * HOUR_SECS,
-            Bucket::Day => 30 * 24 * HOUR_SECS,
+        // By default the last 24 hours or 30 days, the current one included.
+        let default_buckets = match bucket {
+            Bucket::Hour => 24,
+            Bucket::Day => 30,
         };
-        let since = since.map_or(until.saturating_sub(default_span - 1), |t| t.secs());
+        let current = until - until % bucket.secs();
+        let since = since.map_or(
+            current.saturating_sub((default_buckets - 1) * bucket.secs()),
+            |t| t.secs(),
+        );
         if since > until {
             return Err(bad("since", "is after `until`"));
         }
@@ -230,7 +235,7 @@ mod tests {
 
     #[test]
     fn windows_default_round_and_are_bounded() {
-        let q = StatsQuery::parse("", 10 * HOUR_SECS + 5).unwrap();
+        let q = StatsQuery::parse("", 100 * HOUR_SECS + 5).unwrap();
         assert_eq!(q.bucket, Bucket::Hour);
         assert_eq!(Series::new(&q).buckets.len(), 24);
         let q = StatsQuery::parse("bucket=day&since=0&until=86400", 0).unwrap();
