@@ -131,7 +131,7 @@ async function loadPage() {
   if (!state.cursor) state.newest = body.events.length ? body.events[0].cursor : state.newest;
   $("older").disabled = !state.next;
   $("newer").disabled = state.cursors.length === 0 && !state.cursor;
-  const page = state.cursors.length + (state.cursor ? 1 : 0) + 1;
+  const page = state.cursors.length + 1;
   $("page-info").textContent = `page ${page} · ${body.events.length} events`;
 }
 

@@ -112,6 +112,7 @@ fetch(base + "/v1/portals/" + portal + "/stream-tickets", {
   method: "POST", headers: { Authorization: "Bearer " + token } })
   .then(r => r.json())
   .then(t => {
+    if (!t.stream_url) { done("error: " + JSON.stringify(t)); return; }
     const es = new EventSource(base + t.stream_url);
     es.onopen = () => { window.opens += 1; };
     es.onmessage = m => window.got.push(JSON.parse(m.data).entity_id);
@@ -144,6 +145,12 @@ async fn event_source_resumes_across_a_restart_with_every_event_once() {
     );
     let mut server = TestServer::spawn(args.clone(), &[]);
     let base = server.url("");
+    // The token names P1 by its domain, which the service learns from P1's
+    // first event.
+    let t = now();
+    server
+        .store(&EventSpec::new(P1, "ONCRMDEALADD", Some("seed"), t))
+        .await;
     let b = Browser::start().await;
     b.client.goto(&page).await.unwrap();
     let ticket = b
