@@ -16,6 +16,7 @@ const state = {
   newest: null,     // cursor of the newest event on the first page
   source: null,     // the live EventSource
   liveGen: 0,       // bumps when live mode restarts, to drop stale work
+  domains: {},      // member id -> domain, from the portal list
 };
 
 function token() { return sessionStorage.getItem(KEY); }
@@ -70,6 +71,7 @@ async function showPortals() {
   show("portals");
   $("crumb").textContent = "portals";
   const body = await api("GET", "/v1/portals");
+  for (const p of body.portals) state.domains[p.member_id] = p.domain;
   const rows = body.portals.map((p) => {
     const name = p.domain || p.member_id;
     const tr = el("tr", { "data-portal": p.member_id },
@@ -105,8 +107,9 @@ async function showPortal(portal) {
   }
   show("portal");
   $("detail").hidden = true;
-  $("crumb").textContent = portal;
-  $("portal-title").textContent = portal;
+  const domain = state.domains[portal];
+  $("crumb").textContent = domain || portal;
+  $("portal-title").textContent = domain ? `${domain} (${portal})` : portal;
   state.cursors = [];
   state.cursor = null;
   await Promise.all([loadPage(), loadChart()]);

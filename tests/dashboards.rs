@@ -447,6 +447,15 @@ async fn stats_count_per_bucket_from_the_rollups() {
     let v = s.get("/v1/stats", &qd).await.json();
     assert_eq!(v["events"], 1, "after the erase: {v}");
     s.stop().await;
+    // `verify` recounts the rollups from the events: they agree.
+    let data = dir.path().join("data");
+    let (status, out) = run_to_exit(
+        &["verify".into(), "--data-dir".into(), data.to_str().unwrap().into()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{out}");
+    assert!(out.contains("\"problem_count\": 0"), "{out}");
 }
 
 #[tokio::test]

@@ -1,12 +1,15 @@
 //! Rebuilding the activity rollups from the stored events: for a journal
 //! written before rollups existed (the format 3 → 4 migration calls
 //! [`rebuild_rollups`]), or to repair them. Deletes every rollup record and
-//! writes them anew, portal by portal.
+//! writes them anew, portal by portal. And `verify`'s comparison of the
+//! stored rollups with the events.
+
+use std::collections::BTreeMap;
 
 use super::error::MaintainError;
-use crate::journal::record::EventRecord;
+use crate::journal::record::{EventRecord, PortalRecord};
 use crate::journal::rollup::{HourRollup, RollupDelta};
-use crate::journal::store::{KeyKind, Store, StoreError, WriteBatch};
+use crate::journal::store::{KeyKind, Reader, Store, StoreError, WriteBatch};
 
 /// Rollup records written per commit.
 const REBUILD_CHUNK: usize = 10_000;
@@ -59,4 +62,58 @@ pub fn rebuild_rollups(store: &mut Store) -> Result<u64, MaintainError> {
         store.commit(writes)?;
     }
     Ok(counted)
+}
+
+/// The differences between `portal`'s stored rollups and `expected`
+/// (counted from its events), one line each, at most `limit`.
+pub(super) fn compare(
+    reader: &Reader,
+    portal: &PortalRecord,
+    expected: &RollupDelta,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut want: BTreeMap<u64, HourRollup> = BTreeMap::new();
+    for (&(ix, hour), changes) in &expected.0 {
+        if ix == portal.ix {
+            want.entry(hour).or_default().apply(changes);
+        }
+    }
+    let mut problems = Vec::new();
+    let mut stored: BTreeMap<u64, HourRollup> = BTreeMap::new();
+    for (hour, bytes) in reader.rollups(portal.ix, 0, u64::MAX)? {
+        match HourRollup::from_bytes(&bytes) {
+            Ok(r) => {
+                stored.insert(hour, r);
+            }
+            Err(e) => problems.push(format!("rollup {}/{hour}: {e}", portal.ix)),
+        }
+    }
+    let hours: std::collections::BTreeSet<u64> =
+        want.keys().chain(stored.keys()).copied().collect();
+    for hour in hours {
+        let (w, s) = (want.get(&hour), stored.get(&hour));
+        if w.filter(|r| !r.is_empty()) != s {
+            problems.push(format!(
+                "portal {}: rollup of hour {hour} says {:?}, its events count {:?}",
+                portal.member_id,
+                s.map(HourRollup::total),
+                w.map(HourRollup::total)
+            ));
+        }
+        if problems.len() >= limit {
+            break;
+        }
+    }
+    Ok(problems)
+}
+
+/// Whether the store holds any rollup record (a journal written before
+/// rollups existed holds none until they are rebuilt).
+pub(super) fn any(reader: &Reader) -> Result<bool, StoreError> {
+    for item in reader.all_keys() {
+        if matches!(item?.1, KeyKind::Rollup { .. }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
