@@ -450,7 +450,11 @@ async fn stats_count_per_bucket_from_the_rollups() {
     // `verify` recounts the rollups from the events: they agree.
     let data = dir.path().join("data");
     let (status, out) = run_to_exit(
-        &["verify".into(), "--data-dir".into(), data.to_str().unwrap().into()],
+        &[
+            "verify".into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+        ],
         &[],
         Duration::from_secs(60),
     );

@@ -139,16 +139,22 @@ fn verify_checks_rollups_and_rebuild_restores_them() {
     migrate(data).unwrap();
     let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
     let hour = hour_of(1_700_000_000 + 1);
-    let stored = store.reader().rollup(0, hour).unwrap().expect("migrated rollups");
+    let stored = store
+        .reader()
+        .rollup(0, hour)
+        .unwrap()
+        .expect("migrated rollups");
     let counted = HourRollup::from_bytes(&stored).unwrap().total();
     assert!(counted.events > 0);
-    // Make one hour wrong, as a journal from before rollups would be.
+    // Make one hour wrong: one event fewer.
+    let mut wrong = HourRollup::from_bytes(&stored).unwrap();
+    wrong.names.values_mut().next().unwrap().events -= 1;
     let mut batch = WriteBatch::default();
-    batch.delete_rollup(0, hour);
+    batch.put_rollup(0, hour, wrong.to_bytes());
     store.commit(batch).unwrap();
     drop(store);
     let v = verify(data).unwrap();
-    assert!(v.problem_count > 0, "a missing rollup is a problem");
+    assert!(v.problem_count > 0, "a wrong rollup is a problem");
     assert!(v.problems[0].contains("rollup"), "{:?}", v.problems);
 
     let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
