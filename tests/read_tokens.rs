@@ -1,6 +1,7 @@
 //! `b24-journal read-tokens list|add|remove --config FILE`: the binary
 //! edits the config file (comments kept, only a digest stored), prints a
-//! new token once, and the service accepts it, scoped, after a reload.
+//! new token once, and the service accepts it, scoped, after a reload
+//! (which applies new CORS origins too).
 
 mod common;
 
@@ -107,8 +108,31 @@ async fn add_list_remove_and_the_service_applies_them_on_reload() {
     // Removed and reloaded: the token no longer opens anything.
     let out = run(&["read-tokens", "--config", cfg_s, "remove", "acme"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("acme"));
+    let file = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!file.contains("acme"));
+    // The same reload also applies new CORS origins.
+    let origin = "http://dash.example.test";
+    let cors = |s: &TestServer| {
+        s.client
+            .get(s.url("/v1/portals"))
+            .header("Origin", origin)
+            .bearer_auth(READ_TOKEN)
+            .send()
+    };
+    let r = cors(&s).await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    std::fs::write(
+        &cfg,
+        file.replace(
+            "max_streams = 10 # keep\n",
+            &format!("max_streams = 10 # keep\ncors_origins = [\"{origin}\"]\n"),
+        ),
+    )
+    .unwrap();
     s.sighup();
+    s.wait_log("CORS origins", 1, Duration::from_secs(10));
+    let r = cors(&s).await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], origin);
     s.wait_log("read token \"acme\" removed", 1, Duration::from_secs(10));
     let r = s.get_auth("/v1/portals", &[], Some(&auth)).await;
     assert_eq!(r.status, 401);
