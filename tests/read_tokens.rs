@@ -105,6 +105,16 @@ async fn add_list_remove_and_the_service_applies_them_on_reload() {
         .await;
     assert_eq!(r.status, 404);
 
+    // A stream open with the token ends once a reload removes the token.
+    let mut stream = s
+        .client
+        .get(s.url(&format!("/v1/portals/{}/events/stream", P1.member)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
     // Removed and reloaded: the token no longer opens anything.
     let out = run(&["read-tokens", "--config", cfg_s, "remove", "acme"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -136,5 +146,22 @@ async fn add_list_remove_and_the_service_applies_them_on_reload() {
     s.wait_log("read token \"acme\" removed", 1, Duration::from_secs(10));
     let r = s.get_auth("/v1/portals", &[], Some(&auth)).await;
     assert_eq!(r.status, 401);
+    s.store(&EventSpec::new(
+        P1,
+        "ONCRMDEALADD",
+        Some("2"),
+        1_730_000_001,
+    ))
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            assert!(
+                !String::from_utf8_lossy(&chunk).contains("data:"),
+                "no event after the token was removed"
+            );
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a removed token ends");
     assert!(!s.logs().contains(&token), "the token is never logged");
 }

@@ -21,7 +21,7 @@ use warp::{Filter, Rejection, Reply};
 use super::auth::{bearer, Api, Bearer};
 use super::events::{resolve, too_many_streams};
 use super::filters::{raw_query, with_app};
-use crate::access::Access;
+use crate::access::{fingerprint, Access};
 use crate::app::App;
 use crate::http::{respond, ApiError};
 use crate::query::{self, Cursor, EventsQuery, KEEP_ALIVE};
@@ -53,6 +53,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 struct StreamState {
     app: Arc<App>,
     access: Access,
+    /// The fingerprint of the token the stream was opened with: once a
+    /// reload removes the token (or changes its portals), the stream ends
+    /// at its next wake.
+    token: [u8; 16],
     key: String,
     query: EventsQuery,
     after: u64,
@@ -70,9 +74,12 @@ fn stream(
     last_event_id: Option<&str>,
     raw: &str,
 ) -> Result<Response, ApiError> {
-    let (access, raw) = match split_ticket(raw)? {
+    let (access, token, raw) = match split_ticket(raw)? {
         Some((ticket, rest)) => ticket_access(&app, &key, &ticket, &rest)?,
-        None => (auth.require()?, raw.to_owned()),
+        None => {
+            let (access, digest) = auth.require_token()?;
+            (access, fingerprint(&digest), raw.to_owned())
+        }
     };
     let query = EventsQuery::parse(&raw)?;
     if query.wait.is_some() || query.limit.is_some() {
@@ -103,6 +110,7 @@ fn stream(
         commits: app.journal.commits(),
         app,
         access,
+        token,
         key,
         query,
         after,
@@ -127,6 +135,10 @@ async fn next_stream_event(
             return Some((Ok(event), st));
         }
         st.commits.borrow_and_update();
+        if st.app.live().read.by_fingerprint(&st.token).as_ref() != Some(&st.access) {
+            tracing::info!("stream closed: its token was removed or changed by a reload");
+            return None;
+        }
         // Every commit wakes every stream: check cheaply (no clone, no
         // blocking task) whether this portal has anything new first.
         let newest = st
@@ -199,7 +211,7 @@ fn ticket_access(
     key: &str,
     ticket: &str,
     rest: &str,
-) -> Result<(Access, String), ApiError> {
+) -> Result<(Access, [u8; 16], String), ApiError> {
     let refused = |e: TicketError| ApiError::Unauthorized(e.to_string());
     let ticket = app.tickets.verify(ticket, unix_now()).map_err(refused)?;
     if !ticket.portal.eq_ignore_ascii_case(key) {
@@ -230,5 +242,5 @@ fn ticket_access(
         .copied()
         .collect::<Vec<_>>()
         .join("&");
-    Ok((access, query))
+    Ok((access, ticket.token, query))
 }
