@@ -51,13 +51,7 @@ pub fn routes(
         .unify()
         .or(stream::routes(app.clone()))
         .unify()
-        .or(tickets::routes(app.clone()))
-        .unify()
-        .or(stats::routes(app.clone()))
-        .unify()
-        .or(console::routes(app.clone()))
-        .unify()
-        .or(cors::preflight(app.clone()))
+        .or(dashboards(app.clone()))
         .unify()
         .or(admin::routes(app.clone()))
         .unify()
@@ -86,6 +80,20 @@ pub fn routes(
             line.log(res.status());
             res
         })
+}
+
+/// The routes for browser dashboards, as one boxed filter: boxing keeps
+/// the type of the whole tree shallow enough for the compiler's recursion
+/// limit (a release build overflowed it without).
+fn dashboards(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+    tickets::routes(app.clone())
+        .or(stats::routes(app.clone()))
+        .unify()
+        .or(console::routes(app.clone()))
+        .unify()
+        .or(cors::preflight(app))
+        .unify()
+        .boxed()
 }
 
 /// What the access log says about a request, gathered before it is routed.
