@@ -121,14 +121,6 @@ impl Access {
     pub fn allows_name(&self, name: &str) -> bool {
         self.allows(name, [])
     }
-
-    /// The token's name for the logs: `read` for the all-portals token.
-    pub fn token_name(&self) -> &str {
-        match self {
-            Access::All => "read",
-            Access::Only { name, .. } => name,
-        }
-    }
 }
 
 /// A one-way name for a token's digest, safe to put in a signed ticket: it
