@@ -2,7 +2,8 @@
 # What the console's first view of a portal costs on a filled journal: the
 # three calls it makes (the portal list, then the newest page of events and
 # 48 hours of stats, in parallel), timed with curl against the release
-# binary, cold (first after start) and warm (median of 5).
+# binary, cold (first after start) and warm (median of 5); then the whole
+# view drawn in headless Chromium (scripts/console-first-view-browser.py).
 #
 #   scripts/console-first-view.sh DATA_DIR
 #
@@ -49,3 +50,5 @@ for _ in 1 2 3 4 5; do
 done
 rm -f /tmp/first-view.$$
 echo "warm: first view median $(printf '%s\n' "${warm[@]}" | sort -n | sed -n 3p | cut -c1-6) ms (of 5)"
+# The same view in headless Chromium (needs chromium and chromium-driver).
+scripts/console-first-view-browser.py "$base" "$token" "$portal"
