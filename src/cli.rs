@@ -46,6 +46,9 @@ pub enum Command {
     /// Create a new secrets key file (mode 0600) for `--secrets-key-file`:
     /// the key that seals the refresh tokens offline pulling keeps.
     Keygen(KeygenArgs),
+    /// List, add or remove scoped read tokens (`[[read_tokens]]`) in a
+    /// config file; the running service applies them on a reload.
+    ReadTokens(ReadTokensArgs),
 }
 
 /// Options of `keygen`.
@@ -54,6 +57,39 @@ pub struct KeygenArgs {
     /// The file to create (never overwritten).
     #[arg(long, value_name = "FILE")]
     pub to: PathBuf,
+}
+
+/// Options of `read-tokens`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadTokensArgs {
+    /// The config file to read or edit (its comments are kept).
+    #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ReadTokensAction,
+}
+
+/// `read-tokens` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReadTokensAction {
+    /// List the scoped read tokens: name, how the token is stored, portals.
+    List,
+    /// Make a new random token for these portals, print it once, and store
+    /// its SHA-256 in the file.
+    Add {
+        /// The token's name (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// A portal it opens, by member id or domain; repeatable or
+        /// comma-separated.
+        #[arg(long = "portal", value_name = "MEMBER_ID_OR_DOMAIN", required = true)]
+        portals: Vec<String>,
+    },
+    /// Remove a token by name.
+    Remove {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Options of `backup`.
@@ -141,9 +177,10 @@ pub struct ServeArgs {
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
-    /// `backup_dir`, `[app]` and `[offline]` for offline events, and a
-    /// `[portals]` table of member_id = "application_token"). See
-    /// config.example.toml.
+    /// `backup_dir`, `cors_origins`, `console`, `[app]` and `[offline]` for
+    /// offline events, a `[portals]` table of member_id =
+    /// "application_token", and `[[read_tokens]]` entries of scoped read
+    /// tokens). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -251,6 +288,21 @@ pub struct ServeArgs {
     /// [default: off].
     #[arg(long, env = "B24J_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+
+    /// Origins whose web pages may call the read API from a browser
+    /// (CORS), comma-separated, e.g. `https://dash.example.com`; `*` is
+    /// refused. Changes on a reload [default: none].
+    #[arg(
+        long,
+        env = "B24J_CORS_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Do not serve the built-in console at /console [default: served].
+    #[arg(long, env = "B24J_NO_CONSOLE")]
+    pub no_console: bool,
 
     /// Log level or filter (`info`, `debug`, `b24_journal=trace,warn`, …)
     /// [default: RUST_LOG, else info]. Changes on a reload.

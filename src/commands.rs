@@ -1,6 +1,11 @@
 //! The subcommands' bodies: `serve` (hands over to the server), `backup`
 //! (asks the running service over HTTP), and `verify`, `migrate` and
-//! `portals` (work on a stopped data directory).
+//! `portals` (work on a stopped data directory), and `read-tokens` (edits
+//! a config file, in its own file).
+
+mod read_tokens;
+
+pub use read_tokens::{read_tokens, ReadTokensError};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -92,6 +97,9 @@ pub enum CommandError {
     /// The token could not be read from standard input.
     #[error("reading the token: {0}")]
     TokenStdin(#[source] std::io::Error),
+    /// `read-tokens` failed.
+    #[error(transparent)]
+    ReadTokens(#[from] ReadTokensError),
     /// A command that needs a stopped data directory met a running service.
     #[error("{} is in use by a running b24-journal; {advice}", data_dir.display())]
     InUse {
@@ -152,6 +160,9 @@ pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
             init_logging();
             let data_dir = args.data_dir.clone();
             blocking(move || portals(args).map_err(in_use(&data_dir, STOP_ADVICE))).await?;
+        }
+        Command::ReadTokens(args) => {
+            read_tokens(args, &mut std::io::stdout().lock()).map_err(CommandError::from)?;
         }
     }
     Ok(())

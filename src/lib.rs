@@ -53,6 +53,12 @@ pub mod offline;
 // The state the routes share.
 pub mod app;
 
+// Who may read which portals: the read API's tokens.
+pub mod access;
+
+// Signed, short-lived tickets that open one stream from a browser.
+pub mod tickets;
+
 // `ApiError` and JSON replies.
 pub mod http;
 

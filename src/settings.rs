@@ -18,11 +18,14 @@ mod offline;
 
 pub use offline::{OfflineSettings, CLIENT_SECRET_ENV};
 
+use crate::access::ScopedToken;
 use crate::cli::{ServeArgs, DEFAULT_DATA_DIR};
 use crate::journal::RetentionPolicy;
 use crate::token_policy;
 use crate::types::{MemberId, Secret};
 use crate::verify::DomainPattern;
+
+pub mod dashboards;
 
 /// Default listen address: loopback, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -72,6 +75,11 @@ struct FileSettings {
     trusted_proxies: Vec<String>,
     backup_dir: Option<PathBuf>,
     #[serde(default)]
+    cors_origins: Vec<String>,
+    console: Option<bool>,
+    #[serde(default)]
+    read_tokens: Vec<dashboards::FileReadToken>,
+    #[serde(default)]
     portals: BTreeMap<String, String>,
     #[serde(default)]
     app: offline::FileApp,
@@ -120,6 +128,12 @@ pub struct Settings {
     /// Offline-event pulling (off when `None`). Read at start only: a
     /// reload does not change it.
     pub offline: Option<OfflineSettings>,
+    /// Named read tokens limited to some portals (`[[read_tokens]]`).
+    pub read_tokens: Vec<ScopedToken>,
+    /// Origins whose pages may call the read API (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Whether `/console` is served.
+    pub console: bool,
 }
 
 /// A setting that cannot be used.
@@ -226,8 +240,15 @@ impl Settings {
             "read_token (--read-token, B24J_READ_TOKEN)",
             args.read_token.or(file.read_token),
         )?;
-        check_read_token(listen, read_token.is_some())?;
         let mut tokens = TokenCheck::new(listen);
+        let read_tokens = dashboards::read_tokens(file.read_tokens, &mut tokens)?;
+        check_read_token(listen, read_token.is_some() || !read_tokens.is_empty())?;
+        let cors_origins = dashboards::cors_origins(if args.cors_origins.is_empty() {
+            file.cors_origins
+        } else {
+            args.cors_origins
+        })?;
+        let console = !args.no_console && file.console.unwrap_or(true);
         for (member, token) in &portals {
             tokens.check(
                 "portals (--portal, B24J_PORTALS, [portals])",
@@ -364,6 +385,9 @@ impl Settings {
             warnings: tokens.warnings,
             log_filter,
             offline,
+            read_tokens,
+            cors_origins,
+            console,
         })
     }
 }
@@ -444,7 +468,10 @@ fn check_read_token(addr: SocketAddr, has_read_token: bool) -> Result<(), Settin
 /// loopback a read token is required and no token that only a loopback
 /// trial may use (a public sample) is accepted.
 pub fn check_exposure(addr: SocketAddr, settings: &Settings) -> Result<(), SettingsError> {
-    check_read_token(addr, settings.read_token.is_some())?;
+    check_read_token(
+        addr,
+        settings.read_token.is_some() || !settings.read_tokens.is_empty(),
+    )?;
     if !addr.ip().is_loopback() {
         if let Some(warning) = settings.warnings.first() {
             return Err(invalid(

@@ -33,6 +33,7 @@ pub mod read;
 pub mod record;
 pub mod registration;
 mod retention;
+pub mod rollup;
 pub mod store;
 mod writer;
 

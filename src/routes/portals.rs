@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::auth::{bearer, Api, Bearer};
+use super::events::visible;
 use super::filters::with_app;
 use crate::app::App;
 use crate::http::{json_response, respond, ApiError};
@@ -26,7 +27,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 
 /// The portal list.
 fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
-    auth.require()?;
+    let access = auth.require()?;
     let live = app.live();
     let mut list: Vec<Value> = app.journal.with_directory(|dir| {
         let describe = |member: &str| {
@@ -51,7 +52,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
             .portals()
             .iter()
             // Erased portals leave a nameless record behind.
-            .filter(|p| !p.member_id.is_empty())
+            .filter(|p| !p.member_id.is_empty() && visible(&access, p))
             .map(|p| {
                 let (status, source) = describe(&p.member_id);
                 json!({
@@ -79,6 +80,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
                     .map(|r| (r.member_id.clone(), Some(r.domain.clone()))),
             )
             .filter(|(m, _)| dir.by_member(m).is_none())
+            .filter(|(m, d)| access.allows(m, d.as_deref()))
             .collect();
         quiet.sort();
         // Keep one entry per member, with the domain if any entry has it.

@@ -25,6 +25,7 @@ use crate::app::App;
 use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
 use crate::routes::routes;
 use crate::settings::{check_exposure, Settings, SettingsError};
+use crate::tickets::TicketKey;
 
 pub use connections::{FIRST_REQUEST_WAIT, HEADER_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE};
 pub use listener::{Activation, ListenError, Origin, LISTEN_BACKLOG};
@@ -45,6 +46,9 @@ pub enum RunError {
     /// No socket to serve on.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The stream-ticket key could not be read or created.
+    #[error("stream ticket key in the data directory: {0}")]
+    TicketKey(#[source] std::io::Error),
     /// The socket's address needs a setting that is missing.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -118,9 +122,11 @@ async fn serve_with(
     if settings.portals.is_empty() {
         tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
     }
-    if settings.read_token.is_none() {
+    if settings.read_token.is_none() && settings.read_tokens.is_empty() {
         tracing::warn!("no read token configured: the read API (/v1/portals…) answers 401");
     }
+    // The data directory exists once the journal is open.
+    let tickets = TicketKey::load_or_create(&settings.data_dir).map_err(RunError::TicketKey)?;
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -147,6 +153,8 @@ async fn serve_with(
         backups: Default::default(),
         backup_dir: settings.backup_dir.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
+        tickets,
+        console: settings.console,
     });
     tracing::info!(
         data_dir = %settings.data_dir.display(),

@@ -21,6 +21,7 @@ use crate::journal::format::{check_format, ENGINE_DIR};
 use crate::journal::layout::{self, runs::RunsUpdate};
 use crate::journal::record::{span_of, EventRecord, PortalRecord};
 use crate::journal::registration::Registration;
+use crate::journal::rollup::{HourRollup, RollupDelta};
 use crate::journal::store::codec;
 use crate::journal::store::{Reader, Store, StoreError, WriteBatch};
 use crate::journal::JournalHandle;
@@ -120,6 +121,8 @@ pub(super) fn copy_portal(
     let mut laid = None;
     let mut fresh = BTreeMap::new();
     let mut runs = RunsUpdate::of(portal.ix, &PortalRuns::default());
+    // The copy is a new store: its rollups are counted from what it holds.
+    let mut rollups = RollupDelta::default();
     let mut events = events.peekable();
     while let Some(item) = events.next() {
         let (seq, bytes) = item?;
@@ -129,6 +132,13 @@ pub(super) fn copy_portal(
         let (rec, dups) = EventRecord::from_bytes(&bytes).map_err(StoreError::from)?;
         copy.duplicates += u64::from(dups);
         copy.events += 1;
+        rollups.add(
+            portal.ix,
+            rec.ts,
+            rec.event_name(portal),
+            1,
+            i64::from(dups),
+        );
         if rec.entity_id.is_none() {
             if let Some(key) = dedup_key_of_record(&rec, portal) {
                 batch.put_dedup(portal.ix, &key, seq);
@@ -167,6 +177,13 @@ pub(super) fn copy_portal(
         // The open block's summary lives in the portal record.
         if portal.summary.is_none_or(|open| open.span != summary.span) {
             batch.put_summary(portal.ix, &summary);
+        }
+    }
+    for ((ix, hour), changes) in rollups.0 {
+        let mut record = HourRollup::default();
+        record.apply(&changes);
+        if !record.is_empty() {
+            batch.put_rollup(ix, hour, record.to_bytes());
         }
     }
     out.apply(std::mem::take(batch))?;

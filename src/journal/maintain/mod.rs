@@ -9,6 +9,7 @@ mod error;
 mod migrate;
 mod offline;
 mod registrations;
+mod rollups;
 mod target;
 mod verify;
 mod verify_runs;
@@ -19,6 +20,7 @@ pub use migrate::{migrate, MigrateReport};
 pub use registrations::{
     list_pull_states, list_registrations, put_registration, remove_registration,
 };
+pub use rollups::rebuild_rollups;
 pub use target::backup_target;
 pub use verify::{verify, VerifyReport, MAX_PROBLEMS};
 

@@ -29,12 +29,12 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
-    fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
         self.writes.insert(key, Some(value.into()));
         self.len += 1;
     }
 
-    fn remove(&mut self, key: Vec<u8>) {
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
         self.len += 1;
     }

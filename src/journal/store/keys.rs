@@ -17,6 +17,7 @@
 //! | `H`    | (none)                                    | last health probe, ms | engine |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
 //! | `O`    | member id bytes                           | offline pull state (sealed token) | engine |
+//! | `A`    | portal u32 BE, hour u64 BE (of `ts`)      | activity rollup (`journal::rollup`) | engine |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting. `X` (entity chunks) was version
@@ -44,6 +45,9 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+/// Activity rollups, one per portal and hour (see `rollups.rs`).
+pub(super) const ROLLUP: u8 = b'A';
+
 /// A portal's offline pull state (`journal::pull_state`): additive, a
 /// data directory without any is a directory where pulling never ran.
 pub(super) const PULL_STATE: u8 = b'O';
@@ -132,6 +136,13 @@ pub enum KeyKind {
     Lsn,
     /// A portal's offline pull state.
     PullState,
+    /// An activity rollup record.
+    Rollup {
+        /// Portal.
+        portal: PortalIx,
+        /// Unix hour.
+        hour: u64,
+    },
     /// Anything else: corruption.
     Unknown,
 }
@@ -275,6 +286,9 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&PULL_STATE) if k.len() > 1 => Some(KeyKind::PullState),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
+        Some(&ROLLUP) if k.len() == 13 => portal()
+            .zip(be_u64(&k[5..]))
+            .map(|(portal, hour)| KeyKind::Rollup { portal, hour }),
         _ => None,
     };
     parsed.unwrap_or(KeyKind::Unknown)

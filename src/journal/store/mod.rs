@@ -12,6 +12,7 @@
 //! - `memtable.rs`: the writes kept in memory and the log instead of sled
 //!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
+//! - `rollups.rs`: the activity rollup records' keys;
 //! - [`codec`]: how events are packed into blocks and the entity index
 //!   into postings runs (pure bytes).
 //!
@@ -38,6 +39,7 @@ mod keys;
 mod log;
 mod memtable;
 mod reader;
+mod rollups;
 mod scan;
 
 pub use batch::WriteBatch;

@@ -10,8 +10,8 @@ use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
     classify, key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix, Key, KeyKind,
-    BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, RUNS, RUN_HEAD, RUN_ITEM, SUMMARY,
-    TAIL, V1_EVENT,
+    BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, ROLLUP, RUNS, RUN_HEAD, RUN_ITEM,
+    SUMMARY, TAIL, V1_EVENT,
 };
 use super::memtable::Memtable;
 use super::scan::SeqScan;
@@ -93,7 +93,7 @@ impl Reader {
     }
 
     /// The current tree (a cheap handle).
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
+    pub(super) fn tree(&self) -> Result<sled::Tree, StoreError> {
         self.shared
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -146,7 +146,7 @@ impl Reader {
         let tails = self.log_only_keys(&key(TAIL, portal, &[]));
         let stored = scan(self.tree(), move |tree| {
             [
-                BLOCK, RUN_ITEM, RUN_HEAD, RUNS, DEDUP, SUMMARY, PORTAL, COUNTERS,
+                BLOCK, RUN_ITEM, RUN_HEAD, RUNS, DEDUP, SUMMARY, ROLLUP, PORTAL, COUNTERS,
             ]
             .into_iter()
             .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))

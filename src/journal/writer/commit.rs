@@ -188,6 +188,17 @@ impl Writer {
         for (portal, summary) in &batch.sealed {
             writes.put_summary(*portal, summary);
         }
+        // The activity rollups change in the same atomic write.
+        let laid_out = laid_out.and_then(|laid| {
+            let mut delta = std::mem::take(&mut batch.rollups);
+            for p in &batch.new_events {
+                if let Some(rec) = batch.portals.get(&p.portal) {
+                    let name = p.record.event_name(rec);
+                    delta.add(p.portal, p.record.ts, name, 1, i64::from(p.duplicates));
+                }
+            }
+            self.write_rollups(&delta, &mut writes).map(|()| laid)
+        });
         // The open span's summary lives in the portal record (queries read
         // it from there); its `S` key is written once, when the span is full.
         for rec in batch.portals.values() {

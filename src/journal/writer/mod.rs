@@ -12,7 +12,8 @@
 //!   fdatasync, then the writes into sled and the memtable — and only then
 //!   shown to readers and answered; jobs that arrive meanwhile form the
 //!   next batch;
-//! - `erase` and `retain`: the two jobs that delete.
+//! - `erase` and `retain`: the two jobs that delete;
+//! - `rollup`: the activity rollups, changed in the same batches.
 //!
 //! Because only the writer reads and writes what dedup looks at, "check and
 //! append" is one atomic step without locks, and concurrent requests share
@@ -26,6 +27,7 @@ mod commit;
 mod erase;
 mod pulled;
 mod retain;
+mod rollup;
 mod stage;
 
 use std::collections::HashMap;
@@ -43,6 +45,7 @@ use super::pull_state::PullState;
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
+use super::rollup::RollupDelta;
 use super::store::{Store, StoreError};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
@@ -142,6 +145,9 @@ struct Batch {
     saved: Vec<oneshot::Sender<Result<(), AppendError>>>,
     /// Pulled batches answered once the batch is durable.
     pulled: Vec<PulledAnswer>,
+    /// Duplicates of stored events, for the activity rollups (new events
+    /// are counted from `new_events` at commit).
+    rollups: RollupDelta,
 }
 
 /// The writer thread's state.

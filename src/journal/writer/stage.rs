@@ -254,6 +254,10 @@ impl Writer {
         };
         let (record, _) = EventRecord::from_bytes(&bytes)
             .map_err(|e| StoreError::undecodable(format!("event {portal}/{seq}"), e))?;
+        if let Some(rec) = batch.portals.get(&portal) {
+            let name = record.event_name(rec).to_owned();
+            batch.rollups.add(portal, record.ts, &name, 0, 1);
+        }
         let mut bytes = bytes;
         bump_duplicates(&mut bytes);
         batch.rewritten.insert((portal, seq), bytes);
