@@ -376,6 +376,19 @@ async fn reconcile_counts_pushed_changes_and_stores_only_the_missed_ones() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     setup.fake.change_at("ONCRMDEALUPDATE", "20", Some(t + 100));
+    // 64 pushes of contacts seal the block that holds the pushed deals, so
+    // that reconcile finds them in the entity index, not in the tail.
+    for i in 0..64 {
+        let r = server
+            .post_form(&setup.fake.push_form(
+                "ONCRMCONTACTUPDATE",
+                &(1000 + i).to_string(),
+                t,
+                APP_TOKEN,
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
     let signal = server
         .post_form(&setup.fake.offline_signal_form(APP_TOKEN))
         .await;
