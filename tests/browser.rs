@@ -246,18 +246,8 @@ async fn the_console_signs_in_browses_filters_charts_and_goes_live() {
     let b = Browser::start().await;
     let c = &b.client;
     c.goto(&s.url("/console")).await.unwrap();
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(READ_TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#signin-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.type_into(Locator::Id("token"), READ_TOKEN).await;
+    b.click(Locator::Css("#signin-form button")).await;
     b.wait_for(
         "return document.querySelectorAll('#portal-table tbody tr').length",
         Duration::from_secs(10),
@@ -308,24 +298,14 @@ async fn the_console_signs_in_browses_filters_charts_and_goes_live() {
     assert_eq!(charted, json!(60));
 
     // Paging: the second page holds the remaining 10.
-    c.find(Locator::Id("older"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("older")).await;
     b.wait_for(
         "return document.querySelector('#page-info').innerText.startsWith('page 2') && document.querySelectorAll('#events tbody tr').length === 10",
         Duration::from_secs(10),
         "second page",
     )
     .await;
-    c.find(Locator::Id("newer"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("newer")).await;
     b.wait_for(
         "return document.querySelector('#page-info').innerText.startsWith('page 1')",
         Duration::from_secs(10),
@@ -334,18 +314,8 @@ async fn the_console_signs_in_browses_filters_charts_and_goes_live() {
     .await;
 
     // Filter by entity id.
-    c.find(Locator::Id("f-entity"))
-        .await
-        .unwrap()
-        .send_keys("4242")
-        .await
-        .unwrap();
-    c.find(Locator::Id("apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.type_into(Locator::Id("f-entity"), "4242").await;
+    b.click(Locator::Id("apply")).await;
     b.wait_for(
         "const rows = Array.from(document.querySelectorAll('#events tbody tr')); return rows.length === 6 && rows.every(r => r.cells[2].innerText === '4242')",
         Duration::from_secs(10),
@@ -353,44 +323,24 @@ async fn the_console_signs_in_browses_filters_charts_and_goes_live() {
     )
     .await;
     // Event detail as JSON.
-    c.find(Locator::Css("#events tbody tr"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("#events tbody tr")).await;
     let detail = b
         .wait_for("return !document.querySelector('#detail').hidden && document.querySelector('#detail-json').innerText", Duration::from_secs(5), "detail")
         .await;
     let detail: Value = serde_json::from_str(detail.as_str().unwrap()).unwrap();
     assert_eq!(detail["entity_id"], "4242");
     assert!(!detail.to_string().contains(ACCESS_TOKEN));
-    c.find(Locator::Id("detail-close"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("detail-close")).await;
 
     // Live: clear the filter, go live, post an event: it shows within 2 s.
-    c.find(Locator::Id("clear"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("clear")).await;
     b.wait_for(
         "return document.querySelectorAll('#events tbody tr').length === 50",
         Duration::from_secs(10),
         "filter cleared",
     )
     .await;
-    c.find(Locator::Id("live"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("live")).await;
     b.wait_for(
         "return document.querySelector('#live-state').innerText === 'live'",
         Duration::from_secs(10),

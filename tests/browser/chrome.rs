@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,6 +121,30 @@ impl Browser {
             .execute_async(script, args)
             .await
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Clicks the element `at` finds.
+    pub async fn click(&self, at: Locator<'_>) {
+        let what = format!("{at:?}");
+        self.client
+            .find(at)
+            .await
+            .unwrap_or_else(|e| panic!("no {what}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {what}: {e}"));
+    }
+
+    /// Types `text` into the element `at` finds.
+    pub async fn type_into(&self, at: Locator<'_>, text: &str) {
+        let what = format!("{at:?}");
+        self.client
+            .find(at)
+            .await
+            .unwrap_or_else(|e| panic!("no {what}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into {what}: {e}"));
     }
 
     /// Runs `script` in the page and returns its value.

@@ -96,12 +96,8 @@ impl Writer {
         portal: PortalIx,
         seq: u64,
     ) -> Result<Option<Uuid>, StoreError> {
-        let bytes = match batch.rewritten.remove(&(portal, seq)) {
-            Some(b) => b,
-            None => match self.store.reader().event(portal, seq)? {
-                Some(b) => b,
-                None => return Ok(None),
-            },
+        let Some(bytes) = self.current_bytes(batch, portal, seq)? else {
+            return Ok(None);
         };
         let (mut record, duplicates) = EventRecord::from_bytes(&bytes)
             .map_err(|e| StoreError::undecodable(format!("event {portal}/{seq}"), e))?;

@@ -237,6 +237,21 @@ impl Writer {
         Ok(AppendOutcome::Stored { id: now, seq })
     }
 
+    /// Stored event `seq` as this batch leaves it: its rewrite in the batch
+    /// (taken out, to be put back changed), else as stored; `None` if it
+    /// does not exist.
+    pub(super) fn current_bytes(
+        &self,
+        batch: &mut Batch,
+        portal: PortalIx,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match batch.rewritten.remove(&(portal, seq)) {
+            Some(b) => Ok(Some(b)),
+            None => self.store.reader().event(portal, seq),
+        }
+    }
+
     /// Bumps the duplicate counter of stored event `seq`; returns its id, or
     /// `None` if it does not exist.
     fn bump_stored(
@@ -245,12 +260,8 @@ impl Writer {
         portal: PortalIx,
         seq: u64,
     ) -> Result<Option<Uuid>, StoreError> {
-        let bytes = match batch.rewritten.remove(&(portal, seq)) {
-            Some(b) => b,
-            None => match self.store.reader().event(portal, seq)? {
-                Some(b) => b,
-                None => return Ok(None),
-            },
+        let Some(bytes) = self.current_bytes(batch, portal, seq)? else {
+            return Ok(None);
         };
         let (record, _) = EventRecord::from_bytes(&bytes)
             .map_err(|e| StoreError::undecodable(format!("event {portal}/{seq}"), e))?;
