@@ -18,7 +18,7 @@ use b24_journal::journal::{store, Journal, JournalOptions};
 use b24_journal::query::{self, EventsQuery};
 use b24_journal::settings;
 
-use crate::gen::Rng;
+use crate::gen::{FillPlan, Rng, ENTITY_BASE};
 use crate::sys;
 
 /// `b24-bench probe` arguments.
@@ -35,6 +35,25 @@ pub struct ProbeArgs {
     /// The journal's cache, as the service's `--cache-mb`.
     #[arg(long, value_name = "MIB", default_value_t = settings::DEFAULT_CACHE_MB)]
     cache_mb: u64,
+    /// Which query to answer: the latest 50, one entity of the fill's plan
+    /// (`entity_id`), or a 30 s `since`/`until` window of it.
+    #[arg(long, value_enum, default_value_t = ProbeQuery::Latest)]
+    query: ProbeQuery,
+    /// Events per entity the journal was filled with (`fill --per-entity`),
+    /// for the entity ids and windows `--query` asks for.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    per_entity: u64,
+}
+
+/// The queries `probe` can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeQuery {
+    /// `?limit=50`.
+    Latest,
+    /// `?entity_id=E`.
+    Entity,
+    /// `?since=S&until=S+29`.
+    Window,
 }
 
 /// Opens the journal, answers latest-50 for random portals on this thread
@@ -69,11 +88,23 @@ pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let q = EventsQuery::parse("limit=50").map_err(|e| anyhow!("query limit=50: {e:?}"))?;
+    let n: u64 = portals.iter().map(|p| p.last_seq()).sum();
+    let plan = FillPlan::new(portals.len() as u64, n, a.per_entity);
     let mut rng = Rng::new(a.seed);
     let page = |rng: &mut Rng| -> anyhow::Result<(usize, usize)> {
         let p = &portals[rng.below(portals.len() as u64) as usize];
-        let page = query::newest(&reader, p, &q).context("latest-50 page")?;
+        let raw = match a.query {
+            ProbeQuery::Latest => "limit=50".to_owned(),
+            ProbeQuery::Entity => {
+                format!("entity_id={}", ENTITY_BASE + rng.below(plan.entity_range))
+            }
+            ProbeQuery::Window => {
+                let since = plan.base_ts + rng.below(p.last_seq().saturating_sub(30).max(1));
+                format!("since={since}&until={}", since + 29)
+            }
+        };
+        let q = EventsQuery::parse(&raw).map_err(|e| anyhow!("query {raw}: {e:?}"))?;
+        let page = query::newest(&reader, p, &q).context("a page")?;
         let events = page.event_count();
         Ok((events, page.into_body().len()))
     };
