@@ -147,3 +147,93 @@ async fn events_across_sealed_blocks_query_dedup_restart_and_verify() {
     check_listing(&s, &want, "after verify").await;
     s.stop();
 }
+
+/// The `ts` of the `i`-th event of [`windows_follow_spans_as_they_fill_and_retire`]:
+/// one second apart, but every 50th event is late news about the first
+/// ten seconds (an offline record, say), so old times turn up in new spans.
+fn window_ts(i: u64) -> u64 {
+    if i % 50 == 49 {
+        T + i % 10
+    } else {
+        T + i
+    }
+}
+
+/// Asserts that the window `since..=until` answers exactly the stored
+/// events with seq `first..=last` whose `ts` is in it, newest first.
+async fn check_window(s: &TestApp, since: u64, until: u64, first: u64, last: u64, what: &str) {
+    let (since_s, until_s) = ((T + since).to_string(), (T + until).to_string());
+    let got = s
+        .walk(P1.member, &[("since", &since_s), ("until", &until_s)], 100)
+        .await;
+    let want: Vec<u64> = (first..=last)
+        .rev()
+        .filter(|seq| (T + since..=T + until).contains(&window_ts(seq - 1)))
+        .collect();
+    assert!(!want.is_empty(), "{what}: the window holds events");
+    assert_eq!(seqs(&got), want, "{what}: window {since}..={until}");
+}
+
+/// Time windows read the span summaries the service keeps in memory: a
+/// span that was open when they were first read and filled later, spans
+/// filled since, and spans retention deleted must all be answered as the
+/// stored events say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windows_follow_spans_as_they_fill_and_retire() {
+    let dir = tempdir();
+    let s = spawn_app(
+        dir.path(),
+        &["--retain-per-portal", "600", "--retain-every", "1"],
+    )
+    .await;
+    let post = |from: u64, to: u64| {
+        let s = &s;
+        async move {
+            for i in from..to {
+                let ev = EventSpec::new(P1, "ONCRMACTIVITYADD", Some(&i.to_string()), window_ts(i));
+                assert_eq!(s.store(&ev).await.1, i + 1);
+            }
+        }
+    };
+    let settle = |count: usize| {
+        let s = &s;
+        async move {
+            for _ in 0..100 {
+                let counted = s.portal_entry(P1.member).await.unwrap()["events"].clone();
+                if s.count(P1.member).await == count && counted == count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("retention did not leave {count} events");
+        }
+    };
+    // Spans 0 and 1 full, span 2 open (seqs 513..=520).
+    post(0, 520).await;
+    check_window(&s, 10, 19, 1, 520, "full span").await;
+    check_window(&s, 0, 9, 1, 520, "late news in every span").await;
+    check_window(&s, 513, 519, 1, 520, "open span").await;
+    // Span 2 fills and span 3 opens; retention keeps seqs 221..=820.
+    post(520, 820).await;
+    settle(600).await;
+    check_window(&s, 513, 519, 221, 820, "the span that was open").await;
+    check_window(&s, 250, 259, 221, 820, "a span retention cut into").await;
+    check_window(&s, 0, 9, 221, 820, "late news after retention").await;
+    // Spans 0 and 1 go whole (seqs 521..=1120 kept).
+    post(820, 1120).await;
+    settle(600).await;
+    check_window(&s, 0, 9, 521, 1120, "late news after spans were deleted").await;
+    check_window(&s, 1000, 1019, 521, 1120, "a span filled meanwhile").await;
+    let (old, _) = s
+        .page(
+            P1.member,
+            &[("since", &T.to_string()), ("until", &(T + 400).to_string())],
+        )
+        .await;
+    assert!(
+        seqs(&old).iter().all(|&seq| seq >= 521),
+        "nothing retention deleted comes back: {:?}",
+        seqs(&old)
+    );
+    s.stop().await;
+}

@@ -34,6 +34,7 @@ pub mod record;
 pub mod registration;
 mod retention;
 pub mod rollup;
+mod spans;
 pub mod store;
 mod writer;
 

@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
+use super::spans::SpanIndex;
 use super::record::{
     peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN,
 };
@@ -33,6 +34,7 @@ use crate::types::{EntityId, EventName, Ts};
 pub struct JournalReader {
     store: Reader,
     entities: EntityIndex,
+    spans: SpanIndex,
     directory: Arc<RwLock<PortalDirectory>>,
 }
 
@@ -47,6 +49,7 @@ impl JournalReader {
         JournalReader {
             store,
             entities,
+            spans: SpanIndex::default(),
             directory,
         }
     }
@@ -260,13 +263,13 @@ pub fn newest(
             filter.until.unwrap_or(Ts::MAX).secs(),
         );
         // The open span's summary is in the portal record; full spans' are
-        // stored.
-        let open = portal.summary.filter(|s| s.span <= span_of(start)).map(Ok);
-        let stored = reader
-            .summaries_desc(ix, span_of(start))
-            .filter(|s| !matches!((s, &portal.summary), (Ok(s), Some(o)) if s.span == o.span));
+        // stored, and held in memory. More than the budget cannot be looked
+        // at.
+        let open = portal.summary.filter(|s| s.span <= span_of(start));
+        let stored = journal
+            .spans
+            .newest_first(reader, portal, span_of(start), SCAN_BUDGET)?;
         for summary in open.into_iter().chain(stored) {
-            let summary = summary?;
             let lo = (summary.span * SUMMARY_SPAN + 1).max(portal.first_seq());
             let hi = ((summary.span + 1) * SUMMARY_SPAN).min(start);
             scan.looked += 1;
