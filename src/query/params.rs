@@ -33,6 +33,23 @@ pub(crate) fn truncate(s: &str) -> &str {
     }
 }
 
+/// The name/value pairs of a query string, decoded; a name given twice is
+/// a 400, not "the last one wins", so that a client's mistake is not
+/// answered with a page it did not ask for.
+pub(crate) fn unique_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if pairs.iter().any(|(seen, _)| *seen == name) {
+            return Err(ApiError::BadRequest(format!(
+                "parameter `{}` given more than once",
+                truncate(&name)
+            )));
+        }
+        pairs.push((name.into_owned(), value.into_owned()));
+    }
+    Ok(pairs)
+}
+
 /// A position in a result: the seq of the last event a page returned (or
 /// looked at). The next page starts strictly below it. Results are always
 /// in seq order, so one kind of cursor serves every filter.
@@ -143,16 +160,8 @@ impl EventsQuery {
             until: None,
             wait: None,
         };
-        let mut seen: Vec<String> = Vec::new();
         let bad = |name: &str, why: &str| ApiError::BadRequest(format!("invalid `{name}`: {why}"));
-        for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
-            if seen.iter().any(|s| *s == name) {
-                return Err(ApiError::BadRequest(format!(
-                    "parameter `{}` given more than once",
-                    truncate(&name)
-                )));
-            }
-            seen.push(name.to_string());
+        for (name, value) in unique_pairs(raw)? {
             match &*name {
                 "limit" => {
                     q.limit = Some(value

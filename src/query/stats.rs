@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::params::truncate;
+use super::params::{truncate, unique_pairs};
 use crate::http::ApiError;
 use crate::journal::record::PortalIx;
 use crate::journal::rollup::{hour_of, Counts, HourRollup, HOUR_SECS};
@@ -65,15 +65,7 @@ impl StatsQuery {
     pub fn parse(raw: &str, now: u64) -> Result<StatsQuery, ApiError> {
         let bad = |name: &str, why: &str| ApiError::BadRequest(format!("invalid `{name}`: {why}"));
         let (mut since, mut until, mut bucket, mut events) = (None, None, None, None);
-        let mut seen: Vec<String> = Vec::new();
-        for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
-            if seen.iter().any(|s| *s == name) {
-                return Err(ApiError::BadRequest(format!(
-                    "parameter `{}` given more than once",
-                    truncate(&name)
-                )));
-            }
-            seen.push(name.to_string());
+        for (name, value) in unique_pairs(raw)? {
             match &*name {
                 "since" => {
                     since = Some(Ts::parse_unix_or_rfc3339(&value).map_err(|e| bad("since", e.0))?)
