@@ -27,6 +27,20 @@ async fn status_with(s: &TestServer, token: &str) -> u16 {
         .status
 }
 
+/// `serve` on `listen` with its data in `dir/data` and `config`.
+fn serve_args(listen: &str, dir: &std::path::Path, config: &std::path::Path) -> Vec<String> {
+    let data = dir.join("data");
+    let args = ["serve", "--listen", listen, "--data-dir"];
+    args.iter()
+        .map(|a| a.to_string())
+        .chain([
+            data.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ])
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_a_portal_rotates_the_read_token_and_keeps_the_old_config_when_broken() {
     let dir = tempdir();
@@ -34,17 +48,7 @@ async fn sighup_adds_a_portal_rotates_the_read_token_and_keeps_the_old_config_wh
     let notify = Notifications::bind(notify_dir.path());
     let config = dir.path().join("config.toml");
     write_config(&config, TOKEN_A, "log_level = \"info\"", &[P1]);
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = serve_args("127.0.0.1:0", dir.path(), &config);
     let mut s = TestServer::spawn(args, &[("NOTIFY_SOCKET", notify.path())]);
     notify.wait_for("READY=1", WAIT);
 
@@ -135,17 +139,7 @@ async fn sighup_refuses_to_drop_the_read_token_on_a_public_address() {
     let config = dir.path().join("config.toml");
     // P3: P1's token is the docs' public sample, refused beyond loopback.
     write_config(&config, TOKEN_A, "", &[P3]);
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "0.0.0.0:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = serve_args("0.0.0.0:0", dir.path(), &config);
     let s = TestServer::spawn(args, &[]);
     std::fs::write(
         &config,

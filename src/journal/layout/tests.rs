@@ -7,6 +7,7 @@ use super::runs::{RunsUpdate, FANOUT};
 use super::*;
 use crate::journal::entities::{EntityIndex, PortalRuns};
 use crate::journal::record::{Interned, StoredData};
+use crate::journal::store::tests::copy_dir;
 use crate::journal::store::Store;
 use crate::types::MemberId;
 
@@ -101,19 +102,6 @@ fn runs_merge_into_few_and_hold_every_sealed_entity_event_once() {
         .candidates(store.reader(), 0, "5", 1_700_000_000 + 16, tag, 1)
         .unwrap();
     assert_eq!(candidates, vec![16]);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The writes that seal the next block of `portal` (whose events are

@@ -52,4 +52,4 @@ pub use scan::SeqScan;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,7 +10,9 @@ use super::keys::{seq_key, BLOCK};
 use super::log::{self, RedoLog, Segments, Tier};
 use super::{Store, StoreError, WriteBatch};
 
-pub(super) fn copy_dir(from: &Path, to: &Path) {
+/// Copies the directory tree `from` to `to` (a crash image of a live store;
+/// the layout tests use it too).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
