@@ -171,7 +171,11 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                     report.problem(format!("summary of a portal without a record: {ix}"));
                 }
             }
-            KeyKind::Portal(_) | KeyKind::Registration | KeyKind::Health | KeyKind::Lsn => {}
+            KeyKind::Portal(_)
+            | KeyKind::Registration
+            | KeyKind::Health
+            | KeyKind::Lsn
+            | KeyKind::StreamSeq => {}
             KeyKind::Unknown => report.problem("a key of unknown kind".into()),
         }
     }

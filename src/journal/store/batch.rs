@@ -28,7 +28,7 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
-    fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
         self.writes.insert(key, Some(value.into()));
         self.len += 1;
     }

@@ -16,6 +16,7 @@
 //! | `R`    | member id bytes                           | registration          | engine |
 //! | `H`    | (none)                                    | last health probe, ms | engine |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
+//! | `Q`    | (none)                                    | cluster mode: last applied stream sequence, u64 BE (`stream_pos.rs`) | engine |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting. `X` (entity chunks) was version
@@ -43,6 +44,8 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+/// Cluster mode: the last applied stream message (see `stream_pos.rs`).
+pub(super) const STREAM_SEQ: u8 = b'Q';
 
 /// Where the writes of `key` live after the redo log (see `log.rs`): the
 /// unsealed tail's events in memory and the log only, so that sled is
@@ -126,6 +129,8 @@ pub enum KeyKind {
     Health,
     /// The LSN of the last logged batch.
     Lsn,
+    /// Cluster mode: the last applied stream sequence.
+    StreamSeq,
     /// Anything else: corruption.
     Unknown,
 }
@@ -261,6 +266,7 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&REGISTRATION) => Some(KeyKind::Registration),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
+        Some(&STREAM_SEQ) if k.len() == 1 && v.len() == 8 => Some(KeyKind::StreamSeq),
         _ => None,
     };
     parsed.unwrap_or(KeyKind::Unknown)

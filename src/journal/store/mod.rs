@@ -12,6 +12,7 @@
 //! - `memtable.rs`: the writes kept in memory and the log instead of sled
 //!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
+//! - `stream_pos.rs`: cluster mode's last applied stream sequence;
 //! - [`codec`]: how events are packed into blocks and the entity index
 //!   into postings runs (pure bytes).
 //!
@@ -39,6 +40,7 @@ mod log;
 mod memtable;
 mod reader;
 mod scan;
+mod stream_pos;
 
 pub use batch::WriteBatch;
 pub use engine::{engine_config, Store, SNAPSHOT_AFTER_LOGGED};

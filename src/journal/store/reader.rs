@@ -92,7 +92,7 @@ impl Reader {
     }
 
     /// The current tree (a cheap handle).
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
+    pub(super) fn tree(&self) -> Result<sled::Tree, StoreError> {
         self.shared
             .read()
             .unwrap_or_else(|p| p.into_inner())
