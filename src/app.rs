@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::Cluster;
 use crate::journal::{JournalHandle, RetentionPolicy};
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
@@ -60,6 +61,9 @@ pub struct App {
     pub backup_dir: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed, for the logs.
     pub trusted_proxies: Vec<IpNet>,
+    /// Cluster mode: this node's part (`None`: embedded mode, the default).
+    /// Every state change then goes through the stream.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {

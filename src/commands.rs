@@ -11,7 +11,10 @@ use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
-use crate::cli::{BackupArgs, Cli, Command, PortalsAction, PortalsArgs};
+use crate::cli::{
+    BackupArgs, Cli, ClusterAction, ClusterCmdArgs, Command, PortalsAction, PortalsArgs,
+};
+use crate::cluster::{ops, ClusterConfig};
 use crate::journal::maintain::{self, MaintainError};
 use crate::journal::registration::{Registration, Source, Status};
 use crate::journal::store::StoreError;
@@ -100,6 +103,9 @@ pub enum CommandError {
         /// What to do instead.
         advice: &'static str,
     },
+    /// A `cluster` operation failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// `portals remove` named a portal without a registration.
     #[error("{member_id} has no registration in {}", data_dir.display())]
     NotRegistered {
@@ -143,7 +149,40 @@ pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
             let data_dir = args.data_dir.clone();
             blocking(move || portals(args).map_err(in_use(&data_dir, STOP_ADVICE))).await?;
         }
+        Command::Cluster(args) => {
+            init_logging();
+            cluster(args).await?;
+        }
     }
+    Ok(())
+}
+
+/// `cluster init` and `cluster status`: prints the result as JSON.
+async fn cluster(args: ClusterCmdArgs) -> Result<(), CommandError> {
+    let config = ClusterConfig::resolve(&args.cluster, None)
+        .map_err(|e| CommandError::Cluster(e.to_string()))?
+        .ok_or_else(|| {
+            CommandError::Cluster("name the NATS servers with --cluster (or B24J_CLUSTER)".into())
+        })?;
+    let result = match args.action {
+        ClusterAction::Init {
+            replicas,
+            max_age_days,
+            max_bytes,
+            duplicate_window_secs,
+        } => {
+            let limits = ops::StreamLimits {
+                replicas,
+                max_age: std::time::Duration::from_secs(max_age_days.saturating_mul(86_400)),
+                max_bytes,
+                duplicate_window: std::time::Duration::from_secs(duplicate_window_secs),
+            };
+            ops::init(&config, limits).await
+        }
+        ClusterAction::Status => ops::status(&config).await,
+    }
+    .map_err(|e| CommandError::Cluster(e.to_string()))?;
+    println!("{result}");
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! module lays them over the file and the defaults and checks the result.
 //! It is the outermost layer: only `commands` and `server` depend on it.
 
+use crate::cluster::{ClusterConfig, ClusterFile};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,7 @@ struct FileSettings {
     backup_dir: Option<PathBuf>,
     #[serde(default)]
     portals: BTreeMap<String, String>,
+    cluster: Option<ClusterFile>,
 }
 
 /// Settings, resolved and checked.
@@ -109,6 +111,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The log filter (`info`, `debug`, `b24_journal=trace`, …).
     pub log_filter: String,
+    /// Cluster mode (`None`: embedded, the default).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A setting that cannot be used.
@@ -179,6 +183,13 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let cluster =
+            ClusterConfig::resolve(&args.cluster, file.cluster.as_ref()).map_err(|e| {
+                SettingsError::Invalid {
+                    setting: e.setting,
+                    why: e.why,
+                }
+            })?;
         let listen_raw = args
             .listen
             .or(file.listen)
@@ -343,6 +354,7 @@ impl Settings {
             backup_dir,
             warnings: tokens.warnings,
             log_filter,
+            cluster,
         })
     }
 }

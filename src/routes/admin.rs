@@ -141,7 +141,11 @@ async fn erase(app: Arc<App>, key: &str, auth: Bearer) -> Result<Response, ApiEr
         .journal
         .with_directory(|d| d.resolve(key).map(|p| p.member_id.clone()))
         .ok_or_else(unknown)?;
-    match app.journal.erase(&member).await {
+    let erased = match &app.cluster {
+        Some(cluster) => cluster.erase(&member).await,
+        None => app.journal.erase(&member).await.map_err(|e| e.to_string()),
+    };
+    match erased {
         Ok(Some(events)) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "status": "erased", "member_id": member, "events": events }),

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::app::App;
+use crate::cluster::Cluster;
 use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
 use crate::routes::routes;
 use crate::settings::{check_exposure, Settings, SettingsError};
@@ -48,6 +49,9 @@ pub enum RunError {
     /// The socket's address needs a setting that is missing.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// Cluster mode could not start.
+    #[error(transparent)]
+    Cluster(crate::cluster::StartError),
 }
 
 /// Runs the service until SIGTERM or SIGINT: on the socket inherited
@@ -101,6 +105,14 @@ async fn serve_with(
     })?;
     check_exposure(addr, &settings)?;
     let journal = open_journal(&settings).await?;
+    let cluster = match &settings.cluster {
+        Some(config) => Some(
+            Cluster::start(config.clone(), journal.handle())
+                .await
+                .map_err(RunError::Cluster)?,
+        ),
+        None => None,
+    };
     if settings.portals.is_empty() {
         tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
     }
@@ -123,6 +135,7 @@ async fn serve_with(
         backups: Default::default(),
         backup_dir: settings.backup_dir.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
+        cluster,
     });
     tracing::info!(
         data_dir = %settings.data_dir.display(),
@@ -160,6 +173,11 @@ async fn serve_with(
         task.abort();
     }
     join_backups(&app).await;
+    // The applier stops before the journal closes; what it had queued is
+    // committed with its stream position, and the next start resumes there.
+    if let Some(cluster) = &app.cluster {
+        cluster.stop();
+    }
     drop(app);
     tracing::info!("stopping: committing and flushing the journal");
     tokio::task::spawn_blocking(move || journal.shutdown())
@@ -226,7 +244,10 @@ async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
             announced = Some(policy);
         }
         if policy.is_on() {
-            retain_pass(&app.journal, policy).await;
+            match &app.cluster {
+                Some(cluster) => cluster_retain_pass(cluster, policy).await,
+                None => retain_pass(&app.journal, policy).await,
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(policy.every) => {}
@@ -239,6 +260,22 @@ async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
 async fn retain_pass(journal: &JournalHandle, policy: crate::journal::RetentionPolicy) {
     loop {
         match journal.retain(policy, RETAIN_STEP).await {
+            Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "retention step failed");
+                break;
+            }
+        }
+    }
+}
+
+/// One retention pass in cluster mode: each step is a command in the
+/// stream, applied by every node with this node's clock as its reference,
+/// so that all journals delete the same events.
+async fn cluster_retain_pass(cluster: &Cluster, policy: crate::journal::RetentionPolicy) {
+    loop {
+        match cluster.retain(policy, RETAIN_STEP).await {
             Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
             Ok(_) => break,
             Err(e) => {
