@@ -132,7 +132,7 @@ async fn three_nodes_build_the_same_journal() {
             "first post answered {v}"
         );
         stored.push(v["id"].as_str().unwrap().to_owned());
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             // The same event again, through the next node: a duplicate
             // (caught by the stream's window or by the journal's dedup).
             let r = nodes[((n + 1) % 3) as usize].post_form(&ev.form()).await;
