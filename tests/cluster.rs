@@ -42,6 +42,8 @@ fn node_args(dir: &Path, nats: &NatsCluster, i: usize) -> Vec<String> {
             "*.bitrix24.com",
             "--admin-token",
             ADMIN,
+            "--backup-dir",
+            dir.parent().unwrap().join("backups").to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -110,6 +112,7 @@ async fn converged(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_build_the_same_journal() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("backups")).unwrap();
     let nats = NatsCluster::start(dir.path());
     let init = nats.init_stream(&["--replicas", "3", "--max-age-days", "1"]);
     assert_eq!(init["status"], "ok", "{init}");
@@ -194,6 +197,35 @@ async fn three_nodes_build_the_same_journal() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // A new node bootstraps from a peer's backup (which records its stream
+    // position) and replays the rest, including what came after the copy.
+    let r = nodes[0]
+        .send(
+            reqwest::Client::new()
+                .post(nodes[0].url("/v1/admin/backup"))
+                .bearer_auth(ADMIN)
+                .body(r#"{"to":"boot"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "backup: {}", r.text);
+    let backup = r.json();
+    assert!(backup["stream_seq"].as_u64().unwrap() > 0, "{backup}");
+    for n in 100..110u64 {
+        let ev = EventSpec::new(P2, "ONCRMACTIVITYADD", Some(&format!("{n}")), T + n);
+        let r = nodes[(n % 3) as usize].post_form(&ev.form()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let boot_dir = backup["path"].as_str().unwrap().to_owned();
+    let mut nodes = nodes;
+    nodes.push(TestServer::spawn(
+        node_args(Path::new(&boot_dir), &nats, 3),
+        &[],
+    ));
+    let clients: Vec<&Client> = nodes.iter().map(|n| &**n).collect();
+    let journal = converged(&clients, &[P1.member, P2.member], Duration::from_secs(30)).await;
+    assert_eq!(journal[P1.member].len(), 30);
+    assert_eq!(journal[P2.member].len(), 10);
+
     // Health: caught up.
     for n in &nodes {
         let r = n.get("/healthz", &[]).await;

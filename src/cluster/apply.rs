@@ -56,6 +56,10 @@ pub struct Applied {
     seq: watch::Sender<u64>,
     /// Recent outcomes by stream sequence.
     outcomes: Mutex<BTreeMap<u64, Outcome>>,
+    /// Held (shared) by every message from its submission to its answer;
+    /// [`Applied::pause`] takes it exclusively, so that the journal holds
+    /// still at one stream position (a backup for a new node).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Applied {
@@ -65,7 +69,16 @@ impl Applied {
         Arc::new(Applied {
             seq: watch::channel(seq).0,
             outcomes: Mutex::default(),
+            gate: Arc::default(),
         })
+    }
+
+    /// Stops applying once the messages already handed to the writer are
+    /// answered, until the guard is dropped: the journal then changes no
+    /// more (in cluster mode every change comes through the applier), and
+    /// its recorded stream position matches its contents exactly.
+    pub async fn pause(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
     }
 
     /// The last stream sequence durably applied.
@@ -166,7 +179,13 @@ async fn apply_from_position(
                     .info()
                     .map_err(|e| format!("message without stream info: {e}"))?
                     .stream_sequence;
-                answers.push_back(submit(journal, seq, &message.payload).await?);
+                let held = applied.gate.clone().read_owned().await;
+                let answer = submit(journal, seq, &message.payload).await?;
+                answers.push_back(Box::pin(async move {
+                    let answered = answer.await;
+                    drop(held);
+                    answered
+                }));
             }
             Some((seq, result)) = answers.next() => match result {
                 Ok(outcome) => applied.record(seq, outcome),
