@@ -69,7 +69,7 @@ CONF
 done
 urls="nats://127.0.0.1:${clients[0]},nats://127.0.0.1:${clients[1]},nats://127.0.0.1:${clients[2]}"
 for _ in $(seq 1 120); do
-  $bin cluster --cluster "$urls" init --max-age-days 1 >/dev/null 2>&1 && break
+  $bin cluster --cluster "$urls" init --max-age-days 1 --max-bytes 1073741824 >/dev/null 2>&1 && break
   sleep 0.5
 done
 

@@ -241,3 +241,39 @@ async fn three_nodes_build_the_same_journal() {
     drop(nodes);
     drop(nats);
 }
+
+/// Retention passes are commands in the stream: every node deletes the
+/// same events (per-portal limit here), and the journals stay identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_runs_through_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("backups")).unwrap();
+    let nats = NatsCluster::start(dir.path());
+    nats.init_stream(&["--replicas", "3", "--max-age-days", "1"]);
+    let nodes: Vec<TestServer> = (0..3)
+        .map(|i| {
+            let mut args = node_args(&dir.path().join(format!("j{i}")), &nats, i);
+            // Only node 0 runs retention: the others apply its steps.
+            if i == 0 {
+                args.extend(["--retain-per-portal", "5", "--retain-every", "1"].map(String::from));
+            }
+            TestServer::spawn(args, &[])
+        })
+        .collect();
+    for n in 0..12u64 {
+        let ev = EventSpec::new(P1, "ONCRMACTIVITYADD", Some(&format!("{n}")), T + n);
+        let r = nodes[(n % 3) as usize].post_form(&ev.form()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let clients: Vec<&Client> = nodes.iter().map(|n| &**n).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let journal = converged(&clients, &[P1.member], Duration::from_secs(30)).await;
+        let seqs: Vec<u64> = journal[P1.member].iter().map(|e| e.1).collect();
+        if seqs == (8..=12).collect::<Vec<_>>() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention did not run: {seqs:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -178,6 +178,10 @@ impl NatsCluster {
                 "--cluster".into(),
                 self.urls(),
                 "init".into(),
+                // Small: JetStream refuses a stream whose limit exceeds
+                // the free disk space it may use (75% of what is free).
+                "--max-bytes".into(),
+                "268435456".into(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             let (status, out) = run_to_exit(&args, &[], Duration::from_secs(30));
