@@ -25,7 +25,7 @@ use common::*;
 use serde_json::Value;
 
 const CLIENTS: usize = 16;
-const LOAD: Duration = Duration::from_secs(30);
+const LOAD: Duration = Duration::from_secs(32);
 const T: u64 = 1_730_000_000;
 
 fn node_args(dir: &Path, port: u16, nats: &NatsCluster, i: usize) -> Vec<String> {
@@ -41,7 +41,7 @@ fn node_args(dir: &Path, port: u16, nats: &NatsCluster, i: usize) -> Vec<String>
             // Shorter than the default 10 s, so that requests made while
             // quorum is lost are refused within the drill's few seconds.
             "--publish-deadline-ms",
-            "3000",
+            "2000",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -257,7 +257,7 @@ async fn failure_drill() {
     eprintln!("drill: SIGSTOP {}", nats.nodes[second].name);
     nats.nodes[second].signal(SIGSTOP);
     let quorum_lost = Instant::now();
-    at(23).await;
+    at(25).await;
     nats.nodes[second].signal(SIGCONT);
     let quorum_back = Instant::now();
     eprintln!("drill: SIGCONT; restarting {}", nats.nodes[leader].name);
@@ -345,9 +345,16 @@ async fn failure_drill() {
             .filter(|p| p.status == 200)
             .collect::<Vec<_>>()
     );
+    let in_window: Vec<(u16, Duration)> = posts
+        .iter()
+        .filter(|p| p.finished > quorum_lost && p.started < quorum_back)
+        .map(|p| (p.status, p.finished - p.started))
+        .collect();
     assert!(
         during.iter().any(|p| p.status == 503),
-        "no request was refused while quorum was lost: the drill did not take effect"
+        "no request was refused while quorum was lost: the drill did not take effect; \
+         requests overlapping the loss (status, time): {in_window:?}\n{}",
+        nats.logs()
     );
 
     // SSE: follow node 0, then resume at node 1 with Last-Event-ID.
