@@ -53,9 +53,12 @@ fn node_args(dir: &Path, nats: &NatsCluster, i: usize) -> Vec<String> {
 
 const ADMIN: &str = "adm-7Hq2Lw9Xc4Vb8Nm3Kp6Z";
 
-/// Every node's journal as (portal → [(id, seq, duplicates)]), read
+/// Every node's journal as (portal → [(id, seq, duplicates, cursor)]), read
 /// through the API.
-async fn journal_of(c: &Client, portals: &[&str]) -> BTreeMap<String, Vec<(String, u64, u64)>> {
+async fn journal_of(
+    c: &Client,
+    portals: &[&str],
+) -> BTreeMap<String, Vec<(String, u64, u64, String)>> {
     let mut out = BTreeMap::new();
     for p in portals {
         let r = c
@@ -65,7 +68,7 @@ async fn journal_of(c: &Client, portals: &[&str]) -> BTreeMap<String, Vec<(Strin
             out.insert(p.to_string(), Vec::new());
             continue;
         }
-        let mut events: Vec<(String, u64, u64)> = c
+        let mut events: Vec<(String, u64, u64, String)> = c
             .all_events(p)
             .await
             .iter()
@@ -74,6 +77,12 @@ async fn journal_of(c: &Client, portals: &[&str]) -> BTreeMap<String, Vec<(Strin
                     e["id"].as_str().unwrap().to_owned(),
                     e["seq"].as_u64().unwrap(),
                     e["duplicates"].as_u64().unwrap_or(0),
+                    // Cursors name the portal by its number on the node:
+                    // equal only if every node numbered portals alike.
+                    e["cursor"]
+                        .as_str()
+                        .expect("every event has a cursor")
+                        .to_owned(),
                 )
             })
             .collect();
@@ -88,7 +97,7 @@ async fn converged(
     nodes: &[&Client],
     portals: &[&str],
     timeout: Duration,
-) -> BTreeMap<String, Vec<(String, u64, u64)>> {
+) -> BTreeMap<String, Vec<(String, u64, u64, String)>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut journals = Vec::new();
