@@ -185,6 +185,12 @@ async fn three_nodes_build_the_same_journal() {
     bad.token = Some("not-the-token-000000".into());
     let r = nodes[2].post_form(&bad.form()).await;
     r.assert_error(401, "auth[application_token]", "wrong token");
+    // The same install with another token, at another node, within the
+    // stream's duplicate window: a takeover, refused, not a repeat.
+    let mut takeover = install.clone();
+    takeover.token = Some("takeover-token-99887766".into());
+    let r = nodes[2].post_form(&takeover.form()).await;
+    assert_eq!(r.status, 409, "takeover install: {}", r.text);
 
     // Erasure goes through the stream: gone on every node.
     let r = nodes[2]

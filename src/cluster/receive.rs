@@ -18,7 +18,7 @@ use super::node::Cluster;
 use crate::decode::{self, BodyKind};
 use crate::ingest::IngestError;
 use crate::journal::dedup::key::dedup_key;
-use crate::journal::{AppendOutcome, JournalHandle};
+use crate::journal::{AppendOutcome, JournalHandle, Lifecycle};
 use crate::types::{EventName, MemberId};
 use crate::verify::{Verifier, VerifyError};
 
@@ -79,7 +79,14 @@ pub async fn receive(
         new.data.as_ref(),
         new.ts,
     );
-    let msg_id = format!("{}.{}", member_id.as_str(), hex(&dedup));
+    let mut msg_id = format!("{}.{}", member_id.as_str(), hex(&dedup));
+    if let Lifecycle::Install { token, .. } = &new.lifecycle {
+        // An install with another token is a different message: it must
+        // reach the journal to be refused (409) as a takeover, not be
+        // answered as a repeat of the legitimate install.
+        msg_id.push('.');
+        msg_id.push_str(&hex(&token.0[..8]));
+    }
     let id = Uuid::now_v7();
     let command = Command::event(new, id);
     let acked = cluster
