@@ -20,8 +20,11 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
+use crate::access::ReadTokens;
 use crate::cluster::Cluster;
 use crate::journal::{JournalHandle, RetentionPolicy};
+use crate::offline::Offline;
+use crate::tickets::TicketKey;
 use crate::types::TokenDigest;
 use crate::verify::Verifier;
 
@@ -30,8 +33,11 @@ use crate::verify::Verifier;
 pub struct Live {
     /// Trusted portals and the install allowlist.
     pub verifier: Verifier,
-    /// Digest of the read API's bearer token.
-    pub read_token: Option<TokenDigest>,
+    /// The read API's tokens: the one that opens every portal and the
+    /// scoped ones.
+    pub read: ReadTokens,
+    /// Origins whose pages may call the read API (CORS).
+    pub cors_origins: Arc<[String]>,
     /// Digest of the admin API's bearer token.
     pub admin_token: Option<TokenDigest>,
     /// What the background retention deletes.
@@ -64,6 +70,12 @@ pub struct App {
     /// Cluster mode: this node's part (`None`: embedded mode, the default).
     /// Every state change then goes through the stream.
     pub cluster: Option<Arc<Cluster>>,
+    /// The offline-event puller (`None`: pulling is off).
+    pub offline: Option<Arc<Offline>>,
+    /// Signs and checks stream tickets.
+    pub tickets: TicketKey,
+    /// Whether `/console` is served.
+    pub console: bool,
 }
 
 impl App {

@@ -42,10 +42,57 @@ pub enum Command {
     /// it until you delete them).
     Migrate(DataDirArgs),
     /// List, add or remove portal tokens kept in a stopped data directory
-    /// (as SHA-256 digests).
+    /// (as SHA-256 digests); `list` also shows offline pulling state.
     Portals(PortalsArgs),
     /// Cluster mode's operations: create the stream, show its state.
     Cluster(ClusterCmdArgs),
+    /// Create a new secrets key file (mode 0600) for `--secrets-key-file`:
+    /// the key that seals the refresh tokens offline pulling keeps.
+    Keygen(KeygenArgs),
+    /// List, add or remove scoped read tokens (`[[read_tokens]]`) in a
+    /// config file; the running service applies them on a reload.
+    ReadTokens(ReadTokensArgs),
+}
+
+/// Options of `keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// The file to create (never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+}
+
+/// Options of `read-tokens`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadTokensArgs {
+    /// The config file to read or edit (its comments are kept).
+    #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ReadTokensAction,
+}
+
+/// `read-tokens` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReadTokensAction {
+    /// List the scoped read tokens: name, how the token is stored, portals.
+    List,
+    /// Make a new random token for these portals, print it once, and store
+    /// its SHA-256 in the file.
+    Add {
+        /// The token's name (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// A portal it opens, by member id or domain; repeatable or
+        /// comma-separated.
+        #[arg(long = "portal", value_name = "MEMBER_ID_OR_DOMAIN", required = true)]
+        portals: Vec<String>,
+    },
+    /// Remove a token by name.
+    Remove {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Options of `backup`.
@@ -133,8 +180,10 @@ pub struct ServeArgs {
     /// `body_timeout`,
     /// `install_domains`, `max_streams`, `retain_days`, `retain_per_portal`,
     /// `retain_every`, `log_format`, `log_level`, `trusted_proxies`,
-    /// `backup_dir`, and a `[portals]` table of
-    /// member_id = "application_token"). See config.example.toml.
+    /// `backup_dir`, `cors_origins`, `console`, `[app]` and `[offline]` for
+    /// offline events, a `[portals]` table of member_id =
+    /// "application_token", and `[[read_tokens]]` entries of scoped read
+    /// tokens). See config.example.toml.
     #[arg(long, env = "B24J_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -243,10 +292,81 @@ pub struct ServeArgs {
     #[arg(long, env = "B24J_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
 
+    /// Origins whose web pages may call the read API from a browser
+    /// (CORS), comma-separated, e.g. `https://dash.example.com`; `*` is
+    /// refused. Changes on a reload [default: none].
+    #[arg(
+        long,
+        env = "B24J_CORS_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Do not serve the built-in console at /console [default: served].
+    #[arg(long, env = "B24J_NO_CONSOLE")]
+    pub no_console: bool,
+
     /// Log level or filter (`info`, `debug`, `b24_journal=trace,warn`, …)
     /// [default: RUST_LOG, else info]. Changes on a reload.
     #[arg(long, env = "B24J_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Offline events: pull every installed portal's offline queue with
+    /// this policy, `pull` (events bound offline only) or `reconcile`
+    /// (bound online and offline; the queue is the backstop), or `off`
+    /// [default: off]. Needs the application's credentials and a secrets
+    /// key. The client secret comes from B24J_APP_CLIENT_SECRET or
+    /// --client-secret-file, never from the command line.
+    #[arg(long, env = "B24J_OFFLINE", value_name = "POLICY")]
+    pub offline: Option<String>,
+
+    /// A portal's own offline policy (`MEMBER_ID=pull|reconcile|off`);
+    /// repeatable.
+    #[arg(
+        long = "offline-portal",
+        env = "B24J_OFFLINE_PORTALS",
+        value_name = "MEMBER_ID=POLICY",
+        value_delimiter = ','
+    )]
+    pub offline_portals: Vec<String>,
+
+    /// The OAuth application's client_id (offline pulling).
+    #[arg(long, env = "B24J_APP_CLIENT_ID", value_name = "ID")]
+    pub app_client_id: Option<String>,
+
+    /// A file holding the application's client_secret (offline pulling).
+    #[arg(long, env = "B24J_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// The OAuth server [default: https://oauth.bitrix.info].
+    #[arg(long, env = "B24J_OAUTH_SERVER", value_name = "URL")]
+    pub oauth_server: Option<String>,
+
+    /// The key that seals refresh tokens at rest (mode 0600; create it
+    /// with `b24-journal keygen --to FILE`).
+    #[arg(long, env = "B24J_SECRETS_KEY_FILE", value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// Seconds between polls of each portal's offline queue; an
+    /// ONOFFLINEEVENT pulls at once [default: 30].
+    #[arg(long, env = "B24J_OFFLINE_POLL", value_name = "SECS")]
+    pub offline_poll: Option<u64>,
+
+    /// Reconcile policy: seconds within which a pushed event of the same
+    /// name and entity stands for an offline record [default: 5].
+    #[arg(long, env = "B24J_RECONCILE_WINDOW", value_name = "SECS")]
+    pub reconcile_window: Option<u64>,
+
+    /// Time limit of each call to a portal or the OAuth server [default: 15].
+    #[arg(long, env = "B24J_OFFLINE_TIMEOUT", value_name = "SECS")]
+    pub offline_timeout: Option<u64>,
+
+    /// TEST ONLY: accept plain-http REST and OAuth endpoints on loopback
+    /// addresses (the fake portal of the tests and the demo). Never in
+    /// production: tokens would travel unencrypted.
+    #[arg(long, env = "B24J_OFFLINE_ALLOW_HTTP_LOOPBACK")]
+    pub offline_allow_http_loopback: bool,
 
     /// Cluster mode (NATS JetStream); off by default.
     #[command(flatten)]

@@ -1,6 +1,11 @@
 //! The subcommands' bodies: `serve` (hands over to the server), `backup`
 //! (asks the running service over HTTP), and `verify`, `migrate` and
-//! `portals` (work on a stopped data directory).
+//! `portals` (work on a stopped data directory), and `read-tokens` (edits
+//! a config file, in its own file).
+
+mod read_tokens;
+
+pub use read_tokens::{read_tokens, ReadTokensError};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -95,6 +100,9 @@ pub enum CommandError {
     /// The token could not be read from standard input.
     #[error("reading the token: {0}")]
     TokenStdin(#[source] std::io::Error),
+    /// `read-tokens` failed.
+    #[error(transparent)]
+    ReadTokens(#[from] ReadTokensError),
     /// A command that needs a stopped data directory met a running service.
     #[error("{} is in use by a running b24-journal; {advice}", data_dir.display())]
     InUse {
@@ -106,6 +114,9 @@ pub enum CommandError {
     /// A `cluster` operation failed.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The secrets key file could not be created.
+    #[error(transparent)]
+    Key(#[from] crate::offline::secrets::KeyError),
     /// `portals remove` named a portal without a registration.
     #[error("{member_id} has no registration in {}", data_dir.display())]
     NotRegistered {
@@ -144,10 +155,20 @@ pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
             blocking(move || migrate(&args.data_dir).map_err(in_use(&args.data_dir, STOP_ADVICE)))
                 .await?;
         }
+        Command::Keygen(args) => {
+            crate::offline::secrets::SecretsKey::generate(&args.to).map_err(CommandError::Key)?;
+            println!(
+                "created {} (mode 0600): pass it as --secrets-key-file; keep it outside the data directory and back it up apart from it",
+                args.to.display()
+            );
+        }
         Command::Portals(args) => {
             init_logging();
             let data_dir = args.data_dir.clone();
             blocking(move || portals(args).map_err(in_use(&data_dir, STOP_ADVICE))).await?;
+        }
+        Command::ReadTokens(args) => {
+            read_tokens(args, &mut std::io::stdout().lock()).map_err(CommandError::from)?;
         }
         Command::Cluster(args) => {
             init_logging();
@@ -322,6 +343,23 @@ pub fn portals(args: PortalsArgs) -> Result<(), CommandError> {
                         Source::Install => "install",
                         Source::Operator => "operator",
                     }
+                );
+            }
+            for s in maintain::list_pull_states(&args.data_dir)? {
+                // Never the token: it is sealed, and not opened here.
+                let status = crate::offline::PullStatus::of(&s, "-", false);
+                println!(
+                    "{}\t{}\toffline\ttoken={}\tclear={}\tpulled={}\trecovered={}\treconciled={}\tduplicates={}\tlast_pull={}\tlast_error={}",
+                    s.member_id,
+                    s.domain,
+                    status.token,
+                    status.clear_mode,
+                    status.pulled,
+                    status.recovered,
+                    status.reconciled,
+                    status.duplicates,
+                    status.last_pull.as_deref().unwrap_or("never"),
+                    status.last_error.as_deref().unwrap_or("none"),
                 );
             }
         }

@@ -10,7 +10,8 @@
 use serde_json::{Map, Value};
 
 use crate::journal::record::PortalProfile;
-use crate::journal::{Lifecycle, NewEvent};
+use crate::journal::{Lifecycle, NewEvent, Origin};
+pub use crate::types::Grant;
 use crate::types::{Domain, EntityId, EventName, Invalid, MemberId, Secret, Ts};
 
 /// Deepest nesting accepted (`a[b][c]…` or JSON objects/arrays). Real events
@@ -89,6 +90,10 @@ pub struct IncomingEvent {
     /// Non-secret `auth` fields other than member_id, domain and endpoints
     /// (scope, status, user_id, expires, …).
     pub auth_rest: Map<String, Value>,
+    /// ONAPPINSTALL's OAuth tokens, kept apart (redacted in `Debug`) for
+    /// offline-event pulling, which seals the refresh token at rest; never
+    /// journaled. `None` for every other event.
+    pub grant: Option<Grant>,
 }
 
 impl IncomingEvent {
@@ -107,6 +112,7 @@ impl IncomingEvent {
             auth_rest: self.auth_rest,
             lifecycle,
             id: None,
+            origin: Origin::Push,
         }
     }
 }
@@ -497,6 +503,16 @@ pub fn from_tree(mut tree: Map<String, Value>) -> Result<IncomingEvent, DecodeEr
         ));
     }
     let application_token = Secret::new(token);
+    let grant = match (event.as_str(), auth.get("refresh_token")) {
+        ("ONAPPINSTALL", Some(Value::String(refresh))) if !refresh.is_empty() => Some(Grant {
+            refresh_token: Secret::new(refresh.clone()),
+            access_token: match auth.get("access_token") {
+                Some(Value::String(a)) if !a.is_empty() => Some(Secret::new(a.clone())),
+                _ => None,
+            },
+        }),
+        _ => None,
+    };
     let client_endpoint = optional_string(&auth, "client_endpoint", "auth[client_endpoint]")?;
     let server_endpoint = optional_string(&auth, "server_endpoint", "auth[server_endpoint]")?;
     auth.retain(|k, _| {
@@ -532,6 +548,7 @@ pub fn from_tree(mut tree: Map<String, Value>) -> Result<IncomingEvent, DecodeEr
         entity_id,
         data,
         auth_rest: auth,
+        grant,
     })
 }
 
@@ -561,7 +578,7 @@ fn optional_string(
 }
 
 /// `data[FIELDS][ID]`, else `data[FIELDS_AFTER][ID]`; a string or a number.
-fn entity_id(data: Option<&Value>) -> Result<Option<EntityId>, DecodeError> {
+pub fn entity_id(data: Option<&Value>) -> Result<Option<EntityId>, DecodeError> {
     for (section, field) in [
         ("FIELDS", "data[FIELDS][ID]"),
         ("FIELDS_AFTER", "data[FIELDS_AFTER][ID]"),

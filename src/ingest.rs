@@ -6,7 +6,8 @@
 //! [`IngestError`] into a status. A refused event never reaches the writer,
 //! so it changes nothing.
 
-use crate::decode::{self, BodyKind, DecodeError};
+use crate::decode::{self, BodyKind, DecodeError, Grant};
+use crate::journal::record::PortalProfile;
 use crate::journal::{AppendError, AppendOutcome, JournalHandle};
 use crate::types::{EventName, MemberId};
 use crate::verify::{Verifier, VerifyError};
@@ -20,6 +21,9 @@ pub struct Ingested {
     pub event: EventName,
     /// Stored anew, or recognised as a duplicate.
     pub outcome: AppendOutcome,
+    /// An ONAPPINSTALL's OAuth grant and the install's profile (domain,
+    /// `client_endpoint`), for offline pulling; never journaled.
+    pub grant: Option<(Grant, PortalProfile)>,
 }
 
 /// Why an event was not acknowledged.
@@ -65,7 +69,8 @@ pub async fn ingest(
     kind: BodyKind,
     body: &[u8],
 ) -> Result<Ingested, IngestError> {
-    let event = decode::decode(kind, body)?;
+    let mut event = decode::decode(kind, body)?;
+    let grant = event.grant.take();
     let lifecycle = journal
         .with_directory(|dir| verifier.check(&event, dir))
         .map_err(|reason| IngestError::Refused {
@@ -74,11 +79,13 @@ pub async fn ingest(
         })?;
     let member_id = event.member_id.clone();
     let name = event.event.clone();
+    let grant = grant.map(|g| (g, event.profile.clone()));
     match journal.append(event.into_new_event(lifecycle)).await {
         Ok(outcome) => Ok(Ingested {
             member_id,
             event: name,
             outcome,
+            grant,
         }),
         Err(source) => Err(IngestError::NotStored { member_id, source }),
     }

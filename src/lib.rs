@@ -45,10 +45,19 @@ pub mod journal;
 // The read API's parameters, pages, cursors and JSON rendering.
 pub mod query;
 
+// Offline events: pull what Bitrix24 queued (sealed grant, REST, puller).
+pub mod offline;
+
 // Shared by the steps above.
 
 // The state the routes share.
 pub mod app;
+
+// Who may read which portals: the read API's tokens.
+pub mod access;
+
+// Signed, short-lived tickets that open one stream from a browser.
+pub mod tickets;
 
 // `ApiError` and JSON replies.
 pub mod http;

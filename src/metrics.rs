@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric of the service.
@@ -37,6 +37,19 @@ pub struct Metrics {
     pub disk_bytes: IntGauge,
     /// Portals in the journal (sampled at scrape).
     pub portals: IntGauge,
+    /// Offline records pulled, by outcome (recovered, reconciled,
+    /// duplicate, unreadable).
+    pub offline_records: IntCounterVec,
+    /// Failed pull cycles and calls, by kind.
+    pub offline_errors: IntCounterVec,
+    /// Access-token refreshes that succeeded.
+    pub offline_refreshes: IntCounter,
+    /// Per pulled portal (sampled at scrape): Unix seconds of its last
+    /// complete pull.
+    pub offline_last_pull: IntGaugeVec,
+    /// Per pulled portal (sampled at scrape): 1 for its token state
+    /// (`ok`, `refreshing`, `revoked`).
+    pub offline_token_state: IntGaugeVec,
 }
 
 /// The metrics of this process.
@@ -83,7 +96,45 @@ impl Metrics {
         registry
             .register(Box::new(rejected.clone()))
             .expect("registered once");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter vec");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge vec");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
         Metrics {
+            offline_records: counter_vec(
+                "b24j_offline_records_total",
+                "Offline records pulled, by outcome",
+                &["outcome"],
+            ),
+            offline_errors: counter_vec(
+                "b24j_offline_errors_total",
+                "Failed offline pulls, by kind",
+                &["kind"],
+            ),
+            offline_refreshes: counter(
+                "b24j_offline_token_refreshes_total",
+                "Access tokens renewed at the OAuth server",
+            ),
+            offline_last_pull: gauge_vec(
+                "b24j_offline_last_pull_timestamp_seconds",
+                "Unix time of the last complete offline pull, per portal",
+                &["member_id"],
+            ),
+            offline_token_state: gauge_vec(
+                "b24j_offline_token_state",
+                "1 for the portal's token state (ok, refreshing, revoked)",
+                &["member_id", "state"],
+            ),
             received: counter("b24j_events_received_total", "Ingest requests received"),
             stored: counter("b24j_events_stored_total", "New events stored durably"),
             duplicates: counter(

@@ -2,7 +2,8 @@
 //!
 //! - [`params`]: the query string, parsed ([`EventsQuery`], [`Cursor`]);
 //! - [`page`]: a page of events and its cursor ([`newest`], [`follow`]);
-//! - [`render`]: one stored event as the API's JSON.
+//! - [`render`]: one stored event as the API's JSON;
+//! - [`stats`]: activity counts per bucket, from the journal's rollups.
 //!
 //! Which stored events match, in which order and within what budget is the
 //! journal's (`journal::read`). Readers only ever see events up to the last
@@ -14,6 +15,7 @@
 pub mod page;
 pub mod params;
 pub mod render;
+pub mod stats;
 
 use std::time::Duration;
 

@@ -15,11 +15,18 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod offline;
+
+pub use offline::{OfflineSettings, CLIENT_SECRET_ENV};
+
+use crate::access::ScopedToken;
 use crate::cli::{ServeArgs, DEFAULT_DATA_DIR};
 use crate::journal::RetentionPolicy;
 use crate::token_policy;
 use crate::types::{MemberId, Secret};
 use crate::verify::DomainPattern;
+
+pub mod dashboards;
 
 /// Default listen address: loopback, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -69,8 +76,17 @@ struct FileSettings {
     trusted_proxies: Vec<String>,
     backup_dir: Option<PathBuf>,
     #[serde(default)]
+    cors_origins: Vec<String>,
+    console: Option<bool>,
+    #[serde(default)]
+    read_tokens: Vec<dashboards::FileReadToken>,
+    #[serde(default)]
     portals: BTreeMap<String, String>,
     cluster: Option<ClusterFile>,
+    #[serde(default)]
+    app: offline::FileApp,
+    #[serde(default)]
+    offline: offline::FileOffline,
 }
 
 /// Settings, resolved and checked.
@@ -113,6 +129,15 @@ pub struct Settings {
     pub log_filter: String,
     /// Cluster mode (`None`: embedded, the default).
     pub cluster: Option<ClusterConfig>,
+    /// Offline-event pulling (off when `None`). Read at start only: a
+    /// reload does not change it.
+    pub offline: Option<OfflineSettings>,
+    /// Named read tokens limited to some portals (`[[read_tokens]]`).
+    pub read_tokens: Vec<ScopedToken>,
+    /// Origins whose pages may call the read API (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Whether `/console` is served.
+    pub console: bool,
 }
 
 /// A setting that cannot be used.
@@ -179,7 +204,7 @@ impl Settings {
     /// Merges flags/env (already merged by clap) over the config file over
     /// defaults, and checks the result.
     pub fn resolve(args: ServeArgs) -> Result<Settings, SettingsError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
@@ -190,6 +215,24 @@ impl Settings {
                     why: e.why,
                 }
             })?;
+        let offline = offline::resolve(
+            &args,
+            std::mem::take(&mut file.app),
+            std::mem::take(&mut file.offline),
+        )
+        .map_err(|e| SettingsError::Invalid {
+            setting: e.setting,
+            why: e.why,
+        })?;
+        if cluster.is_some() && offline.is_some() {
+            // Each node would pull and clear the same queue on its own and
+            // journal the records outside the stream: the journals would
+            // differ. Refused until pulling goes through the stream.
+            return Err(SettingsError::Invalid {
+                setting: "offline",
+                why: "offline pulling does not run in cluster mode yet; use --offline off with --cluster".into(),
+            });
+        }
         let listen_raw = args
             .listen
             .or(file.listen)
@@ -217,8 +260,15 @@ impl Settings {
             "read_token (--read-token, B24J_READ_TOKEN)",
             args.read_token.or(file.read_token),
         )?;
-        check_read_token(listen, read_token.is_some())?;
         let mut tokens = TokenCheck::new(listen);
+        let read_tokens = dashboards::read_tokens(file.read_tokens, &mut tokens)?;
+        check_read_token(listen, read_token.is_some() || !read_tokens.is_empty())?;
+        let cors_origins = dashboards::cors_origins(if args.cors_origins.is_empty() {
+            file.cors_origins
+        } else {
+            args.cors_origins
+        })?;
+        let console = !args.no_console && file.console.unwrap_or(true);
         for (member, token) in &portals {
             tokens.check(
                 "portals (--portal, B24J_PORTALS, [portals])",
@@ -355,6 +405,10 @@ impl Settings {
             warnings: tokens.warnings,
             log_filter,
             cluster,
+            offline,
+            read_tokens,
+            cors_origins,
+            console,
         })
     }
 }
@@ -435,7 +489,10 @@ fn check_read_token(addr: SocketAddr, has_read_token: bool) -> Result<(), Settin
 /// loopback a read token is required and no token that only a loopback
 /// trial may use (a public sample) is accepted.
 pub fn check_exposure(addr: SocketAddr, settings: &Settings) -> Result<(), SettingsError> {
-    check_read_token(addr, settings.read_token.is_some())?;
+    check_read_token(
+        addr,
+        settings.read_token.is_some() || !settings.read_tokens.is_empty(),
+    )?;
     if !addr.ip().is_loopback() {
         if let Some(warning) = settings.warnings.first() {
             return Err(invalid(

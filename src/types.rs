@@ -291,6 +291,16 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
+/// The OAuth tokens an ONAPPINSTALL carries, kept apart from the event
+/// (which never stores them) for offline-event pulling.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// `auth[refresh_token]`: renews access tokens (and itself).
+    pub refresh_token: Secret,
+    /// `auth[access_token]`: good for about an hour.
+    pub access_token: Option<Secret>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

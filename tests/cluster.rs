@@ -118,6 +118,27 @@ async fn converged(
     }
 }
 
+/// Every node's activity rollups of `portal` around `T`, read through
+/// `GET /v1/portals/{portal}/stats`; asserts they are the same on all
+/// nodes and returns them. Rollups are kept by each node's writer as it
+/// applies the stream, keyed by the events' own `ts`: equal journals must
+/// give equal counts.
+async fn same_stats(nodes: &[&Client], portal: &str) -> Value {
+    let since = (T - T % 3600).to_string();
+    let until = (T + 3600).to_string();
+    let q = [("since", since.as_str()), ("until", until.as_str())];
+    let mut all = Vec::new();
+    for n in nodes {
+        let r = n.get(&format!("/v1/portals/{portal}/stats"), &q).await;
+        assert_eq!(r.status, 200, "stats: {}", r.text);
+        all.push(r.json());
+    }
+    for (i, v) in all.iter().enumerate().skip(1) {
+        assert_eq!(v, &all[0], "node {i}'s rollups differ from node 0's");
+    }
+    all.swap_remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_build_the_same_journal() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +185,8 @@ async fn three_nodes_build_the_same_journal() {
     assert_eq!(ids, stored, "ids and order as answered on receipt");
     let seqs: Vec<u64> = events.iter().map(|e| e.1).collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    let stats = same_stats(&clients, P1.member).await;
+    assert_eq!(stats["events"], 30, "{stats}");
 
     // An install acknowledged by node 0 is known at node 1 right away.
     let mut install = EventSpec::new(N1, "ONAPPINSTALL", None, T + 100)
@@ -240,6 +263,9 @@ async fn three_nodes_build_the_same_journal() {
     let journal = converged(&clients, &[P1.member, P2.member], Duration::from_secs(30)).await;
     assert_eq!(journal[P1.member].len(), 30);
     assert_eq!(journal[P2.member].len(), 10);
+    // The bootstrapped node's rollups came with the backup and the replay.
+    let stats = same_stats(&clients, P2.member).await;
+    assert_eq!(stats["events"], 10, "{stats}");
 
     // Health: caught up.
     for n in &nodes {
@@ -264,7 +290,16 @@ async fn retention_runs_through_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("backups")).unwrap();
     let nats = NatsCluster::start(dir.path());
-    nats.init_stream(&["--replicas", "3", "--max-age-days", "1"]);
+    // A 1 s duplicate window: the late repeats below reach the journals'
+    // own dedup, so the rollups count duplicates too.
+    nats.init_stream(&[
+        "--replicas",
+        "3",
+        "--max-age-days",
+        "1",
+        "--duplicate-window-secs",
+        "1",
+    ]);
     let nodes: Vec<TestServer> = (0..3)
         .map(|i| {
             let mut args = node_args(&dir.path().join(format!("j{i}")), &nats, i);
@@ -280,15 +315,31 @@ async fn retention_runs_through_the_stream() {
         let r = nodes[(n % 3) as usize].post_form(&ev.form()).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
+    // Repeats of events retention keeps, after the stream's window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 9..12u64 {
+        let ev = EventSpec::new(P1, "ONCRMACTIVITYADD", Some(&format!("{n}")), T + n);
+        let r = nodes[((n + 1) % 3) as usize].post_form(&ev.form()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
     let clients: Vec<&Client> = nodes.iter().map(|n| &**n).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let journal = converged(&clients, &[P1.member], Duration::from_secs(30)).await;
         let seqs: Vec<u64> = journal[P1.member].iter().map(|e| e.1).collect();
-        if seqs == (8..=12).collect::<Vec<_>>() {
+        let dups: u64 = journal[P1.member].iter().map(|e| e.2).sum();
+        if seqs == (8..=12).collect::<Vec<_>>() && dups == 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "retention did not run: {seqs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "retention did not run: {seqs:?}, {dups} duplicates"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Retention took the deleted events back out of the rollups, the same
+    // on every node; the repeats count under the events they repeat.
+    let stats = same_stats(&clients, P1.member).await;
+    assert_eq!(stats["events"], 5, "{stats}");
+    assert_eq!(stats["duplicates"], 3, "{stats}");
 }

@@ -21,6 +21,12 @@ const SERVER_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/portals"),
     ("get", "/v1/portals/{portal}/events"),
     ("get", "/v1/portals/{portal}/events/stream"),
+    ("post", "/v1/portals/{portal}/stream-tickets"),
+    ("get", "/v1/portals/{portal}/stats"),
+    ("get", "/v1/stats"),
+    ("get", "/console"),
+    ("get", "/console/app.js"),
+    ("get", "/console/app.css"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -182,6 +188,44 @@ async fn probe(s: &Client, doc: &Value, method: &str, path: &str) -> Resp {
                 text: String::new(),
                 content_type: ct,
             }
+        }
+        ("post", "/v1/portals/{portal}/stream-tickets") => {
+            let r = s
+                .send(s.client.post(&url).header(reqwest::header::AUTHORIZATION, bearer(READ_TOKEN)))
+                .await;
+            assert_eq!(r.status, 201, "stream ticket: {}", r.text);
+            let v = r.json();
+            assert_shape(doc, "StreamTicket", &v);
+            // The ticket opens the stream without Authorization.
+            let stream = s
+                .client
+                .get(s.url(v["stream_url"].as_str().unwrap()))
+                .send()
+                .await
+                .expect("open stream with a ticket");
+            assert_eq!(stream.status(), 200, "stream with a ticket");
+            r
+        }
+        ("get", "/v1/portals/{portal}/stats") => {
+            let r = s.get(&concrete, &[("bucket", "day")]).await;
+            assert_eq!(r.status, 200, "stats: {}", r.text);
+            let v = r.json();
+            assert_shape(doc, "PortalStats", &v);
+            for b in v["buckets"].as_array().unwrap() {
+                assert_shape(doc, "StatsBucket", b);
+            }
+            r
+        }
+        ("get", "/v1/stats") => {
+            let r = s.get(&concrete, &[]).await;
+            assert_eq!(r.status, 200, "stats: {}", r.text);
+            assert_shape(doc, "AllStats", &r.json());
+            r
+        }
+        ("get", "/console" | "/console/app.js" | "/console/app.css") => {
+            let r = s.get_auth(&concrete, &[], None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+            r
         }
         ("get", "/healthz") => {
             let r = s.get_auth(&concrete, &[], None).await;

@@ -14,6 +14,7 @@ use crate::fill::FillArgs;
 use crate::floor::{FloorArgs, ProbeArgs};
 use crate::load::LoadArgs;
 use crate::opts::Opts;
+use crate::outage::OutageArgs;
 use crate::restarts::RestartsArgs;
 
 /// The benchmark harness of b24-journal. Normally started by
@@ -43,6 +44,9 @@ pub enum Command {
     /// Restarts under load, socket-activated and plain --listen: requests,
     /// refused, longest answer.
     Restarts(RestartsArgs),
+    /// A simulated outage against a fake Bitrix24: events recovered from
+    /// the offline queue, reconciled with pushes, and the recovery time.
+    Outage(OutageArgs),
 }
 
 impl Cli {

@@ -137,7 +137,8 @@ pub fn run(a: FillArgs) -> anyhow::Result<()> {
                         Ok(AppendOutcome::Stored { .. }) => {
                             stored.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(AppendOutcome::Duplicate { .. }) => {
+                        // Pushed events are never reconciled.
+                        Ok(AppendOutcome::Duplicate { .. } | AppendOutcome::Reconciled { .. }) => {
                             dups.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(AppendError::QueueFull) => {

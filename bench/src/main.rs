@@ -27,6 +27,7 @@ mod gen;
 mod load;
 mod model;
 mod opts;
+mod outage;
 mod report;
 mod restarts;
 mod run;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => exit("probe", floor::probe(args)),
         Command::SledFloor(args) => exit("sled-floor", floor::sled_floor(args)),
         Command::Restarts(args) => exit("restarts", restarts::run(args)),
+        Command::Outage(args) => exit("outage", outage::run(args)),
     }
 }
 

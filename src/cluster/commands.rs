@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::journal::record::PortalProfile;
-use crate::journal::{Lifecycle, NewEvent, RetentionPolicy};
+use crate::journal::{Lifecycle, NewEvent, Origin, RetentionPolicy};
 use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
 
 /// Subject prefix of every command; the stream takes `b24.>`.
@@ -193,6 +193,9 @@ impl WireEvent {
             auth_rest: self.auth_rest,
             lifecycle,
             id: Some(Uuid::parse_str(&self.id).map_err(|_| CommandError::Field("id"))?),
+            // Only pushed events travel the stream so far: offline pulling
+            // is refused in cluster mode (settings.rs).
+            origin: Origin::Push,
         })
     }
 }

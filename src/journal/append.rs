@@ -41,6 +41,25 @@ pub struct NewEvent {
     /// receipt and carries it in the stream, so that every node stores the
     /// same id (and the same `received_at`, which is the id's time).
     pub id: Option<Uuid>,
+    /// Pushed to us, or pulled from the portal's offline queue.
+    pub origin: Origin,
+}
+
+/// How an event reached the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Posted to the ingest route by Bitrix24.
+    #[default]
+    Push,
+    /// Pulled from the portal's offline queue (`event.offline.get`).
+    Offline {
+        /// The record's `MESSAGE_ID`.
+        message_id: String,
+        /// Under the `reconcile` policy: seconds within which a pushed
+        /// event of the same name and entity counts as this record (it is
+        /// then counted as reconciled on that event, not stored again).
+        reconcile_window: Option<u64>,
+    },
 }
 
 /// What an append did.
@@ -58,6 +77,14 @@ pub enum AppendOutcome {
         /// The original's id.
         id: Uuid,
         /// The original's seq.
+        seq: u64,
+    },
+    /// A pulled offline record that a pushed event already stands for
+    /// (reconcile policy); that event's reconciled counter was bumped.
+    Reconciled {
+        /// The pushed event's id.
+        id: Uuid,
+        /// Its seq.
         seq: u64,
     },
 }

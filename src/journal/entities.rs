@@ -165,6 +165,44 @@ impl EntityIndex {
         })
     }
 
+    /// Seqs (at least `first`), newest first and at most `limit`, of
+    /// `portal`'s sealed events about `entity` with name tag `tag` and a
+    /// `ts` within `window` seconds of `ts`: the pushed events an offline
+    /// record may stand for (see `dedup::reconcile`), to be confirmed by
+    /// reading them. Only the entity filter can be asked, the `ts` not
+    /// being known exactly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn near(
+        &self,
+        reader: &Reader,
+        portal: PortalIx,
+        entity: &str,
+        ts: u64,
+        window: u64,
+        tag: u16,
+        first: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let hash = entity_hash(entity.as_bytes());
+        self.consistent(reader, portal, |runs| {
+            let mut seqs = Vec::new();
+            for run in runs.live.iter() {
+                if run.head.hi < first || !run.head.entities.may_contain(hash) {
+                    continue;
+                }
+                for (seq, t, g) in reader.run_postings_of(portal, run.id, entity)? {
+                    if seq >= first && t.abs_diff(ts) <= window && g == tag {
+                        seqs.push(seq);
+                    }
+                }
+            }
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            seqs.dedup();
+            seqs.truncate(limit);
+            Ok(seqs)
+        })
+    }
+
     /// Seqs (at least `first`) of `portal`'s sealed events about `entity`
     /// with `ts` and name tag `tag`: the candidates a new event may
     /// duplicate, to be confirmed by reading them.

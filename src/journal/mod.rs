@@ -27,10 +27,13 @@ pub mod entities;
 mod format;
 pub mod layout;
 pub mod maintain;
+pub mod provenance;
+pub mod pull_state;
 pub mod read;
 pub mod record;
 pub mod registration;
 mod retention;
+pub mod rollup;
 pub mod store;
 mod writer;
 
@@ -40,9 +43,10 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use entities::EntityIndex;
+use pull_state::PullState;
 use store::Store;
 
-pub use append::{AppendError, AppendOutcome, NewEvent, UnavailableCause};
+pub use append::{AppendError, AppendOutcome, NewEvent, Origin, UnavailableCause};
 pub use directory::PortalDirectory;
 pub use read::JournalReader;
 pub use registration::Lifecycle;
@@ -192,6 +196,39 @@ impl JournalHandle {
                 at_ms: now_ms(),
                 reply,
                 from: None,
+            })
+            .await
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Stores a portal's offline pull state; resolves once it is durable.
+    pub async fn save_pull(&self, state: PullState) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Job::SavePull {
+                state: Box::new(state),
+                reply,
+            })
+            .await
+            .map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Journals pulled offline records and, atomically with them, `state`
+    /// with its counters advanced by the outcomes; resolves once durable
+    /// with each record's outcome and the state as committed.
+    pub async fn append_pulled(
+        &self,
+        events: Vec<NewEvent>,
+        state: PullState,
+    ) -> Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Job::AppendPulled {
+                events,
+                state: Box::new(state),
+                reply,
             })
             .await
             .map_err(|_| writer_stopped())?;

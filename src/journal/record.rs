@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::provenance::Provenance;
 use crate::types::MemberId;
 
 /// Dense per-journal number of a portal; keys carry it instead of the
@@ -255,6 +256,11 @@ pub struct EventRecord {
     pub auth: Vec<u8>,
     /// `data`.
     pub data: StoredData,
+    /// Pushed or pulled, and reconciliations: encoded after the body as
+    /// an extension (see [`super::provenance`]), not as a field, so that
+    /// records written before it decode unchanged.
+    #[serde(skip)]
+    pub provenance: Provenance,
 }
 
 /// Length of the mutable header in front of an encoded event: the duplicate
@@ -270,6 +276,7 @@ impl EventRecord {
         // integers into a Vec without error.
         let body = postcard::to_stdvec(self).expect("event record serialises");
         out.extend_from_slice(&body);
+        self.provenance.encode_into(&mut out);
         out
     }
 
@@ -279,7 +286,9 @@ impl EventRecord {
             return Err(postcard::Error::DeserializeUnexpectedEnd);
         }
         let duplicates = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        Ok((postcard::from_bytes(&bytes[HEADER..])?, duplicates))
+        let (mut record, rest): (EventRecord, _) = postcard::take_from_bytes(&bytes[HEADER..])?;
+        record.provenance = Provenance::decode(rest)?;
+        Ok((record, duplicates))
     }
 
     /// The id as a UUID.
@@ -441,9 +450,16 @@ mod tests {
                 profile: Interned::At(0),
                 auth: Vec::new(),
                 data: StoredData::Absent,
+                provenance: Default::default(),
             };
             let bytes = rec.to_bytes(3);
             assert_eq!(peek(&bytes), Some((rec.ts, entity)));
+            // A pulled event's extension follows the body: peek is blind to it.
+            let pulled = EventRecord {
+                provenance: crate::journal::provenance::Provenance::offline("m".repeat(32)),
+                ..rec
+            };
+            assert_eq!(peek(&pulled.to_bytes(3)), Some((pulled.ts, entity)));
         }
         assert_eq!(peek(&[0; 10]), None);
     }
@@ -460,6 +476,7 @@ mod tests {
             profile: Interned::At(0),
             auth: br#"{"user_id":"1"}"#.to_vec(),
             data: store_data(Some(&data), Some("999")),
+            provenance: Provenance::default(),
         };
         assert_eq!(rec.data, StoredData::FieldsId);
         assert_eq!(rec.data_value(), Some(data));

@@ -240,6 +240,12 @@ impl<'a> Renderer<'a> {
         }
         out.extend_from_slice(b",\"duplicates\":");
         json_u64(out, u64::from(duplicates));
+        out.extend_from_slice(b",\"source\":\"");
+        out.extend_from_slice(rec.provenance.source().as_bytes());
+        out.extend_from_slice(b"\",\"message_id\":");
+        json_opt_str(out, rec.provenance.message_id.as_deref());
+        out.extend_from_slice(b",\"reconciled\":");
+        json_u64(out, u64::from(rec.provenance.reconciled));
         out.extend_from_slice(b",\"event_handler_id\":");
         json_opt_str(out, rec.event_handler_id.as_deref());
         out.extend_from_slice(b",\"data\":");

@@ -111,9 +111,14 @@ async fn run_backup(app: Arc<App>, root: PathBuf, body: &[u8]) -> Result<Respons
             "portals": stats.portals,
             "events": stats.events,
             "stream_seq": stats.stream_seq,
+            "sealed_tokens": stats.sealed_tokens,
+            "note": if stats.sealed_tokens > 0 { SEALED_NOTE } else { "" },
         }),
     ))
 }
+
+/// What a backup with sealed refresh tokens tells its caller.
+const SEALED_NOTE: &str = "refresh tokens are copied only sealed: offline pulling from this copy needs the same --secrets-key-file";
 
 /// The answer to a failed backup: the target's problems are the caller's
 /// (409/400), anything else is the service's (503, logged).

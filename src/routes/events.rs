@@ -12,6 +12,7 @@ use warp::{Filter, Rejection};
 
 use super::auth::{bearer, Api, Bearer};
 use super::filters::{raw_query, with_app};
+use crate::access::Access;
 use crate::app::App;
 use crate::http::{respond, ApiError};
 use crate::journal::record::PortalRecord;
@@ -39,12 +40,12 @@ async fn events(
     auth: Bearer,
     raw: &str,
 ) -> Result<Response, ApiError> {
-    auth.require()?;
+    let access = auth.require()?;
     let query = EventsQuery::parse(raw)?;
     if query.wait.is_some() {
-        return long_poll(app, portal, query).await;
+        return long_poll(app, &access, portal, query).await;
     }
-    let Some(portal) = resolve(&app, portal)? else {
+    let Some(portal) = resolve(&app, &access, portal)? else {
         // Known, but nothing journaled yet.
         return Ok(Page::new().into_response());
     };
@@ -67,18 +68,39 @@ async fn events(
 /// The durable record of a portal named by member id or domain: `Ok(None)`
 /// for a portal that is configured or registered but has no events yet,
 /// 404 for an unknown one.
-pub(super) fn resolve(app: &App, key: &str) -> Result<Option<PortalRecord>, ApiError> {
-    let (record, registered) = app
-        .journal
-        .with_directory(|dir| (dir.resolve(key).cloned(), dir.registration(key).is_some()));
+///
+/// A portal outside `access` is answered exactly as an unknown one, so
+/// that a scoped token does not learn which other portals exist.
+pub(super) fn resolve(
+    app: &App,
+    access: &Access,
+    key: &str,
+) -> Result<Option<PortalRecord>, ApiError> {
+    let (record, registration) = app.journal.with_directory(|dir| {
+        (
+            dir.resolve(key).cloned(),
+            dir.registration(key)
+                .map(|r| (r.member_id.clone(), r.domain.clone())),
+        )
+    });
+    let unknown = || ApiError::NotFound(format!("unknown portal `{}`", truncate(key)));
     match record {
-        Some(rec) => Ok(Some(rec)),
-        None if registered || app.live().verifier.is_configured(key) => Ok(None),
-        None => Err(ApiError::NotFound(format!(
-            "unknown portal `{}`",
-            truncate(key)
-        ))),
+        Some(rec) if visible(access, &rec) => Ok(Some(rec)),
+        Some(_) => Err(unknown()),
+        None => match registration {
+            Some((member, domain)) if access.allows(&member, [domain.as_str()]) => Ok(None),
+            None if app.live().verifier.is_configured(key) && access.allows_name(key) => Ok(None),
+            _ => Err(unknown()),
+        },
     }
+}
+
+/// Whether `access` opens the journaled portal `rec` (by member id, its
+/// domain or a domain it had).
+pub(super) fn visible(access: &Access, rec: &PortalRecord) -> bool {
+    let mut domains = rec.previous_domains();
+    domains.extend(rec.domain());
+    access.allows(&rec.member_id, domains)
 }
 
 /// 503 for a read the storage could not serve; the cause is logged.
@@ -101,7 +123,14 @@ pub(super) fn too_many_streams() -> ApiError {
 /// `?wait=`: answers as soon as events newer than `cursor` (or, without a
 /// cursor, newer than the request) are durable, oldest first; empty at the
 /// timeout. `next_cursor` is where the next poll continues.
-async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Response, ApiError> {
+async fn long_poll(
+    app: Arc<App>,
+    access: &Access,
+    key: &str,
+    query: EventsQuery,
+) -> Result<Response, ApiError> {
+    // Unknown portals are refused before a stream slot is taken.
+    resolve(&app, access, key)?;
     let _permit = app
         .streams
         .clone()
@@ -111,11 +140,11 @@ async fn long_poll(app: Arc<App>, key: &str, query: EventsQuery) -> Result<Respo
     let mut commits = app.journal.commits();
     let mut after = match query.cursor {
         Some(Cursor(seq)) => seq,
-        None => resolve(&app, key)?.map_or(0, |p| p.last_seq()),
+        None => resolve(&app, access, key)?.map_or(0, |p| p.last_seq()),
     };
     loop {
         commits.borrow_and_update();
-        let portal = match resolve(&app, key)? {
+        let portal = match resolve(&app, access, key)? {
             // As for streams: only query when the portal has something new.
             Some(p) if p.last_seq() > after => Some(p),
             _ => None,

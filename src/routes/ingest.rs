@@ -96,29 +96,41 @@ where
         member_id,
         event,
         outcome,
+        grant,
     } = match &app.cluster {
-        None => ingest::ingest(&app.journal, verifier, kind, &body).await,
+        None => ingest::ingest(&app.journal, verifier, kind, &body)
+            .await
+            .map_err(|e| refusal(e, client))?,
         Some(cluster) => {
             let received = receive::receive(cluster, &app.journal, verifier, kind, &body)
                 .await
                 .map_err(|e| refusal(e, client))?;
             match received.outcome {
-                Ok(outcome) => Ok(Ingested {
+                Ok(outcome) => Ingested {
                     member_id: received.member_id,
                     event: received.event,
                     outcome,
-                }),
+                    grant: None,
+                },
                 Err(id) => return Ok(accepted(id)),
             }
         }
+    };
+    if let Some(offline) = &app.offline {
+        if let Some((grant, profile)) = grant {
+            keep_grant(offline, &member_id, &profile, grant).await?;
+        } else if event.as_str() == OFFLINE_SIGNAL {
+            offline.wake(&member_id);
+        }
     }
-    .map_err(|e| refusal(e, client))?;
     let (status, id, seq) = match outcome {
         AppendOutcome::Stored { id, seq } => {
             metrics().stored.inc();
             ("stored", id, seq)
         }
-        AppendOutcome::Duplicate { id, seq } => {
+        // A push is never reconciled (only pulled records are); counted
+        // as the duplicate it would be.
+        AppendOutcome::Duplicate { id, seq } | AppendOutcome::Reconciled { id, seq } => {
             metrics().duplicates.inc();
             ("duplicate", id, seq)
         }
@@ -140,6 +152,37 @@ fn accepted(id: Option<uuid::Uuid>) -> Response {
         None => serde_json::json!({ "status": "accepted" }),
     };
     json_response(StatusCode::OK, &body)
+}
+
+/// The online event by which a portal says its offline queue has records.
+const OFFLINE_SIGNAL: &str = "ONOFFLINEEVENT";
+
+/// Keeps a journaled ONAPPINSTALL's grant for offline pulling, sealed and
+/// durable before the install is acknowledged. The event itself is
+/// already stored: an endpoint that may not be called is logged and the
+/// install answered as usual (pulling stays off for that portal); a grant
+/// that cannot be saved is a 503, so that the operator sees it.
+async fn keep_grant(
+    offline: &crate::offline::Offline,
+    member_id: &crate::types::MemberId,
+    profile: &crate::journal::record::PortalProfile,
+    grant: crate::decode::Grant,
+) -> Result<(), ApiError> {
+    use crate::offline::InstallError;
+    match offline.installed(member_id, profile, grant).await {
+        Ok(_) => Ok(()),
+        Err(e @ (InstallError::Endpoint(_) | InstallError::NoEndpoint)) => {
+            tracing::warn!(%member_id, error = %e, "offline pulling not enabled for this portal");
+            Ok(())
+        }
+        Err(e @ InstallError::Journal(_)) => {
+            tracing::error!(%member_id, error = %e, "the install's grant was not saved");
+            Err(ApiError::Unavailable {
+                message: "the install was journaled but its offline-pulling grant could not be saved; reinstall later".into(),
+                retry_after: 5,
+            })
+        }
+    }
 }
 
 /// The answer to an event that was not acknowledged, logged as operators

@@ -23,6 +23,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 async fn scrape(app: Arc<App>) -> Response {
     let m = metrics();
     m.queue_depth.set(app.journal.queue_depth() as i64);
+    if let Some(offline) = &app.offline {
+        offline.sample_metrics();
+    }
     m.portals.set(app.journal.with_directory(|d| {
         d.portals()
             .iter()

@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod console;
+pub mod cors;
 pub mod events;
 pub mod filters;
 pub mod health;
@@ -19,7 +21,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod portals;
+pub mod stats;
 pub mod stream;
+pub mod tickets;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,6 +51,8 @@ pub fn routes(
         .unify()
         .or(stream::routes(app.clone()))
         .unify()
+        .or(dashboards(app.clone()))
+        .unify()
         .or(admin::routes(app.clone()))
         .unify()
         .or(metrics::routes(app.clone()))
@@ -60,24 +66,45 @@ pub fn routes(
     client(&app)
         .and(warp::method())
         .and(warp::path::full())
-        .map(|client, method, path| RequestLine {
+        .and(cors::origin())
+        .map(|client, method, path, origin| RequestLine {
             client,
             method,
             path,
+            origin,
             started: Instant::now(),
         })
         .and(api)
-        .map(|line: RequestLine, res: Response| {
+        .map(move |line: RequestLine, mut res: Response| {
+            cors::decorate(&app, line.origin.as_deref(), line.path.as_str(), &mut res);
             line.log(res.status());
             res
         })
+}
+
+/// The routes for browser dashboards, as one boxed filter: boxing keeps
+/// the type of the whole tree shallow enough for the compiler's recursion
+/// limit (a release build overflowed it without).
+fn dashboards(app: Arc<App>) -> warp::filters::BoxedFilter<(Response,)> {
+    tickets::routes(app.clone())
+        .or(stats::routes(app.clone()))
+        .unify()
+        .or(console::routes(app.clone()))
+        .unify()
+        .or(cors::preflight(app))
+        .unify()
+        .boxed()
 }
 
 /// What the access log says about a request, gathered before it is routed.
 struct RequestLine {
     client: ClientAddr,
     method: Method,
+    /// The path without the query string: a stream ticket
+    /// (`?ticket=`) must never reach the logs.
     path: FullPath,
+    /// The `Origin` header, for CORS.
+    origin: Option<String>,
     started: Instant,
 }
 
@@ -95,6 +122,7 @@ impl RequestLine {
             method,
             path,
             started,
+            ..
         } = self;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (path, status) = (path.as_str(), status.as_u16());

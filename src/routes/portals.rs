@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::auth::{bearer, Api, Bearer};
+use super::events::visible;
 use super::filters::with_app;
 use crate::app::App;
 use crate::http::{json_response, respond, ApiError};
@@ -26,9 +27,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 
 /// The portal list.
 fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
-    auth.require()?;
+    let access = auth.require()?;
     let live = app.live();
-    let list: Vec<Value> = app.journal.with_directory(|dir| {
+    let mut list: Vec<Value> = app.journal.with_directory(|dir| {
         let describe = |member: &str| {
             let reg = dir.registration(member);
             let status = match reg.map(|r| r.status) {
@@ -51,7 +52,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
             .portals()
             .iter()
             // Erased portals leave a nameless record behind.
-            .filter(|p| !p.member_id.is_empty())
+            .filter(|p| !p.member_id.is_empty() && visible(&access, p))
             .map(|p| {
                 let (status, source) = describe(&p.member_id);
                 json!({
@@ -79,6 +80,7 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
                     .map(|r| (r.member_id.clone(), Some(r.domain.clone()))),
             )
             .filter(|(m, _)| dir.by_member(m).is_none())
+            .filter(|(m, d)| access.allows(m, d.as_deref()))
             .collect();
         quiet.sort();
         // Keep one entry per member, with the domain if any entry has it.
@@ -107,5 +109,14 @@ fn portals(app: &App, auth: Bearer) -> Result<Response, ApiError> {
         }
         list
     });
+    // Offline pulling per portal (`null`: not pulled), never a token.
+    let pulls = app.offline.as_ref().map(|o| o.status()).unwrap_or_default();
+    for entry in &mut list {
+        let member = entry["member_id"].as_str().unwrap_or_default().to_owned();
+        entry["offline"] = match pulls.get(&member) {
+            Some(status) => json!(status),
+            None => Value::Null,
+        };
+    }
     Ok(json_response(StatusCode::OK, &json!({ "portals": list })))
 }

@@ -4,6 +4,10 @@
 //! Each message's id is the event's cursor, so a client that reconnects
 //! with `Last-Event-ID` continues where it left off. Streams and long-polls
 //! share a fixed number of slots.
+//!
+//! A browser's `EventSource` cannot send `Authorization`: it opens the
+//! stream with `?ticket=` instead (see [`tickets`](crate::tickets)), whose
+//! portal and filters it cannot change.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,9 +21,11 @@ use warp::{Filter, Rejection, Reply};
 use super::auth::{bearer, Api, Bearer};
 use super::events::{resolve, too_many_streams};
 use super::filters::{raw_query, with_app};
+use crate::access::{fingerprint, Access};
 use crate::app::App;
 use crate::http::{respond, ApiError};
 use crate::query::{self, Cursor, EventsQuery, KEEP_ALIVE};
+use crate::tickets::{unix_now, TicketError};
 
 /// Most events one read of the journal adds to a stream.
 const STREAM_BATCH: usize = 500;
@@ -46,6 +52,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 /// Where a live stream stands.
 struct StreamState {
     app: Arc<App>,
+    access: Access,
+    /// The fingerprint of the token the stream was opened with: once a
+    /// reload removes the token (or changes its portals), the stream ends
+    /// at its next wake.
+    token: [u8; 16],
     key: String,
     query: EventsQuery,
     after: u64,
@@ -63,8 +74,14 @@ fn stream(
     last_event_id: Option<&str>,
     raw: &str,
 ) -> Result<Response, ApiError> {
-    auth.require()?;
-    let query = EventsQuery::parse(raw)?;
+    let (access, token, raw) = match split_ticket(raw)? {
+        Some((ticket, rest)) => ticket_access(&app, &key, &ticket, &rest)?,
+        None => {
+            let (access, digest) = auth.require_token()?;
+            (access, fingerprint(&digest), raw.to_owned())
+        }
+    };
+    let query = EventsQuery::parse(&raw)?;
     if query.wait.is_some() || query.limit.is_some() {
         return Err(ApiError::BadRequest(
             "`wait` and `limit` do not apply to the stream".into(),
@@ -79,7 +96,7 @@ fn stream(
         None => query.cursor,
     };
     // Unknown portals are refused before a stream slot is taken.
-    let newest = resolve(&app, &key)?.map_or(0, |p| p.last_seq());
+    let newest = resolve(&app, &access, &key)?.map_or(0, |p| p.last_seq());
     let after = match resume {
         Some(Cursor(seq)) => seq,
         None => newest,
@@ -92,6 +109,8 @@ fn stream(
     let state = StreamState {
         commits: app.journal.commits(),
         app,
+        access,
+        token,
         key,
         query,
         after,
@@ -116,6 +135,10 @@ async fn next_stream_event(
             return Some((Ok(event), st));
         }
         st.commits.borrow_and_update();
+        if st.app.live().read.by_fingerprint(&st.token).as_ref() != Some(&st.access) {
+            tracing::info!("stream closed: its token was removed or changed by a reload");
+            return None;
+        }
         // Every commit wakes every stream: check cheaply (no clone, no
         // blocking task) whether this portal has anything new first.
         let newest = st
@@ -123,7 +146,7 @@ async fn next_stream_event(
             .journal
             .with_directory(|d| d.resolve(&st.key).map(|p| p.last_seq()));
         let has_new = newest.is_some_and(|last| last > st.after);
-        if let (true, Ok(Some(portal))) = (has_new, resolve(&st.app, &st.key)) {
+        if let (true, Ok(Some(portal))) = (has_new, resolve(&st.app, &st.access, &st.key)) {
             let reader = st.app.journal.reader().clone();
             let (q, after) = (st.query.clone(), st.after);
             let batch = tokio::task::spawn_blocking(move || {
@@ -164,4 +187,60 @@ async fn next_stream_event(
             _ = stopping.wait_for(|s| *s) => return None,
         }
     }
+}
+
+/// The `ticket` parameter, if any, and the rest of the query string.
+fn split_ticket(raw: &str) -> Result<Option<(String, String)>, ApiError> {
+    let mut ticket = None;
+    let mut rest = Vec::new();
+    for part in raw.split('&').filter(|p| !p.is_empty()) {
+        match part.strip_prefix("ticket=") {
+            Some(t) if ticket.is_none() => ticket = Some(t.to_owned()),
+            Some(_) => return Err(ApiError::BadRequest("`ticket` given twice".into())),
+            None => rest.push(part),
+        }
+    }
+    Ok(ticket.map(|t| (t, rest.join("&"))))
+}
+
+/// The access and the query a ticket opens the stream with: its own
+/// filters, plus at most a `cursor` from the URL. The ticket must be ours,
+/// unexpired, for this portal, and its token still configured.
+fn ticket_access(
+    app: &App,
+    key: &str,
+    ticket: &str,
+    rest: &str,
+) -> Result<(Access, [u8; 16], String), ApiError> {
+    let refused = |e: TicketError| ApiError::Unauthorized(e.to_string());
+    let ticket = app.tickets.verify(ticket, unix_now()).map_err(refused)?;
+    if !ticket.portal.eq_ignore_ascii_case(key) {
+        return Err(ApiError::Unauthorized(
+            "this stream ticket is for another portal".into(),
+        ));
+    }
+    let access = app
+        .live()
+        .read
+        .by_fingerprint(&ticket.token)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "the token this stream ticket was issued for is no longer configured".into(),
+            )
+        })?;
+    if rest
+        .split('&')
+        .any(|p| !p.is_empty() && !p.starts_with("cursor="))
+    {
+        return Err(ApiError::BadRequest(
+            "with `ticket`, the stream takes only `cursor`: the filters are the ticket's".into(),
+        ));
+    }
+    let query = [ticket.filters.as_str(), rest]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok((access, ticket.token, query))
 }

@@ -26,6 +26,7 @@ use crate::cluster::Cluster;
 use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
 use crate::routes::routes;
 use crate::settings::{check_exposure, Settings, SettingsError};
+use crate::tickets::TicketKey;
 
 pub use connections::{FIRST_REQUEST_WAIT, HEADER_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE};
 pub use listener::{Activation, ListenError, Origin, LISTEN_BACKLOG};
@@ -46,12 +47,21 @@ pub enum RunError {
     /// No socket to serve on.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The stream-ticket key could not be read or created.
+    #[error("stream ticket key in the data directory: {0}")]
+    TicketKey(#[source] std::io::Error),
     /// The socket's address needs a setting that is missing.
     #[error(transparent)]
     Settings(#[from] SettingsError),
     /// Cluster mode could not start.
     #[error(transparent)]
     Cluster(crate::cluster::StartError),
+    /// The secrets key for offline pulling cannot be used.
+    #[error(transparent)]
+    SecretsKey(#[from] crate::offline::secrets::KeyError),
+    /// Offline pulling cannot start.
+    #[error(transparent)]
+    Offline(#[from] crate::offline::StartError),
 }
 
 /// Runs the service until SIGTERM or SIGINT: on the socket inherited
@@ -104,6 +114,14 @@ async fn serve_with(
         source,
     })?;
     check_exposure(addr, &settings)?;
+    // Checked before the journal opens: a key file others can read is a
+    // reason not to start at all.
+    let secrets_key = match &settings.offline {
+        Some(o) => Some(crate::offline::secrets::SecretsKey::load(
+            &o.secrets_key_file,
+        )?),
+        None => None,
+    };
     let journal = open_journal(&settings).await?;
     let cluster = match &settings.cluster {
         Some(config) => Some(
@@ -116,16 +134,28 @@ async fn serve_with(
     if settings.portals.is_empty() {
         tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
     }
-    if settings.read_token.is_none() {
+    if settings.read_token.is_none() && settings.read_tokens.is_empty() {
         tracing::warn!("no read token configured: the read API (/v1/portals…) answers 401");
     }
+    // The data directory exists once the journal is open.
+    let tickets = TicketKey::load_or_create(&settings.data_dir).map_err(RunError::TicketKey)?;
     let (stop, stopping) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         notify::stopping();
         let _ = stop.send(true);
     };
+    let offline = match (&settings.offline, secrets_key) {
+        (Some(o), Some(key)) => Some(Arc::new(crate::offline::Offline::start(
+            o.config.clone(),
+            key,
+            journal.handle(),
+            stopping.clone(),
+        )?)),
+        _ => None,
+    };
     let app = Arc::new(App {
+        offline,
         journal: journal.handle(),
         live: ArcSwap::from_pointee(reload::live(&settings)),
         data_dir: settings.data_dir.clone(),
@@ -136,6 +166,8 @@ async fn serve_with(
         backup_dir: settings.backup_dir.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
         cluster,
+        tickets,
+        console: settings.console,
     });
     tracing::info!(
         data_dir = %settings.data_dir.display(),

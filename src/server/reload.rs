@@ -2,7 +2,8 @@
 //! config file is re-read; flags and variables stay as the process got
 //! them), and swap what can change while the service runs into
 //! [`App::live`] in one step: trusted portals and their tokens, the read
-//! and admin tokens, install domains, retention, log level and format.
+//! and admin tokens, the scoped read tokens, CORS origins, install
+//! domains, retention, log level and format.
 //!
 //! A configuration that does not parse or validate is refused with its
 //! reason, and the running one stays. Settings that only a restart can
@@ -19,6 +20,7 @@ use tokio::sync::Notify;
 
 use super::listener::Origin;
 use super::notify;
+use crate::access::ReadTokens;
 use crate::app::{App, Live};
 use crate::logging::LogControl;
 use crate::settings::{check_exposure, Settings, SettingsSource};
@@ -38,7 +40,11 @@ pub struct Reloader {
 pub fn live(settings: &Settings) -> Live {
     Live {
         verifier: Verifier::new(settings.portals.clone(), settings.install_domains.clone()),
-        read_token: settings.read_token.as_ref().map(|t| t.digest()),
+        read: ReadTokens {
+            all: settings.read_token.as_ref().map(|t| t.digest()),
+            scoped: settings.read_tokens.clone(),
+        },
+        cors_origins: settings.cors_origins.clone().into(),
         admin_token: settings.admin_token.as_ref().map(|t| t.digest()),
         retention: settings.retention,
     }
@@ -112,6 +118,8 @@ fn reload(reloader: &Reloader, app: &App, running: &mut Running) {
     running.settings = Settings {
         portals: new.portals,
         read_token: new.read_token,
+        read_tokens: new.read_tokens,
+        cors_origins: new.cors_origins,
         admin_token: new.admin_token,
         install_domains: new.install_domains,
         retention: new.retention,
@@ -173,6 +181,14 @@ fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
         digest(&old.admin_token),
         digest(&new.admin_token),
     ));
+    changes.extend(scoped_token_changes(old, new));
+    if old.cors_origins != new.cors_origins {
+        changes.push(format!(
+            "CORS origins: [{}] -> [{}]",
+            old.cors_origins.join(", "),
+            new.cors_origins.join(", ")
+        ));
+    }
     if old.install_domains != new.install_domains {
         changes.push(format!(
             "install domains: [{}] -> [{}]",
@@ -185,6 +201,25 @@ fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
             "retention: {:?} -> {:?}",
             old.retention, new.retention
         ));
+    }
+    changes
+}
+
+/// Scoped read tokens added, removed or changed, by name.
+fn scoped_token_changes(old: &Settings, new: &Settings) -> Vec<String> {
+    let find = |s: &Settings, name: &str| s.read_tokens.iter().find(|t| t.name == name).cloned();
+    let mut changes = Vec::new();
+    for t in &new.read_tokens {
+        match find(old, &t.name) {
+            None => changes.push(format!("read token {:?} added", t.name)),
+            Some(o) if o != *t => changes.push(format!("read token {:?} changed", t.name)),
+            _ => {}
+        }
+    }
+    for t in &old.read_tokens {
+        if find(new, &t.name).is_none() {
+            changes.push(format!("read token {:?} removed", t.name));
+        }
     }
     changes
 }
@@ -221,6 +256,7 @@ fn restart_changes(old: &Settings, new: &Settings, origin: Origin) -> Vec<String
         old.body_timeout.as_secs().to_string(),
         new.body_timeout.as_secs().to_string(),
     );
+    compare("console", old.console.to_string(), new.console.to_string());
     compare(
         "max_streams",
         old.max_streams.to_string(),

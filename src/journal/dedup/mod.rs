@@ -15,6 +15,7 @@
 //! use without depending on the lookup here).
 
 pub mod key;
+mod reconcile;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -109,6 +110,25 @@ impl TailCache {
         }
     }
 
+    /// `portal`'s unsealed tail, loaded from the store on first use.
+    fn tail_of(
+        &mut self,
+        reader: &Reader,
+        portal: &PortalRecord,
+    ) -> Result<&mut Vec<TailEntry>, StoreError> {
+        Ok(match self.tails.entry(portal.ix) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(slot) => {
+                let mut entries = Vec::new();
+                for (seq, bytes) in reader.tail(portal.ix)? {
+                    let (stored, _) = EventRecord::from_bytes(&bytes).map_err(corrupt)?;
+                    entries.push(TailEntry::of(seq, &stored, portal));
+                }
+                slot.insert(entries)
+            }
+        })
+    }
+
     /// The seq of the stored event of `portal` (as committed) that `event`,
     /// with dedup key `dedup`, duplicates, if any: an entity event is looked
     /// for among its entity's index entries and the unsealed tail, an event
@@ -133,17 +153,7 @@ impl TailCache {
                 && stored.entity_id.as_deref() == Some(entity)
                 && stored.event_name(portal) == name)
         };
-        let tail = match self.tails.entry(ix) {
-            Entry::Occupied(held) => held.into_mut(),
-            Entry::Vacant(slot) => {
-                let mut entries = Vec::new();
-                for (seq, bytes) in reader.tail(ix)? {
-                    let (stored, _) = EventRecord::from_bytes(&bytes).map_err(corrupt)?;
-                    entries.push(TailEntry::of(seq, &stored, portal));
-                }
-                slot.insert(entries)
-            }
-        };
+        let tail = self.tail_of(reader, portal)?;
         let hash = entity_hash(entity);
         let candidates = tail
             .iter()

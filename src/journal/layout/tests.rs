@@ -20,6 +20,7 @@ fn event(seq: u64) -> Vec<u8> {
         profile: Interned::At(0),
         auth: Vec::new(),
         data: StoredData::FieldsId,
+        provenance: Default::default(),
     }
     .to_bytes(0)
 }

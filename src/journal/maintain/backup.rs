@@ -21,6 +21,7 @@ use crate::journal::format::{check_format, ENGINE_DIR};
 use crate::journal::layout::{self, runs::RunsUpdate};
 use crate::journal::record::{span_of, EventRecord, PortalRecord};
 use crate::journal::registration::Registration;
+use crate::journal::rollup::{HourRollup, RollupDelta};
 use crate::journal::store::codec;
 use crate::journal::store::{Reader, Store, StoreError, WriteBatch};
 use crate::journal::JournalHandle;
@@ -35,6 +36,9 @@ pub struct BackupStats {
     /// Cluster mode: the last stream message the copy holds (0: none); a
     /// node started on the copy resumes the stream after it.
     pub stream_seq: u64,
+    /// Offline pull states copied, with their refresh tokens sealed: the
+    /// `--secrets-key-file` is needed to resume pulling from the copy.
+    pub sealed_tokens: usize,
 }
 
 /// Checks that `dest` can receive a backup: absolute, and missing or empty.
@@ -80,6 +84,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
         portals: 0,
         events: 0,
         stream_seq: reader.stream_seq()?,
+        sealed_tokens: 0,
     };
     if stats.stream_seq > 0 {
         batch.put_stream_seq(stats.stream_seq);
@@ -93,6 +98,10 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     }
     for reg in &registrations {
         batch.put_registration(reg);
+    }
+    for state in reader.pull_states()? {
+        batch.put_pull_state(&state);
+        stats.sealed_tokens += 1;
     }
     out.commit(batch)?;
     out.close()?;
@@ -119,6 +128,8 @@ pub(super) fn copy_portal(
     let mut laid = None;
     let mut fresh = BTreeMap::new();
     let mut runs = RunsUpdate::of(portal.ix, &PortalRuns::default());
+    // The copy is a new store: its rollups are counted from what it holds.
+    let mut rollups = RollupDelta::default();
     let mut events = events.peekable();
     while let Some(item) = events.next() {
         let (seq, bytes) = item?;
@@ -128,6 +139,13 @@ pub(super) fn copy_portal(
         let (rec, dups) = EventRecord::from_bytes(&bytes).map_err(StoreError::from)?;
         copy.duplicates += u64::from(dups);
         copy.events += 1;
+        rollups.add(
+            portal.ix,
+            rec.ts,
+            rec.event_name(portal),
+            1,
+            i64::from(dups),
+        );
         if rec.entity_id.is_none() {
             if let Some(key) = dedup_key_of_record(&rec, portal) {
                 batch.put_dedup(portal.ix, &key, seq);
@@ -166,6 +184,13 @@ pub(super) fn copy_portal(
         // The open block's summary lives in the portal record.
         if portal.summary.is_none_or(|open| open.span != summary.span) {
             batch.put_summary(portal.ix, &summary);
+        }
+    }
+    for ((ix, hour), changes) in rollups.0 {
+        let mut record = HourRollup::default();
+        record.apply(&changes);
+        if !record.is_empty() {
+            batch.put_rollup(ix, hour, record.to_bytes());
         }
     }
     out.apply(std::mem::take(batch))?;

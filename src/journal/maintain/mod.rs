@@ -9,6 +9,7 @@ mod error;
 mod migrate;
 mod offline;
 mod registrations;
+mod rollups;
 mod target;
 mod verify;
 mod verify_runs;
@@ -16,7 +17,10 @@ mod verify_runs;
 pub use backup::{backup, check_backup_target, BackupStats};
 pub use error::MaintainError;
 pub use migrate::{migrate, MigrateReport};
-pub use registrations::{list_registrations, put_registration, remove_registration};
+pub use registrations::{
+    list_pull_states, list_registrations, put_registration, remove_registration,
+};
+pub use rollups::rebuild_rollups;
 pub use target::backup_target;
 pub use verify::{verify, VerifyReport, MAX_PROBLEMS};
 

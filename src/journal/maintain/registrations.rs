@@ -16,6 +16,16 @@ pub fn list_registrations(data_dir: &Path) -> Result<Vec<Registration>, Maintain
     Ok(regs)
 }
 
+/// The offline pull states of a stopped data directory (tokens sealed).
+pub fn list_pull_states(
+    data_dir: &Path,
+) -> Result<Vec<crate::journal::pull_state::PullState>, MaintainError> {
+    let (store, _) = open_offline(data_dir)?;
+    let mut states = store.reader().pull_states()?;
+    states.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+    Ok(states)
+}
+
 /// Writes (adds or replaces) a registration in a stopped data directory.
 pub fn put_registration(data_dir: &Path, reg: Registration) -> Result<(), MaintainError> {
     let (mut store, _) = open_offline(data_dir)?;

@@ -10,6 +10,7 @@ use super::verify_runs::RunsCheck;
 use crate::journal::dedup::key::dedup_key_of_record;
 use crate::journal::format::{read_format, ENGINE_DIR};
 use crate::journal::record::{EventRecord, PortalIx, PortalRecord};
+use crate::journal::rollup::RollupDelta;
 use crate::journal::store::codec;
 use crate::journal::store::{KeyKind, Reader, StoreError};
 use crate::journal::PortalDirectory;
@@ -56,6 +57,8 @@ struct PortalTally {
     events: u64,
     duplicates: u64,
     max_seq: u64,
+    /// The activity rollups its events add up to.
+    rollups: RollupDelta,
 }
 
 /// Opens a stopped data directory and checks every tree and index.
@@ -175,7 +178,14 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             | KeyKind::Registration
             | KeyKind::Health
             | KeyKind::Lsn
-            | KeyKind::StreamSeq => {}
+            | KeyKind::StreamSeq
+            | KeyKind::Rollup { .. } => {}
+            // Sealed: verify checks that it decodes, never what it holds.
+            KeyKind::PullState => {
+                if crate::journal::pull_state::PullState::from_bytes(&value).is_err() {
+                    report.problem("an offline pull state that does not decode".into());
+                }
+            }
             KeyKind::Unknown => report.problem("a key of unknown kind".into()),
         }
     }
@@ -189,8 +199,17 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             report.problem(format!("{n} dedup keys point to event {ix}/{seq}"));
         }
     }
+    // A journal written before rollups existed has none until the
+    // migration rebuilds them: checked once any exists.
+    let check_rollups = super::rollups::any(reader)?;
     for p in dir.portals() {
         let t = tallies.remove(&p.ix).unwrap_or_default();
+        if check_rollups && !p.member_id.is_empty() {
+            let limit = MAX_PROBLEMS.saturating_sub(report.problems.len()).max(1);
+            for problem in super::rollups::compare(reader, p, &t.rollups, limit)? {
+                report.problem(problem);
+            }
+        }
         if t.events != p.events {
             report.problem(format!(
                 "portal {}: record says {} events, found {}",
@@ -237,6 +256,8 @@ fn check_event(
     t.events += 1;
     t.duplicates += u64::from(dups);
     t.max_seq = t.max_seq.max(seq);
+    t.rollups
+        .add(ix, rec.ts, rec.event_name(p), 1, i64::from(dups));
     if seq > p.last_seq() {
         report.problem(format!(
             "event {ix}/{seq} is past the portal's last seq {}",

@@ -7,11 +7,12 @@ use super::codec::postings::{Item, RunHead, RunList};
 #[cfg(test)]
 use super::keys::V1_EVENT;
 use super::keys::{
-    key, registration_key, run_head_key, run_item_key, seq_key, tier, Key, BLOCK, COUNTERS, DEDUP,
-    HEALTH, PORTAL, RUNS, SUMMARY, TAIL,
+    key, pull_state_key, registration_key, run_head_key, run_item_key, seq_key, tier, Key, BLOCK,
+    COUNTERS, DEDUP, HEALTH, PORTAL, RUNS, SUMMARY, TAIL,
 };
 use super::log;
 use crate::journal::dedup::key::DedupKey;
+use crate::journal::pull_state::PullState;
 use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
 
@@ -33,7 +34,7 @@ impl WriteBatch {
         self.len += 1;
     }
 
-    fn remove(&mut self, key: Vec<u8>) {
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
         self.len += 1;
     }
@@ -140,6 +141,16 @@ impl WriteBatch {
     /// Stores a portal registration.
     pub fn put_registration(&mut self, reg: &Registration) {
         self.insert(registration_key(&reg.member_id), reg.to_bytes());
+    }
+
+    /// Stores a portal's offline pull state.
+    pub fn put_pull_state(&mut self, state: &PullState) {
+        self.insert(pull_state_key(&state.member_id), state.to_bytes());
+    }
+
+    /// Removes a portal's offline pull state.
+    pub fn remove_pull_state(&mut self, member_id: &str) {
+        self.remove(pull_state_key(member_id));
     }
 
     /// Removes a portal registration.

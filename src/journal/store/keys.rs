@@ -17,6 +17,8 @@
 //! | `H`    | (none)                                    | last health probe, ms | engine |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
 //! | `Q`    | (none)                                    | cluster mode: last applied stream sequence, u64 BE (`stream_pos.rs`) | engine |
+//! | `O`    | member id bytes                           | offline pull state (sealed token) | engine |
+//! | `A`    | portal u32 BE, hour u64 BE (of `ts`)      | activity rollup (`journal::rollup`) | engine |
 //!
 //! Big-endian integers make byte order equal numeric order, so a reverse range
 //! scan yields newest-first without sorting. `X` (entity chunks) was version
@@ -46,6 +48,12 @@ pub(super) const REGISTRATION: u8 = b'R';
 pub(super) const LSN: u8 = b'L';
 /// Cluster mode: the last applied stream message (see `stream_pos.rs`).
 pub(super) const STREAM_SEQ: u8 = b'Q';
+/// Activity rollups, one per portal and hour (see `rollups.rs`).
+pub(super) const ROLLUP: u8 = b'A';
+
+/// A portal's offline pull state (`journal::pull_state`): additive, a
+/// data directory without any is a directory where pulling never ran.
+pub(super) const PULL_STATE: u8 = b'O';
 
 /// Where the writes of `key` live after the redo log (see `log.rs`): the
 /// unsealed tail's events in memory and the log only, so that sled is
@@ -131,6 +139,15 @@ pub enum KeyKind {
     Lsn,
     /// Cluster mode: the last applied stream sequence.
     StreamSeq,
+    /// A portal's offline pull state.
+    PullState,
+    /// An activity rollup record.
+    Rollup {
+        /// Portal.
+        portal: PortalIx,
+        /// Unix hour.
+        hour: u64,
+    },
     /// Anything else: corruption.
     Unknown,
 }
@@ -178,6 +195,13 @@ pub(super) fn run_head_key(portal: PortalIx, run: u32) -> Vec<u8> {
 /// The key of a registration.
 pub(super) fn registration_key(member_id: &str) -> Vec<u8> {
     let mut k = vec![REGISTRATION];
+    k.extend_from_slice(member_id.as_bytes());
+    k
+}
+
+/// The key of a portal's offline pull state.
+pub(super) fn pull_state_key(member_id: &str) -> Vec<u8> {
+    let mut k = vec![PULL_STATE];
     k.extend_from_slice(member_id.as_bytes());
     k
 }
@@ -264,9 +288,13 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         }
         Some(&PORTAL | &COUNTERS) if k.len() == 5 => portal().map(KeyKind::Portal),
         Some(&REGISTRATION) => Some(KeyKind::Registration),
+        Some(&PULL_STATE) if k.len() > 1 => Some(KeyKind::PullState),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
         Some(&STREAM_SEQ) if k.len() == 1 && v.len() == 8 => Some(KeyKind::StreamSeq),
+        Some(&ROLLUP) if k.len() == 13 => portal()
+            .zip(be_u64(&k[5..]))
+            .map(|(portal, hour)| KeyKind::Rollup { portal, hour }),
         _ => None,
     };
     parsed.unwrap_or(KeyKind::Unknown)

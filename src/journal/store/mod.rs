@@ -13,6 +13,7 @@
 //!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
 //! - `stream_pos.rs`: cluster mode's last applied stream sequence;
+//! - `rollups.rs`: the activity rollup records' keys;
 //! - [`codec`]: how events are packed into blocks and the entity index
 //!   into postings runs (pure bytes).
 //!
@@ -39,6 +40,7 @@ mod keys;
 mod log;
 mod memtable;
 mod reader;
+mod rollups;
 mod scan;
 mod stream_pos;
 

@@ -10,12 +10,13 @@ use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
     classify, key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix, Key, KeyKind,
-    BLOCK, COUNTERS, DEDUP, PORTAL, REGISTRATION, RUNS, RUN_HEAD, RUN_ITEM, SUMMARY, TAIL,
-    V1_EVENT,
+    BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, ROLLUP, RUNS, RUN_HEAD, RUN_ITEM,
+    SUMMARY, TAIL, V1_EVENT,
 };
 use super::memtable::Memtable;
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
+use crate::journal::pull_state::PullState;
 use crate::journal::record::{PortalIx, PortalRecord, SpanSummary};
 use crate::journal::registration::Registration;
 
@@ -145,7 +146,7 @@ impl Reader {
         let tails = self.log_only_keys(&key(TAIL, portal, &[]));
         let stored = scan(self.tree(), move |tree| {
             [
-                BLOCK, RUN_ITEM, RUN_HEAD, RUNS, DEDUP, SUMMARY, PORTAL, COUNTERS,
+                BLOCK, RUN_ITEM, RUN_HEAD, RUNS, DEDUP, SUMMARY, ROLLUP, PORTAL, COUNTERS,
             ]
             .into_iter()
             .flat_map(move |prefix| tree.scan_prefix(key(prefix, portal, &[])))
@@ -182,6 +183,18 @@ impl Reader {
             .map(|v| {
                 let v = v?;
                 Ok(Registration::from_bytes(&v)?)
+            })
+            .collect()
+    }
+
+    /// Every portal's offline pull state.
+    pub fn pull_states(&self) -> Result<Vec<PullState>, StoreError> {
+        self.tree()?
+            .scan_prefix([PULL_STATE])
+            .values()
+            .map(|v| {
+                let v = v?;
+                Ok(PullState::from_bytes(&v)?)
             })
             .collect()
     }

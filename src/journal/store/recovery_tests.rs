@@ -27,6 +27,12 @@ fn portal(next_seq: u64) -> PortalRecord {
 /// Commits tail events `0..n` of portal 1, one per batch, each batch also
 /// dropping the tail event ten below it (as a seal does) and rewriting the
 /// portal's counters; returns the seqs that stay in the tail.
+/// The seqs of portal 1's unsealed tail, as a reader sees them.
+fn tail_seqs(store: &Store) -> Vec<u64> {
+    let tail = store.reader().tail(1).unwrap();
+    tail.iter().map(|(s, _)| *s).collect()
+}
+
 fn write_tails(store: &mut Store, n: u64) -> Vec<u64> {
     for seq in 0..n {
         let mut b = WriteBatch::default();
@@ -93,13 +99,7 @@ fn tails_in_the_log_only_survive_checkpoints_and_a_crash_exactly() {
     // same: the first open re-logged the tail before dropping the log.
     drop(store);
     let store = Store::open(&crashed, CACHE).unwrap();
-    let again: Vec<u64> = store
-        .reader()
-        .tail(1)
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
+    let again = tail_seqs(&store);
     assert_eq!(again, kept);
 }
 
@@ -116,13 +116,7 @@ fn a_clean_close_keeps_only_the_tails_snapshot_and_opening_it_restores_them() {
     assert_eq!(segments.len(), 1, "{segments:?}");
     assert!(segments[0] < (kept.len() as u64 + 1) * 70 * 1024);
     let store = Store::open(dir.path(), CACHE).unwrap();
-    let seqs: Vec<u64> = store
-        .reader()
-        .tail(1)
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
+    let seqs = tail_seqs(&store);
     assert_eq!(seqs, kept);
 }
 
@@ -145,13 +139,7 @@ fn a_reopen_after_a_failed_commit_forgets_what_was_not_durable() {
         .memtable
         .apply(Tier::Deferred, counters, Some(b"bogus"));
     store.reopen().unwrap();
-    let seqs: Vec<u64> = store
-        .reader()
-        .tail(1)
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
+    let seqs = tail_seqs(&store);
     assert_eq!(seqs, kept, "the durable tail, and only it");
     let engine = store.engine().unwrap();
     assert_eq!(
@@ -164,12 +152,6 @@ fn a_reopen_after_a_failed_commit_forgets_what_was_not_durable() {
     store.commit(b).unwrap();
     drop(store);
     let store = Store::open(dir.path(), CACHE).unwrap();
-    let seqs: Vec<u64> = store
-        .reader()
-        .tail(1)
-        .unwrap()
-        .iter()
-        .map(|(s, _)| *s)
-        .collect();
+    let seqs = tail_seqs(&store);
     assert_eq!(seqs, [kept, vec![500]].concat());
 }

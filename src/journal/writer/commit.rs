@@ -190,6 +190,17 @@ impl Writer {
         for (portal, summary) in &batch.sealed {
             writes.put_summary(*portal, summary);
         }
+        // The activity rollups change in the same atomic write.
+        let laid_out = laid_out.and_then(|laid| {
+            let mut delta = std::mem::take(&mut batch.rollups);
+            for p in &batch.new_events {
+                if let Some(rec) = batch.portals.get(&p.portal) {
+                    let name = p.record.event_name(rec);
+                    delta.add(p.portal, p.record.ts, name, 1, i64::from(p.duplicates));
+                }
+            }
+            self.write_rollups(&delta, &mut writes).map(|()| laid)
+        });
         // The open span's summary lives in the portal record (queries read
         // it from there); its `S` key is written once, when the span is full.
         for rec in batch.portals.values() {
@@ -200,6 +211,9 @@ impl Writer {
         }
         for reg in batch.registrations.values() {
             writes.put_registration(reg);
+        }
+        for state in batch.pulls.values() {
+            writes.put_pull_state(state);
         }
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
@@ -217,6 +231,9 @@ impl Writer {
             // Only refused jobs (or nothing): no write to make durable.
             for (reply, outcome) in batch.replies {
                 let _ = reply.send(outcome);
+            }
+            for (reply, outcomes, state) in batch.pulled {
+                let _ = reply.send(Ok((outcomes, state)));
             }
             return;
         }
@@ -256,8 +273,11 @@ impl Writer {
             for (reply, outcome) in batch.replies {
                 let _ = reply.send(outcome.and(Err(AppendError::Unavailable(cause.clone()))));
             }
-            for probe in batch.probes {
+            for probe in batch.probes.into_iter().chain(batch.saved) {
                 let _ = probe.send(Err(AppendError::Unavailable(cause.clone())));
+            }
+            for (reply, _, _) in batch.pulled {
+                let _ = reply.send(Err(AppendError::Unavailable(cause.clone())));
             }
             return;
         }
@@ -285,8 +305,11 @@ impl Writer {
             // The handler may have gone (client disconnected).
             let _ = reply.send(outcome);
         }
-        for probe in batch.probes {
+        for probe in batch.probes.into_iter().chain(batch.saved) {
             let _ = probe.send(Ok(()));
+        }
+        for (reply, outcomes, state) in batch.pulled {
+            let _ = reply.send(Ok((outcomes, state)));
         }
     }
 

@@ -45,6 +45,7 @@ impl Writer {
         if let Some(seq) = from {
             writes.put_stream_seq(seq);
         }
+        writes.remove_pull_state(member);
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
         if let Some(seq) = from {

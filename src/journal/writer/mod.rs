@@ -12,7 +12,8 @@
 //!   fdatasync, then the writes into sled and the memtable — and only then
 //!   shown to readers and answered; jobs that arrive meanwhile form the
 //!   next batch;
-//! - `erase` and `retain`: the two jobs that delete.
+//! - `erase` and `retain`: the two jobs that delete;
+//! - `rollup`: the activity rollups, changed in the same batches.
 //!
 //! Cluster mode's rule for stream positions: every job that comes from a
 //! stream message names it (`from`); the writer applies them only in
@@ -32,7 +33,9 @@
 
 mod commit;
 mod erase;
+mod pulled;
 mod retain;
+mod rollup;
 mod stage;
 
 use std::collections::HashMap;
@@ -46,9 +49,11 @@ use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
+use super::pull_state::PullState;
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
+use super::rollup::RollupDelta;
 use super::store::{Store, StoreError};
 
 /// Most jobs committed together. Bounds the latency one batch adds and the
@@ -93,9 +98,35 @@ pub(super) enum Job {
         reply: oneshot::Sender<Result<u64, AppendError>>,
         from: Option<u64>,
     },
+    /// Store a portal's offline pull state (durably, when answered).
+    SavePull {
+        state: Box<PullState>,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Journal a batch of pulled offline records and, in the same atomic
+    /// batch, the portal's pull state with its counters advanced by the
+    /// outcomes.
+    AppendPulled {
+        events: Vec<NewEvent>,
+        state: Box<PullState>,
+        reply: PulledReply,
+    },
     /// Commit what came before, then stop.
     Shutdown,
 }
+
+/// A pulled batch's answer, sent once the batch is durable: where, each
+/// record's outcome, and the pull state as committed.
+type PulledAnswer = (
+    PulledReply,
+    Vec<Result<AppendOutcome, AppendError>>,
+    PullState,
+);
+
+/// Where the writer answers a pulled batch: each record's outcome, and
+/// the pull state as committed.
+pub(super) type PulledReply =
+    oneshot::Sender<Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError>>;
 
 /// A new event waiting in the current batch.
 struct Pending {
@@ -133,6 +164,15 @@ struct Batch {
     /// Cluster mode: the last stream message this batch applies, written
     /// with it.
     stream_seq: Option<u64>,
+    /// Pull states this batch stores, by member id.
+    pulls: HashMap<String, PullState>,
+    /// Pull-state saves answered once the batch is durable.
+    saved: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Pulled batches answered once the batch is durable.
+    pulled: Vec<PulledAnswer>,
+    /// Duplicates of stored events, for the activity rollups (new events
+    /// are counted from `new_events` at commit).
+    rollups: RollupDelta,
 }
 
 /// The writer thread's state.
@@ -305,6 +345,17 @@ impl Writer {
                         .and_then(|()| self.retain(policy, budget, at_ms, from));
                     let _ = reply.send(result);
                 }
+                Job::SavePull { state, reply } => {
+                    batch
+                        .pulls
+                        .insert(state.member_id.clone(), (*state).clone());
+                    batch.saved.push(reply);
+                }
+                Job::AppendPulled {
+                    events,
+                    state,
+                    reply,
+                } => self.stage_pulled(&mut batch, events, *state, reply),
                 Job::Shutdown => stop = true,
             }
         }
@@ -386,6 +437,12 @@ fn refuse(job: Job) {
             let _ = reply.send(Err(err()));
         }
         Job::Retain { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::SavePull { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Job::AppendPulled { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Job::Shutdown => {}

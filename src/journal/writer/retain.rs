@@ -2,12 +2,13 @@
 //! first, in bounded steps.
 //!
 //! Each step deletes at most its budget of events, portal by portal, with
-//! their blocks, tail items, dedup keys and span summaries, in one atomic
-//! commit; entity index runs that hold only deleted events become dead
-//! (see `layout::runs`). The caller repeats while a step returns its
-//! budget, other jobs running in between, so ingest never waits for more
-//! than one step. Readers start at a portal's `first_seq`, so a block or
-//! run that still holds a kept event can stay.
+//! their blocks, tail items, dedup keys and span summaries, and their
+//! counts in the activity rollups, in one atomic commit; entity index runs
+//! that hold only deleted events become dead (see `layout::runs`). The
+//! caller repeats while a step returns its budget, other jobs running in
+//! between, so ingest never waits for more than one step. Readers start at
+//! a portal's `first_seq`, so a block or run that still holds a kept event
+//! can stay.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use super::super::dedup::key::dedup_key_of_record;
 use super::super::layout::runs::RunsUpdate;
 use super::super::record::{span_of, EventRecord, PortalIx, PortalRecord};
 use super::super::retention::RetentionPolicy;
+use super::super::rollup::RollupDelta;
 use super::super::store::codec;
 use super::super::store::{StoreError, WriteBatch};
 use super::{unavailable, Writer};
@@ -40,6 +42,7 @@ impl Writer {
         let mut shown = Vec::new();
         let mut purge = Vec::new();
         let mut deleted = 0u64;
+        let mut rollups = RollupDelta::default();
         let portals: Vec<PortalRecord> = self
             .directory
             .portals()
@@ -71,6 +74,8 @@ impl Writer {
                         writes.delete_dedup(rec.ix, &key);
                     }
                 }
+                let name = event.event_name(&rec).to_owned();
+                rollups.add(rec.ix, event.ts, &name, -1, -i64::from(dups));
                 rec.events -= 1;
                 rec.duplicates = rec.duplicates.saturating_sub(u64::from(dups));
                 excess = excess.saturating_sub(1);
@@ -119,6 +124,8 @@ impl Writer {
             self.advance(from)?;
             return Ok(0);
         }
+        self.write_rollups(&rollups, &mut writes)
+            .map_err(unavailable)?;
         if let Some(seq) = from {
             writes.put_stream_seq(seq);
         }

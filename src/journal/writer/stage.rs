@@ -8,8 +8,9 @@
 
 use uuid::Uuid;
 
-use super::super::append::{AppendError, AppendOutcome, NewEvent};
+use super::super::append::{AppendError, AppendOutcome, NewEvent, Origin};
 use super::super::dedup::key::dedup_key;
+use super::super::provenance::Provenance;
 use super::super::record::{
     bump_duplicates, store_data, EventRecord, Interned, PortalIx, PortalRecord,
 };
@@ -112,6 +113,17 @@ impl Writer {
             .entry(event.profile.domain.clone())
             .or_insert(portal);
 
+        // Reconcile policy: a pulled record a pushed event stands for.
+        if let Origin::Offline {
+            reconcile_window: Some(window),
+            ..
+        } = &event.origin
+        {
+            if let Some((id, seq)) = self.reconcile(batch, portal, &event, *window)? {
+                return Ok(AppendOutcome::Reconciled { id, seq });
+            }
+        }
+
         // A duplicate of an event earlier in this same batch.
         if let Some(&i) = batch.taken.get(&(portal, dedup)) {
             let pending = &mut batch.new_events[i];
@@ -186,6 +198,10 @@ impl Writer {
             batch.sealed.push((portal, sealed));
         }
         let name = event.event.as_str();
+        let provenance = match event.origin {
+            Origin::Push => Provenance::default(),
+            Origin::Offline { message_id, .. } => Provenance::offline(message_id),
+        };
         let record = EventRecord {
             id: now.into_bytes(),
             ts,
@@ -210,6 +226,7 @@ impl Writer {
                 // serialises.
                 serde_json::to_vec(&event.auth_rest).expect("a JSON object serialises")
             },
+            provenance,
         };
         let received = record.received_ms();
         rec.first_received_ms.get_or_insert(received);
@@ -225,6 +242,21 @@ impl Writer {
         Ok(AppendOutcome::Stored { id: now, seq })
     }
 
+    /// Stored event `seq` as this batch leaves it: its rewrite in the batch
+    /// (taken out, to be put back changed), else as stored; `None` if it
+    /// does not exist.
+    pub(super) fn current_bytes(
+        &self,
+        batch: &mut Batch,
+        portal: PortalIx,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match batch.rewritten.remove(&(portal, seq)) {
+            Some(b) => Ok(Some(b)),
+            None => self.store.reader().event(portal, seq),
+        }
+    }
+
     /// Bumps the duplicate counter of stored event `seq`; returns its id, or
     /// `None` if it does not exist.
     fn bump_stored(
@@ -233,15 +265,15 @@ impl Writer {
         portal: PortalIx,
         seq: u64,
     ) -> Result<Option<Uuid>, StoreError> {
-        let bytes = match batch.rewritten.remove(&(portal, seq)) {
-            Some(b) => b,
-            None => match self.store.reader().event(portal, seq)? {
-                Some(b) => b,
-                None => return Ok(None),
-            },
+        let Some(bytes) = self.current_bytes(batch, portal, seq)? else {
+            return Ok(None);
         };
         let (record, _) = EventRecord::from_bytes(&bytes)
             .map_err(|e| StoreError::undecodable(format!("event {portal}/{seq}"), e))?;
+        if let Some(rec) = batch.portals.get(&portal) {
+            let name = record.event_name(rec).to_owned();
+            batch.rollups.add(portal, record.ts, &name, 0, 1);
+        }
         let mut bytes = bytes;
         bump_duplicates(&mut bytes);
         batch.rewritten.insert((portal, seq), bytes);
