@@ -224,15 +224,6 @@ impl Settings {
             setting: e.setting,
             why: e.why,
         })?;
-        if cluster.is_some() && offline.is_some() {
-            // Each node would pull and clear the same queue on its own and
-            // journal the records outside the stream: the journals would
-            // differ. Refused until pulling goes through the stream.
-            return Err(SettingsError::Invalid {
-                setting: "offline",
-                why: "offline pulling does not run in cluster mode yet; use --offline off with --cluster".into(),
-            });
-        }
         let listen_raw = args
             .listen
             .or(file.listen)

@@ -24,8 +24,9 @@ use async_nats::jetstream::{self, consumer::push::OrderedConfig, consumer::Deliv
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 
-use super::commands::Command;
+use super::commands::{Command, WireEvent};
 use super::metrics::cluster_metrics;
+use crate::journal::pull_state::PullState;
 use crate::journal::{AppendError, AppendOutcome, JournalHandle, RetentionPolicy};
 
 /// Messages handed to the writer and not yet answered: enough to fill
@@ -46,6 +47,11 @@ pub enum Outcome {
     Erased(Option<u64>),
     /// A retention step: the events deleted.
     Retained(u64),
+    /// A pull-state change, stored.
+    PullSaved,
+    /// A pulled batch: each record's outcome, and the pull state as
+    /// committed.
+    Pulled(Vec<Result<AppendOutcome, AppendError>>, Box<PullState>),
     /// A message this version does not apply.
     Skipped,
 }
@@ -251,6 +257,37 @@ async fn submit(journal: &JournalHandle, seq: u64, payload: &[u8]) -> Result<Ans
                 .await
                 .map_err(stopped)?;
             answer(seq, rx, Outcome::Retained)
+        }
+        Command::SavePull { state, merge } => {
+            let rx = journal
+                .apply_save_pull(state, merge, seq)
+                .await
+                .map_err(stopped)?;
+            answer(seq, rx, |()| Outcome::PullSaved)
+        }
+        Command::Pulled {
+            events,
+            state,
+            merge,
+        } => {
+            let events: Result<Vec<_>, _> =
+                events.into_iter().map(WireEvent::into_new_event).collect();
+            match events {
+                Ok(events) => {
+                    let rx = journal
+                        .apply_pulled(events, state, merge, seq)
+                        .await
+                        .map_err(stopped)?;
+                    answer(seq, rx, |(outcomes, state)| {
+                        Outcome::Pulled(outcomes, Box::new(state))
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "pulled batch is invalid; skipping it");
+                    let rx = journal.apply_skip(seq).await.map_err(stopped)?;
+                    answer(seq, rx, |()| Outcome::Skipped)
+                }
+            }
         }
     })
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::journal::pull_state::{PullMerge, PullState};
 use crate::journal::record::PortalProfile;
 use crate::journal::{Lifecycle, NewEvent, Origin, RetentionPolicy};
 use crate::types::{EntityId, EventName, MemberId, TokenDigest, Ts};
@@ -46,6 +47,27 @@ pub enum Command {
         budget: usize,
         /// The publishing node's clock when it published the step.
         at_ms: u64,
+    },
+    /// A portal's offline pull state changed: a new grant (an install
+    /// received by some node), a refreshed or revoked token, or the
+    /// puller's progress. The refresh token travels sealed: every node
+    /// holds the same secrets key.
+    SavePull {
+        /// The state as the publishing node made it.
+        state: PullState,
+        /// Which fields it owns (see `PullMerge`).
+        merge: PullMerge,
+    },
+    /// A batch of records the portal's puller fetched, each with the id it
+    /// was given on receipt, journaled with the pull state it leaves in
+    /// one atomic batch (counters advanced by the outcomes on apply).
+    Pulled {
+        /// The records, as events.
+        events: Vec<WireEvent>,
+        /// The pull state (reservation in flight) before the counters.
+        state: PullState,
+        /// Which fields it owns.
+        merge: PullMerge,
     },
 }
 
@@ -76,6 +98,20 @@ pub struct WireEvent {
     pub auth_rest: Map<String, Value>,
     /// The registration effect the receiving node decided.
     pub lifecycle: WireLifecycle,
+    /// A pulled offline record's message id and reconcile window (absent:
+    /// pushed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<WireOffline>,
+}
+
+/// [`Origin::Offline`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireOffline {
+    /// The record's `MESSAGE_ID`.
+    pub message_id: String,
+    /// The reconcile policy's window, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_window: Option<u64>,
 }
 
 /// [`Lifecycle`] on the wire: the token only as its SHA-256 digest, hex.
@@ -109,26 +145,20 @@ pub enum CommandError {
 impl Command {
     /// The command for a verified event with the id it was given on receipt.
     pub fn event(event: NewEvent, id: Uuid) -> Command {
-        let lifecycle = match event.lifecycle {
-            Lifecycle::Ordinary => WireLifecycle::Ordinary,
-            Lifecycle::Install { token, configured } => WireLifecycle::Install {
-                token_sha256: hex(&token.0),
-                configured,
-            },
-            Lifecycle::Uninstall => WireLifecycle::Uninstall,
-        };
-        Command::Event(Box::new(WireEvent {
-            id: id.to_string(),
-            event: event.event.as_str().to_owned(),
-            ts: event.ts.secs(),
-            member_id: event.member_id.as_str().to_owned(),
-            profile: event.profile,
-            event_handler_id: event.event_handler_id,
-            entity_id: event.entity_id.map(|e| e.as_str().to_owned()),
-            data: event.data,
-            auth_rest: event.auth_rest,
-            lifecycle,
-        }))
+        Command::Event(Box::new(WireEvent::new(event, id)))
+    }
+
+    /// A pulled batch: each record gets its id now, on receipt.
+    pub fn pulled(events: Vec<NewEvent>, state: PullState, merge: PullMerge) -> Command {
+        let events = events
+            .into_iter()
+            .map(|e| WireEvent::new(e, Uuid::now_v7()))
+            .collect();
+        Command::Pulled {
+            events,
+            state,
+            merge,
+        }
     }
 
     /// A retention step of `policy` counted back from `at_ms`.
@@ -148,6 +178,9 @@ impl Command {
             Command::Event(e) => format!("{SUBJECT_PREFIX}.events.{}", e.member_id),
             Command::Erase { member_id } => format!("{SUBJECT_PREFIX}.erase.{member_id}"),
             Command::Retain { .. } => format!("{SUBJECT_PREFIX}.retain"),
+            Command::SavePull { state, .. } | Command::Pulled { state, .. } => {
+                format!("{SUBJECT_PREFIX}.pull.{}", state.member_id)
+            }
         }
     }
 
@@ -164,6 +197,41 @@ impl Command {
 }
 
 impl WireEvent {
+    /// A verified event with the id it was given on receipt.
+    pub fn new(event: NewEvent, id: Uuid) -> WireEvent {
+        let lifecycle = match event.lifecycle {
+            Lifecycle::Ordinary => WireLifecycle::Ordinary,
+            Lifecycle::Install { token, configured } => WireLifecycle::Install {
+                token_sha256: hex(&token.0),
+                configured,
+            },
+            Lifecycle::Uninstall => WireLifecycle::Uninstall,
+        };
+        let offline = match event.origin {
+            Origin::Push => None,
+            Origin::Offline {
+                message_id,
+                reconcile_window,
+            } => Some(WireOffline {
+                message_id,
+                reconcile_window,
+            }),
+        };
+        WireEvent {
+            id: id.to_string(),
+            event: event.event.as_str().to_owned(),
+            ts: event.ts.secs(),
+            member_id: event.member_id.as_str().to_owned(),
+            profile: event.profile,
+            event_handler_id: event.event_handler_id,
+            entity_id: event.entity_id.map(|e| e.as_str().to_owned()),
+            data: event.data,
+            auth_rest: event.auth_rest,
+            lifecycle,
+            offline,
+        }
+    }
+
     /// The event to apply, with its id fixed.
     pub fn into_new_event(self) -> Result<NewEvent, CommandError> {
         let lifecycle = match self.lifecycle {
@@ -193,9 +261,13 @@ impl WireEvent {
             auth_rest: self.auth_rest,
             lifecycle,
             id: Some(Uuid::parse_str(&self.id).map_err(|_| CommandError::Field("id"))?),
-            // Only pushed events travel the stream so far: offline pulling
-            // is refused in cluster mode (settings.rs).
-            origin: Origin::Push,
+            origin: match self.offline {
+                None => Origin::Push,
+                Some(o) => Origin::Offline {
+                    message_id: o.message_id,
+                    reconcile_window: o.reconcile_window,
+                },
+            },
         })
     }
 }

@@ -14,7 +14,10 @@
 //! - `barrier`: before refusing an unknown portal or token, apply
 //!   everything the stream holds (an install acknowledged by another node
 //!   is then known here);
-//! - `changes`: erasures and retention steps, published as commands;
+//! - `changes`: erasures, retention steps and offline pulling's state
+//!   changes and pulled batches, published as commands;
+//! - `lease`: one node at a time for a job (a portal's pulling, retention),
+//!   through expiring keys in a KV bucket;
 //! - `node`: this node's connection, its lag, and its report to the
 //!   other nodes (a KV bucket that `cluster status` reads);
 //! - `ops`: `cluster init` and `cluster status`;
@@ -27,6 +30,7 @@ pub mod barrier;
 pub mod changes;
 pub mod commands;
 pub mod config;
+pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod ops;

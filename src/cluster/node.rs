@@ -157,6 +157,23 @@ impl Cluster {
         self.lag() <= self.config.max_lag
     }
 
+    /// Tries to hold lease `name` for this node until `stop` (see
+    /// `lease::hold`); whether it holds it now.
+    pub fn lease(
+        &self,
+        name: &str,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::sync::watch::Receiver<bool> {
+        let replicas = self.stream.cached_info().config.num_replicas.max(1);
+        super::lease::hold(
+            self.js.clone(),
+            replicas,
+            name.to_owned(),
+            self.config.node.clone(),
+            stop,
+        )
+    }
+
     /// Stops the applier and the reporter (at shutdown, before the
     /// journal closes).
     pub fn stop(&self) {

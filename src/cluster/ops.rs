@@ -78,6 +78,11 @@ pub async fn init(config: &ClusterConfig, limits: StreamLimits) -> Result<Value,
         .await
         .map_err(|e| OpsError(format!("cannot create KV bucket: {e}")))?;
     }
+    if js.get_key_value(super::lease::LEASES_BUCKET).await.is_err() {
+        js.create_key_value(super::lease::bucket_config(limits.replicas))
+            .await
+            .map_err(|e| OpsError(format!("cannot create the leases bucket: {e}")))?;
+    }
     Ok(json!({
         "status": "ok",
         "stream": config.stream,

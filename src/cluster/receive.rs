@@ -15,9 +15,10 @@ use uuid::Uuid;
 use super::apply::Outcome;
 use super::commands::Command;
 use super::node::Cluster;
-use crate::decode::{self, BodyKind};
+use crate::decode::{self, BodyKind, Grant};
 use crate::ingest::IngestError;
 use crate::journal::dedup::key::dedup_key;
+use crate::journal::record::PortalProfile;
 use crate::journal::{AppendOutcome, JournalHandle, Lifecycle};
 use crate::types::{EventName, MemberId};
 use crate::verify::{Verifier, VerifyError};
@@ -33,6 +34,10 @@ pub struct Received {
     /// stream (`Err` holds the id it was given, unless the stream took it
     /// for a repeat of an earlier message, whose id is not known yet).
     pub outcome: Result<AppendOutcome, Option<Uuid>>,
+    /// An ONAPPINSTALL's OAuth grant and the install's profile, for
+    /// offline pulling; never published as such (the puller publishes it
+    /// sealed).
+    pub grant: Option<(Grant, PortalProfile)>,
 }
 
 /// Decodes, verifies (behind the read barrier when the portal or token is
@@ -44,7 +49,8 @@ pub async fn receive(
     kind: BodyKind,
     body: &[u8],
 ) -> Result<Received, IngestError> {
-    let event = decode::decode(kind, body)?;
+    let mut event = decode::decode(kind, body)?;
+    let grant = event.grant.take().map(|g| (g, event.profile.clone()));
     let member_id = event.member_id.clone();
     let name = event.event.clone();
     let verify = || journal.with_directory(|dir| verifier.check(&event, dir));
@@ -114,6 +120,7 @@ pub async fn receive(
         member_id,
         event: name,
         outcome,
+        grant,
     })
 }
 

@@ -134,4 +134,9 @@ pub enum UnavailableCause {
         /// The message it was given.
         got: u64,
     },
+    /// Cluster mode: the change was not acknowledged by the stream, or not
+    /// applied here in time (it may still be applied: the caller retries
+    /// from the state it then finds).
+    #[error("not replicated: {0}")]
+    NotReplicated(String),
 }

@@ -43,7 +43,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use entities::EntityIndex;
-use pull_state::PullState;
+use pull_state::{PullMerge, PullState};
 use store::Store;
 
 pub use append::{AppendError, AppendOutcome, NewEvent, Origin, UnavailableCause};
@@ -208,7 +208,9 @@ impl JournalHandle {
         self.tx
             .send(writer::Job::SavePull {
                 state: Box::new(state),
+                merge: PullMerge::Replace,
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -228,7 +230,9 @@ impl JournalHandle {
             .send(writer::Job::AppendPulled {
                 events,
                 state: Box::new(state),
+                merge: PullMerge::Replace,
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -342,6 +346,46 @@ impl JournalHandle {
         Ok(rx)
     }
 
+    /// Applies a replicated pull-state change, combined with the stored
+    /// state by `merge`.
+    pub async fn apply_save_pull(
+        &self,
+        state: PullState,
+        merge: PullMerge,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<(), AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::SavePull {
+            state: Box::new(state),
+            merge,
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Applies a replicated batch of pulled records (their ids fixed) with
+    /// the pull state it leaves, combined with the stored state by `merge`.
+    pub async fn apply_pulled(
+        &self,
+        events: Vec<NewEvent>,
+        state: PullState,
+        merge: PullMerge,
+        from: u64,
+    ) -> Result<PulledReceiver, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::AppendPulled {
+            events,
+            state: Box::new(state),
+            merge,
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
     /// The last stream message durably applied (0: none; always 0 in
     /// embedded mode).
     pub fn stream_seq(&self) -> Result<u64, store::StoreError> {
@@ -359,6 +403,13 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Where a pulled batch's answer arrives: each record's outcome and the
+/// pull state as committed.
+pub type PulledReceiver = oneshot::Receiver<PulledResult>;
+
+/// Each pulled record's outcome and the pull state as committed.
+pub type PulledResult = Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError>;
 
 /// "Not stored, try later": the writer thread is gone.
 fn writer_stopped() -> AppendError {

@@ -110,9 +110,17 @@ where
                     member_id: received.member_id,
                     event: received.event,
                     outcome,
-                    grant: None,
+                    grant: received.grant,
                 },
-                Err(id) => return Ok(accepted(id)),
+                Err(id) => {
+                    // Durable in the cluster, not applied here yet: the
+                    // grant is kept all the same.
+                    if let (Some(offline), Some((grant, profile))) = (&app.offline, received.grant)
+                    {
+                        keep_grant(offline, &received.member_id, &profile, grant).await?;
+                    }
+                    return Ok(accepted(id));
+                }
             }
         }
     };

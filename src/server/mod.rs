@@ -146,12 +146,19 @@ async fn serve_with(
         let _ = stop.send(true);
     };
     let offline = match (&settings.offline, secrets_key) {
-        (Some(o), Some(key)) => Some(Arc::new(crate::offline::Offline::start(
-            o.config.clone(),
-            key,
-            journal.handle(),
-            stopping.clone(),
-        )?)),
+        (Some(o), Some(key)) => {
+            use crate::offline::sink::Sink;
+            let sink = match &cluster {
+                Some(c) => Sink::Cluster(c.clone(), journal.handle()),
+                None => Sink::Local(journal.handle()),
+            };
+            Some(Arc::new(crate::offline::Offline::start(
+                o.config.clone(),
+                key,
+                sink,
+                stopping.clone(),
+            )?))
+        }
         _ => None,
     };
     let app = Arc::new(App {

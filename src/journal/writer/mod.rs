@@ -49,7 +49,7 @@ use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
-use super::pull_state::PullState;
+use super::pull_state::{PullMerge, PullState};
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
@@ -101,7 +101,9 @@ pub(super) enum Job {
     /// Store a portal's offline pull state (durably, when answered).
     SavePull {
         state: Box<PullState>,
+        merge: PullMerge,
         reply: oneshot::Sender<Result<(), AppendError>>,
+        from: Option<u64>,
     },
     /// Journal a batch of pulled offline records and, in the same atomic
     /// batch, the portal's pull state with its counters advanced by the
@@ -109,7 +111,9 @@ pub(super) enum Job {
     AppendPulled {
         events: Vec<NewEvent>,
         state: Box<PullState>,
+        merge: PullMerge,
         reply: PulledReply,
+        from: Option<u64>,
     },
     /// Commit what came before, then stop.
     Shutdown,
@@ -345,17 +349,32 @@ impl Writer {
                         .and_then(|()| self.retain(policy, budget, at_ms, from));
                     let _ = reply.send(result);
                 }
-                Job::SavePull { state, reply } => {
-                    batch
-                        .pulls
-                        .insert(state.member_id.clone(), (*state).clone());
-                    batch.saved.push(reply);
-                }
+                Job::SavePull {
+                    state,
+                    merge,
+                    reply,
+                    from,
+                } => match self.merge_pull(&mut batch, from, &merge, *state) {
+                    Ok(state) => {
+                        batch.pulls.insert(state.member_id.clone(), state);
+                        batch.saved.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Job::AppendPulled {
                     events,
                     state,
+                    merge,
                     reply,
-                } => self.stage_pulled(&mut batch, events, *state, reply),
+                    from,
+                } => match self.merge_pull(&mut batch, from, &merge, *state) {
+                    Ok(state) => self.stage_pulled(&mut batch, events, state, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Job::Shutdown => stop = true,
             }
         }
