@@ -285,6 +285,8 @@ async fn three_nodes_build_the_same_journal() {
 
 /// Retention passes are commands in the stream: every node deletes the
 /// same events (per-portal limit here), and the journals stay identical.
+/// Every node runs retention, but only the holder of the retention lease
+/// publishes steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_runs_through_the_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,10 +305,7 @@ async fn retention_runs_through_the_stream() {
     let nodes: Vec<TestServer> = (0..3)
         .map(|i| {
             let mut args = node_args(&dir.path().join(format!("j{i}")), &nats, i);
-            // Only node 0 runs retention: the others apply its steps.
-            if i == 0 {
-                args.extend(["--retain-per-portal", "5", "--retain-every", "1"].map(String::from));
-            }
+            args.extend(["--retain-per-portal", "5", "--retain-every", "1"].map(String::from));
             TestServer::spawn(args, &[])
         })
         .collect();
@@ -342,4 +341,9 @@ async fn retention_runs_through_the_stream() {
     let stats = same_stats(&clients, P1.member).await;
     assert_eq!(stats["events"], 5, "{stats}");
     assert_eq!(stats["duplicates"], 3, "{stats}");
+    let publishers = nodes
+        .iter()
+        .filter(|n| n.logs().contains("retention step published"))
+        .count();
+    assert_eq!(publishers, 1, "one node publishes retention steps");
 }

@@ -15,7 +15,7 @@ pub mod reload;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -267,11 +267,22 @@ async fn join_backups(app: &App) {
     .expect("the join task cannot panic: it ignores the backups' own panics");
 }
 
+/// The lease of the node that publishes retention steps in cluster mode.
+const RETENTION_LEASE: &str = "retention";
+
 /// Runs retention every `policy.every`, in bounded steps that queue behind
 /// ingest like any other writer job. The policy is read anew for every
 /// pass, and a reload wakes the task so that a new one applies at once.
+/// In cluster mode only the node holding the retention lease publishes
+/// steps (every node applies them); a node whose policy is off lets the
+/// lease go.
 async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
     let mut announced = None;
+    // The lease task stops when this pair is dropped.
+    let mut lease: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::sync::watch::Receiver<bool>,
+    )> = None;
     loop {
         let policy = app.live().retention;
         if announced != Some(policy) {
@@ -284,9 +295,22 @@ async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
         }
         if policy.is_on() {
             match &app.cluster {
-                Some(cluster) => cluster_retain_pass(cluster, policy).await,
+                Some(cluster) => {
+                    let (_, held) = lease.get_or_insert_with(|| {
+                        let (stop, stopped) = tokio::sync::watch::channel(false);
+                        (stop, cluster.lease(RETENTION_LEASE, stopped))
+                    });
+                    // A first attempt to take it is one round trip away.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h)).await;
+                    if *held.borrow() {
+                        cluster_retain_pass(cluster, policy).await;
+                    }
+                }
                 None => retain_pass(&app.journal, policy).await,
             }
+        } else {
+            lease = None;
         }
         tokio::select! {
             _ = tokio::time::sleep(policy.every) => {}
@@ -314,7 +338,9 @@ async fn retain_pass(journal: &JournalHandle, policy: crate::journal::RetentionP
 /// so that all journals delete the same events.
 async fn cluster_retain_pass(cluster: &Cluster, policy: crate::journal::RetentionPolicy) {
     loop {
-        match cluster.retain(policy, RETAIN_STEP).await {
+        let step = cluster.retain(policy, RETAIN_STEP).await;
+        tracing::debug!(?step, "retention step published");
+        match step {
             Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
             Ok(_) => break,
             Err(e) => {
