@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use tokio::sync::{watch, Semaphore};
 
 use crate::access::ReadTokens;
+use crate::cluster::Cluster;
 use crate::journal::{JournalHandle, RetentionPolicy};
 use crate::offline::Offline;
 use crate::tickets::TicketKey;
@@ -66,6 +67,9 @@ pub struct App {
     pub backup_dir: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed, for the logs.
     pub trusted_proxies: Vec<IpNet>,
+    /// Cluster mode: this node's part (`None`: embedded mode, the default).
+    /// Every state change then goes through the stream.
+    pub cluster: Option<Arc<Cluster>>,
     /// The offline-event puller (`None`: pulling is off).
     pub offline: Option<Arc<Offline>>,
     /// Signs and checks stream tickets.

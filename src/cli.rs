@@ -3,6 +3,7 @@
 //! [`ServeArgs`] into checked settings; [`commands`](crate::commands) runs
 //! each subcommand.
 
+use crate::cluster::ClusterArgs;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,8 @@ pub enum Command {
     /// List, add or remove portal tokens kept in a stopped data directory
     /// (as SHA-256 digests); `list` also shows offline pulling state.
     Portals(PortalsArgs),
+    /// Cluster mode's operations: create the stream, show its state.
+    Cluster(ClusterCmdArgs),
     /// Create a new secrets key file (mode 0600) for `--secrets-key-file`:
     /// the key that seals the refresh tokens offline pulling keeps.
     Keygen(KeygenArgs),
@@ -364,4 +367,43 @@ pub struct ServeArgs {
     /// production: tokens would travel unencrypted.
     #[arg(long, env = "B24J_OFFLINE_ALLOW_HTTP_LOOPBACK")]
     pub offline_allow_http_loopback: bool,
+
+    /// Cluster mode (NATS JetStream); off by default.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Options of `cluster`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterCmdArgs {
+    /// The NATS servers and how to reach them.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ClusterAction,
+}
+
+/// `cluster` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterAction {
+    /// Create the stream and the nodes' KV bucket, or update their limits.
+    Init {
+        /// Replicas of every message (3: any one NATS node may fail).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Days the stream keeps messages: at least the time it takes to
+        /// rebuild a node from a peer's backup and replay the rest.
+        #[arg(long, default_value_t = 7)]
+        max_age_days: u64,
+        /// Most bytes the stream keeps (oldest go first).
+        #[arg(long, default_value_t = 10 * 1024 * 1024 * 1024)]
+        max_bytes: i64,
+        /// Seconds in which a repeated Nats-Msg-Id is dropped.
+        #[arg(long, default_value_t = 120)]
+        duplicate_window_secs: u64,
+    },
+    /// Show the stream, its replicas, and every node's applied sequence
+    /// and lag (JSON).
+    Status,
 }

@@ -16,7 +16,10 @@ use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
-use crate::cli::{BackupArgs, Cli, Command, PortalsAction, PortalsArgs};
+use crate::cli::{
+    BackupArgs, Cli, ClusterAction, ClusterCmdArgs, Command, PortalsAction, PortalsArgs,
+};
+use crate::cluster::{ops, ClusterConfig};
 use crate::journal::maintain::{self, MaintainError};
 use crate::journal::registration::{Registration, Source, Status};
 use crate::journal::store::StoreError;
@@ -108,6 +111,9 @@ pub enum CommandError {
         /// What to do instead.
         advice: &'static str,
     },
+    /// A `cluster` operation failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The secrets key file could not be created.
     #[error(transparent)]
     Key(#[from] crate::offline::secrets::KeyError),
@@ -164,7 +170,40 @@ pub async fn run(cli: Cli, activation: Activation) -> Result<(), Error> {
         Command::ReadTokens(args) => {
             read_tokens(args, &mut std::io::stdout().lock()).map_err(CommandError::from)?;
         }
+        Command::Cluster(args) => {
+            init_logging();
+            cluster(args).await?;
+        }
     }
+    Ok(())
+}
+
+/// `cluster init` and `cluster status`: prints the result as JSON.
+async fn cluster(args: ClusterCmdArgs) -> Result<(), CommandError> {
+    let config = ClusterConfig::resolve(&args.cluster, None)
+        .map_err(|e| CommandError::Cluster(e.to_string()))?
+        .ok_or_else(|| {
+            CommandError::Cluster("name the NATS servers with --cluster (or B24J_CLUSTER)".into())
+        })?;
+    let result = match args.action {
+        ClusterAction::Init {
+            replicas,
+            max_age_days,
+            max_bytes,
+            duplicate_window_secs,
+        } => {
+            let limits = ops::StreamLimits {
+                replicas,
+                max_age: std::time::Duration::from_secs(max_age_days.saturating_mul(86_400)),
+                max_bytes,
+                duplicate_window: std::time::Duration::from_secs(duplicate_window_secs),
+            };
+            ops::init(&config, limits).await
+        }
+        ClusterAction::Status => ops::status(&config).await,
+    }
+    .map_err(|e| CommandError::Cluster(e.to_string()))?;
+    println!("{result}");
     Ok(())
 }
 

@@ -111,6 +111,7 @@ impl IncomingEvent {
             data: self.data,
             auth_rest: self.auth_rest,
             lifecycle,
+            id: None,
             origin: Origin::Push,
         }
     }

@@ -41,6 +41,16 @@ pub enum IngestError {
         #[source]
         reason: VerifyError,
     },
+    /// Cluster mode: the stream did not acknowledge the event (no quorum,
+    /// an election that outlasted the deadline), or the node could not
+    /// catch up with it to check an unknown portal.
+    #[error("event of portal {member_id} not replicated: {reason}")]
+    NotReplicated {
+        /// The portal that sent it.
+        member_id: MemberId,
+        /// What failed.
+        reason: String,
+    },
     /// The journal did not store the event.
     #[error("event of portal {member_id} not stored")]
     NotStored {

@@ -88,6 +88,9 @@ pub mod commands;
 // Logging to stderr, with a filter and format a reload can change.
 pub mod logging;
 
+// Cluster mode: several nodes on NATS JetStream (off by default).
+pub mod cluster;
+
 // Process memory settings applied first thing in `main`.
 pub mod memory;
 

@@ -170,6 +170,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics defined elsewhere (cluster mode's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -6,6 +6,7 @@
 //! module lays them over the file and the defaults and checks the result.
 //! It is the outermost layer: only `commands` and `server` depend on it.
 
+use crate::cluster::{ClusterConfig, ClusterFile};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,7 @@ struct FileSettings {
     read_tokens: Vec<dashboards::FileReadToken>,
     #[serde(default)]
     portals: BTreeMap<String, String>,
+    cluster: Option<ClusterFile>,
     #[serde(default)]
     app: offline::FileApp,
     #[serde(default)]
@@ -125,6 +127,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The log filter (`info`, `debug`, `b24_journal=trace`, …).
     pub log_filter: String,
+    /// Cluster mode (`None`: embedded, the default).
+    pub cluster: Option<ClusterConfig>,
     /// Offline-event pulling (off when `None`). Read at start only: a
     /// reload does not change it.
     pub offline: Option<OfflineSettings>,
@@ -204,6 +208,13 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let cluster =
+            ClusterConfig::resolve(&args.cluster, file.cluster.as_ref()).map_err(|e| {
+                SettingsError::Invalid {
+                    setting: e.setting,
+                    why: e.why,
+                }
+            })?;
         let offline = offline::resolve(
             &args,
             std::mem::take(&mut file.app),
@@ -384,6 +395,7 @@ impl Settings {
             backup_dir,
             warnings: tokens.warnings,
             log_filter,
+            cluster,
             offline,
             read_tokens,
             cors_origins,

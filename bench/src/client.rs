@@ -183,9 +183,12 @@ pub trait Work: Send + 'static {
 }
 
 /// Timing of one phase.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Spec {
     pub addr: SocketAddr,
+    /// More servers: connection i goes to the (i mod n)-th of `addr` and
+    /// these.
+    pub also: Vec<SocketAddr>,
     pub conns: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -228,11 +231,15 @@ where
     F: FnMut(usize) -> W,
 {
     let mut conns = Vec::with_capacity(spec.conns);
-    for _ in 0..spec.conns {
+    for i in 0..spec.conns {
+        let addr = match i % (1 + spec.also.len()) {
+            0 => spec.addr,
+            k => spec.also[k - 1],
+        };
         conns.push(
-            Conn::connect(spec.addr)
+            Conn::connect(addr)
                 .await
-                .with_context(|| format!("connect to {}", spec.addr))?,
+                .with_context(|| format!("connect to {addr}"))?,
         );
     }
     let start = Instant::now();

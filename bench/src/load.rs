@@ -44,6 +44,11 @@ pub struct LoadArgs {
     /// Share of exact resends of bodies already stored (with `--journal`).
     #[arg(long, value_name = "P", default_value_t = 0.10)]
     dup_rate: f64,
+    /// More servers to spread the connections over (comma-separated
+    /// IP:PORT): connection i goes to the (i mod n)-th of ADDR and these,
+    /// as a load balancer in front of a cluster's nodes would spread them.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS")]
+    also: Vec<SocketAddr>,
     /// Print the config file lines (`[portals]`) a service needs to take
     /// this load, and exit.
     #[arg(long)]
@@ -73,6 +78,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let shared = works::IngestShared::new(portals, addr.to_string(), dup_rate, per_entity);
     let spec = client::Spec {
         addr,
+        also: a.also.clone(),
         conns,
         warmup: Duration::from_secs(1),
         measure: Duration::from_secs_f64(secs),
@@ -86,11 +92,12 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         counts.add(&w.counts);
     }
     println!(
-        "{:.0} req/s  p50 {} µs  p99 {} µs  p99.9 {} µs  stored {} duplicate {} 503 {} other {}",
+        "{:.0} req/s  p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs  stored {} duplicate {} 503 {} other {}",
         out.rate(),
         l.p50 / 1000,
         l.p99 / 1000,
         l.p999 / 1000,
+        out.hist.max() / 1000,
         counts.stored(),
         counts.duplicates(),
         counts.unavailable,

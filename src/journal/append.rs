@@ -36,6 +36,11 @@ pub struct NewEvent {
     pub auth_rest: Map<String, Value>,
     /// What this event does to the portal's registration.
     pub lifecycle: Lifecycle,
+    /// The id the event gets if new. `None` (embedded mode): the writer
+    /// assigns one when it stages the event. Cluster mode assigns it on
+    /// receipt and carries it in the stream, so that every node stores the
+    /// same id (and the same `received_at`, which is the id's time).
+    pub id: Option<Uuid>,
     /// Pushed to us, or pulled from the portal's offline queue.
     pub origin: Origin,
 }
@@ -119,4 +124,19 @@ pub enum UnavailableCause {
     /// A single-step commit (erase, retention) failed.
     #[error(transparent)]
     Commit(Arc<CommitError>),
+    /// Cluster mode: a stream message came out of order (a batch before it
+    /// failed, or the stream no longer holds the messages in between); the
+    /// applier resumes from the last applied message.
+    #[error("stream message {got} out of order: the journal expects {expected}")]
+    StreamGap {
+        /// The message the journal can apply next.
+        expected: u64,
+        /// The message it was given.
+        got: u64,
+    },
+    /// Cluster mode: the change was not acknowledged by the stream, or not
+    /// applied here in time (it may still be applied: the caller retries
+    /// from the state it then finds).
+    #[error("not replicated: {0}")]
+    NotReplicated(String),
 }

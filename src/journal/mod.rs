@@ -44,7 +44,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use entities::EntityIndex;
-use pull_state::PullState;
+use pull_state::{PullMerge, PullState};
 use store::Store;
 
 pub use append::{AppendError, AppendOutcome, NewEvent, Origin, UnavailableCause};
@@ -112,6 +112,7 @@ impl Journal {
         let (commits_tx, commits) = watch::channel(0);
         let mut writer =
             writer::Writer::new(store, directory, published.clone(), commits_tx, entities);
+        writer.set_stream_seq(store_reader_stream_seq(&reader).map_err(store_err)?);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
@@ -160,6 +161,7 @@ impl JournalHandle {
             .try_send(writer::Job::Append {
                 event: Box::new(event),
                 reply,
+                from: None,
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => AppendError::QueueFull,
@@ -177,6 +179,7 @@ impl JournalHandle {
             .send(writer::Job::Erase {
                 member_id: member_id.to_owned(),
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -191,7 +194,9 @@ impl JournalHandle {
             .send(writer::Job::Retain {
                 policy,
                 budget,
+                at_ms: now_ms(),
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -204,7 +209,9 @@ impl JournalHandle {
         self.tx
             .send(writer::Job::SavePull {
                 state: Box::new(state),
+                merge: PullMerge::Replace,
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -224,7 +231,9 @@ impl JournalHandle {
             .send(writer::Job::AppendPulled {
                 events,
                 state: Box::new(state),
+                merge: PullMerge::Replace,
                 reply,
+                from: None,
             })
             .await
             .map_err(|_| writer_stopped())?;
@@ -265,6 +274,143 @@ impl JournalHandle {
         self.commits.clone()
     }
 }
+
+/// The jobs of cluster mode: each comes from one stream message, named by
+/// its stream sequence (`from`), and the writer applies them strictly in
+/// stream order, recording the position atomically with each (see the
+/// writer's module doc). They wait for room in the queue instead of being
+/// refused: the applier is the only sender and must not drop a message.
+/// Each returns a future of the writer's answer, so that the applier can
+/// queue many before the first is committed (group commit).
+impl JournalHandle {
+    /// Applies a replicated event.
+    pub async fn apply_event(
+        &self,
+        event: NewEvent,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::Append {
+            event: Box::new(event),
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Moves the position past a message that changes nothing.
+    pub async fn apply_skip(
+        &self,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<(), AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::Skip { from, reply };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Applies a replicated portal erasure.
+    pub async fn apply_erase(
+        &self,
+        member_id: &str,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<Option<u64>, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::Erase {
+            member_id: member_id.to_owned(),
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Applies one replicated retention step, its age limit counted back
+    /// from `at_ms` (the publishing node's clock, carried in the message).
+    pub async fn apply_retain(
+        &self,
+        policy: RetentionPolicy,
+        budget: usize,
+        at_ms: u64,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<u64, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::Retain {
+            policy,
+            budget,
+            at_ms,
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Applies a replicated pull-state change, combined with the stored
+    /// state by `merge`.
+    pub async fn apply_save_pull(
+        &self,
+        state: PullState,
+        merge: PullMerge,
+        from: u64,
+    ) -> Result<oneshot::Receiver<Result<(), AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::SavePull {
+            state: Box::new(state),
+            merge,
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// Applies a replicated batch of pulled records (their ids fixed) with
+    /// the pull state it leaves, combined with the stored state by `merge`.
+    pub async fn apply_pulled(
+        &self,
+        events: Vec<NewEvent>,
+        state: PullState,
+        merge: PullMerge,
+        from: u64,
+    ) -> Result<PulledReceiver, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = writer::Job::AppendPulled {
+            events,
+            state: Box::new(state),
+            merge,
+            reply,
+            from: Some(from),
+        };
+        self.tx.send(job).await.map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// The last stream message durably applied (0: none; always 0 in
+    /// embedded mode).
+    pub fn stream_seq(&self) -> Result<u64, store::StoreError> {
+        store_reader_stream_seq(&self.reader)
+    }
+}
+
+fn store_reader_stream_seq(reader: &JournalReader) -> Result<u64, store::StoreError> {
+    reader.store().stream_seq()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where a pulled batch's answer arrives: each record's outcome and the
+/// pull state as committed.
+pub type PulledReceiver = oneshot::Receiver<PulledResult>;
+
+/// Each pulled record's outcome and the pull state as committed.
+pub type PulledResult = Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError>;
 
 /// "Not stored, try later": the writer thread is gone.
 fn writer_stopped() -> AppendError {

@@ -67,6 +67,58 @@ pub struct PullState {
     pub last_error: Option<String>,
 }
 
+/// How a pull-state change combines with the stored state. Embedded mode
+/// has one writer of each portal's state and replaces it; in cluster mode
+/// two nodes may change it at once — the one whose ONAPPINSTALL brought a
+/// new grant, and the one holding the portal's pulling lease — so each
+/// change says which fields it owns, and every node's writer combines it
+/// with what it holds in the same way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PullMerge {
+    /// Replace the stored state.
+    Replace,
+    /// A new grant (an install): its member id, domain, endpoint, sealed
+    /// token, a working token state and no error are taken; the pulling
+    /// progress stored (clear mode, reservation, counters) is kept.
+    Grant,
+    /// The puller's change, made from a state whose sealed token was
+    /// `base`: taken whole, unless the stored token is no longer `base` (a
+    /// new grant was applied meanwhile), whose grant fields then stay.
+    Progress {
+        /// The sealed token of the state the change was made from.
+        base: Vec<u8>,
+    },
+}
+
+impl PullMerge {
+    /// The state to store when `change` meets `stored`.
+    pub fn apply(&self, stored: Option<&PullState>, change: PullState) -> PullState {
+        let Some(stored) = stored else {
+            return change;
+        };
+        match self {
+            PullMerge::Replace => change,
+            PullMerge::Grant => PullState {
+                member_id: change.member_id,
+                domain: change.domain,
+                client_endpoint: change.client_endpoint,
+                sealed_refresh_token: change.sealed_refresh_token,
+                token: TokenState::Ok,
+                last_error: None,
+                ..stored.clone()
+            },
+            PullMerge::Progress { base } if *base != stored.sealed_refresh_token => PullState {
+                domain: stored.domain.clone(),
+                client_endpoint: stored.client_endpoint.clone(),
+                sealed_refresh_token: stored.sealed_refresh_token.clone(),
+                token: stored.token,
+                ..change
+            },
+            PullMerge::Progress { .. } => change,
+        }
+    }
+}
+
 impl PullState {
     /// Encodes for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -78,5 +130,55 @@ impl PullState {
     /// Decodes from storage.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(token: &[u8], pulled: u64) -> PullState {
+        PullState {
+            member_id: "m".into(),
+            domain: "a.bitrix24.com".into(),
+            client_endpoint: "https://a.bitrix24.com/rest/".into(),
+            sealed_refresh_token: token.to_vec(),
+            pulled,
+            ..PullState::default()
+        }
+    }
+
+    #[test]
+    fn a_grant_keeps_the_progress_and_progress_keeps_a_newer_grant() {
+        let stored = state(b"old", 7);
+        // An install: new token, the counters stay.
+        let mut grant = state(b"new", 0);
+        grant.token = TokenState::Revoked;
+        let merged = PullMerge::Grant.apply(Some(&stored), grant);
+        assert_eq!(merged.sealed_refresh_token, b"new");
+        assert_eq!(merged.pulled, 7);
+        assert_eq!(merged.token, TokenState::Ok);
+        // The puller's change made from the old token after the grant:
+        // its counters are taken, the new grant stays.
+        let mut progress = state(b"old", 9);
+        progress.token = TokenState::Revoked;
+        let base = PullMerge::Progress {
+            base: b"old".to_vec(),
+        };
+        let after = base.apply(Some(&merged), progress.clone());
+        assert_eq!(after.sealed_refresh_token, b"new");
+        assert_eq!(after.token, TokenState::Ok);
+        assert_eq!(after.pulled, 9);
+        // Made from the stored token (a refresh): taken whole.
+        let refreshed = state(b"rotated", 9);
+        let after = PullMerge::Progress {
+            base: b"new".to_vec(),
+        }
+        .apply(Some(&merged), refreshed.clone());
+        assert_eq!(after, refreshed);
+        assert_eq!(
+            PullMerge::Replace.apply(Some(&stored), progress.clone()),
+            progress
+        );
     }
 }

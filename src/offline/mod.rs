@@ -24,6 +24,7 @@ pub mod pull;
 pub mod record;
 pub mod rest;
 pub mod secrets;
+pub mod sink;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,11 +36,12 @@ use tokio::sync::{watch, Semaphore};
 use crate::decode::Grant;
 use crate::journal::pull_state::{ClearMode, PullState, TokenState};
 use crate::journal::record::PortalProfile;
-use crate::journal::{AppendError, JournalHandle};
+use crate::journal::AppendError;
 use crate::types::{millis_to_rfc3339, MemberId};
 use config::OfflineConfig;
 use portal::{Outbound, Portal};
 use secrets::SecretsKey;
+use sink::Sink;
 
 /// Longest back-off after repeated errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -99,6 +101,8 @@ pub struct PullStatus {
     pub in_flight: bool,
     /// The last error, if the last pull failed.
     pub last_error: Option<String>,
+    /// Whether this node pulls the portal (cluster mode: holds its lease).
+    pub pulls_here: bool,
 }
 
 impl PullStatus {
@@ -123,6 +127,7 @@ impl PullStatus {
             duplicates: state.duplicates,
             in_flight: state.in_flight.is_some(),
             last_error: state.last_error.clone(),
+            pulls_here: true,
         }
     }
 }
@@ -141,13 +146,17 @@ struct Inner {
 }
 
 impl Offline {
-    /// Starts pulling every portal with a saved grant and a policy.
+    /// Starts pulling every portal with a saved grant and a policy. In
+    /// cluster mode every node runs a task per portal, and the one holding
+    /// the portal's lease pulls; portals whose grant another node received
+    /// are picked up as their state is applied here.
     pub fn start(
         config: OfflineConfig,
         key: SecretsKey,
-        journal: JournalHandle,
+        sink: Sink,
         stopping: watch::Receiver<bool>,
     ) -> Result<Offline, StartError> {
+        let journal = sink.journal().clone();
         let token_url =
             endpoint::oauth_token_url(&config.app.oauth_server, config.allow_http_loopback)?;
         if config.allow_http_loopback {
@@ -160,7 +169,7 @@ impl Offline {
             app: config.app.clone(),
             key,
             timeout: config.call_timeout,
-            journal,
+            sink,
         };
         let inner = Arc::new(Inner {
             permits: Semaphore::new(config.concurrency.max(1)),
@@ -170,21 +179,54 @@ impl Offline {
             stopping,
         });
         let offline = Offline { inner };
-        for state in states {
-            let Ok(member) = MemberId::parse(&state.member_id) else {
-                continue;
+        offline.adopt(states, true);
+        if offline.inner.out.sink.is_cluster() {
+            let adopter = Offline {
+                inner: offline.inner.clone(),
             };
-            match offline.inner.config.policy(member.as_str()) {
-                Some(policy) => offline.spawn(Arc::new(Portal::new(member, policy, state))),
-                None => {
-                    tracing::info!(member_id = %member, "a sealed grant is kept for this portal but no offline policy names it; not pulling")
+            tokio::spawn(async move {
+                let mut stopping = adopter.inner.stopping.clone();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::cluster::lease::RENEW_EVERY) => {}
+                        _ = stopping.wait_for(|s| *s) => return,
+                    }
+                    let store = adopter.inner.out.sink.journal().reader().store().clone();
+                    if let Ok(states) = store.pull_states() {
+                        adopter.adopt(states, false);
+                    }
                 }
-            }
+            });
         }
         Ok(offline)
     }
 
+    /// Starts a task for each portal of `states` that has none yet and
+    /// that a policy names.
+    fn adopt(&self, states: Vec<PullState>, log_unnamed: bool) {
+        for state in states {
+            let Ok(member) = MemberId::parse(&state.member_id) else {
+                continue;
+            };
+            if self.portal(member.as_str()).is_some() {
+                continue;
+            }
+            match self.inner.config.policy(member.as_str()) {
+                Some(policy) => self.spawn(Arc::new(Portal::new(member, policy, state))),
+                None if log_unnamed => {
+                    tracing::info!(member_id = %member, "a sealed grant is kept for this portal but no offline policy names it; not pulling")
+                }
+                None => {}
+            }
+        }
+    }
+
     fn spawn(&self, portal: Arc<Portal>) {
+        // Cluster mode: not until its lease is held.
+        portal.pulls_here.store(
+            !self.inner.out.sink.is_cluster(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let key = portal.member_id.as_str().to_owned();
         self.inner
             .portals
@@ -240,7 +282,7 @@ impl Offline {
         };
         match self.portal(member.as_str()) {
             Some(portal) => {
-                portal.update(&self.inner.out.journal, install).await?;
+                portal.grant(&self.inner.out.sink, install).await?;
                 portal.set_access(grant.access_token);
                 portal.wake.notify_one();
             }
@@ -250,7 +292,7 @@ impl Offline {
                 let mut state = PullState::default();
                 install(&mut state);
                 let portal = Arc::new(Portal::new(member.clone(), policy, state));
-                portal.update(&self.inner.out.journal, |_| {}).await?;
+                portal.grant(&self.inner.out.sink, |_| {}).await?;
                 portal.set_access(grant.access_token);
                 self.spawn(portal);
             }
@@ -272,7 +314,15 @@ impl Offline {
         portals
             .iter()
             .map(|(member, p)| {
-                let status = PullStatus::of(&p.snapshot(), p.policy.as_str(), p.is_refreshing());
+                // Cluster mode: what this node applied, whichever node pulls.
+                let state = self
+                    .inner
+                    .out
+                    .sink
+                    .applied_state(member)
+                    .unwrap_or_else(|| p.snapshot());
+                let mut status = PullStatus::of(&state, p.policy.as_str(), p.is_refreshing());
+                status.pulls_here = p.pulls_here.load(std::sync::atomic::Ordering::Relaxed);
                 (member.clone(), status)
             })
             .collect()
@@ -315,7 +365,34 @@ async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
     // have reserved its batch at the portal).
     let mut look_for_orphans = true;
     let mut delay = Duration::ZERO;
+    // Cluster mode: only the node holding the portal's lease pulls.
+    let mut lease = match &inner.out.sink {
+        Sink::Cluster(cluster, _) => Some(cluster.lease(
+            &format!("offline.{}", portal.member_id.as_str()),
+            stopping.clone(),
+        )),
+        Sink::Local(_) => None,
+    };
     loop {
+        if let Some(held) = lease.as_mut() {
+            let holds = *held.borrow_and_update();
+            portal
+                .pulls_here
+                .store(holds, std::sync::atomic::Ordering::Relaxed);
+            if !holds {
+                tokio::select! {
+                    _ = held.wait_for(|h| *h) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                // Taken over: the last holder may have died mid-fetch.
+                portal
+                    .pulls_here
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                look_for_orphans = true;
+                delay = Duration::ZERO;
+                tracing::info!(member_id = %portal.member_id, "this node now pulls the portal's offline queue");
+            }
+        }
         let revoked = portal.snapshot().token == TokenState::Revoked;
         let wait = if revoked {
             // Only a new install (which wakes us) brings a working grant.
@@ -337,7 +414,20 @@ async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
         let Ok(_permit) = inner.permits.acquire().await else {
             return;
         };
-        let result = pull_once(&inner, &portal, look_for_orphans).await;
+        let result = match lease.as_mut() {
+            None => pull_once(&inner, &portal, look_for_orphans).await,
+            Some(held) => {
+                // Lost mid-pull: stop at once. What was published is
+                // durable; the reservation in flight is saved with it.
+                tokio::select! {
+                    r = pull_once(&inner, &portal, look_for_orphans) => r,
+                    _ = held.wait_for(|h| !*h) => {
+                        tracing::warn!(member_id = %portal.member_id, "lease lost: this node stops pulling the portal");
+                        continue;
+                    }
+                }
+            }
+        };
         match result {
             Ok(()) => {
                 failures = 0;
@@ -356,7 +446,7 @@ async fn run(inner: Arc<Inner>, portal: Arc<Portal>) {
                 let message = e.to_string();
                 // A failed save here is retried with the next change.
                 let _ = portal
-                    .update(&inner.out.journal, |s| s.last_error = Some(message))
+                    .update(&inner.out.sink, |s| s.last_error = Some(message))
                     .await;
             }
         }
@@ -369,6 +459,19 @@ async fn pull_once(
     portal: &Portal,
     look_for_orphans: bool,
 ) -> Result<(), portal::PullError> {
+    if let Sink::Cluster(cluster, _) = &inner.out.sink {
+        // Apply everything the stream holds first: the last holder's
+        // rotated refresh token and reservation in flight.
+        cluster
+            .barrier(cluster.config.publish_deadline)
+            .await
+            .map_err(|e| {
+                portal::PullError::Journal(AppendError::Unavailable(
+                    crate::journal::UnavailableCause::NotReplicated(e.to_string()),
+                ))
+            })?;
+        portal.resync(&inner.out.sink).await;
+    }
     let state = portal.snapshot();
     let endpoint = endpoint::rest_endpoint(
         &state.client_endpoint,

@@ -19,8 +19,9 @@ use super::config::{AppCredentials, Policy};
 use super::http::CallError;
 use super::oauth::{self, RefreshError};
 use super::secrets::{OpenError, SecretsKey};
-use crate::journal::pull_state::{PullState, TokenState};
-use crate::journal::{AppendError, JournalHandle};
+use super::sink::Sink;
+use crate::journal::pull_state::{PullMerge, PullState, TokenState};
+use crate::journal::AppendError;
 use crate::types::{MemberId, Secret};
 
 /// Why a pull (or one of its steps) failed.
@@ -80,8 +81,8 @@ pub struct Outbound {
     pub key: SecretsKey,
     /// Time limit of one call.
     pub timeout: Duration,
-    /// The journal.
-    pub journal: JournalHandle,
+    /// Where state changes and pulled records go.
+    pub sink: Sink,
 }
 
 /// One pulled portal.
@@ -101,6 +102,8 @@ pub struct Portal {
     refreshing: AtomicBool,
     /// Pull now (ONOFFLINEEVENT, a new install, shutdown).
     pub wake: Notify,
+    /// This node pulls it (cluster mode: holds its lease).
+    pub pulls_here: AtomicBool,
 }
 
 impl Portal {
@@ -114,6 +117,7 @@ impl Portal {
             access: Mutex::new(None),
             refreshing: AtomicBool::new(false),
             wake: Notify::new(),
+            pulls_here: AtomicBool::new(true),
         }
     }
 
@@ -136,31 +140,83 @@ impl Portal {
 
     /// Applies `change` to the latest state and saves it durably. On a
     /// failed save the change is kept in memory (the next save carries it)
-    /// and the error returned.
+    /// and the error returned. In cluster mode the latest state is the one
+    /// this node applied from the stream, and a change whose publish
+    /// failed is dropped (the next pull starts again from what the
+    /// cluster holds).
     pub async fn update(
         &self,
-        journal: &JournalHandle,
+        sink: &Sink,
+        change: impl FnOnce(&mut PullState),
+    ) -> Result<(), AppendError> {
+        self.save(sink, false, change).await
+    }
+
+    /// Saves a new grant (an install): in cluster mode it replaces the
+    /// grant fields only, whatever the puller (maybe on another node) did
+    /// meanwhile.
+    pub async fn grant(
+        &self,
+        sink: &Sink,
+        change: impl FnOnce(&mut PullState),
+    ) -> Result<(), AppendError> {
+        self.save(sink, true, change).await
+    }
+
+    async fn save(
+        &self,
+        sink: &Sink,
+        grant: bool,
         change: impl FnOnce(&mut PullState),
     ) -> Result<(), AppendError> {
         let mut state = self.state.lock().await;
+        self.catch_up(sink, &mut state);
+        let merge = if grant {
+            PullMerge::Grant
+        } else {
+            PullMerge::Progress {
+                base: state.sealed_refresh_token.clone(),
+            }
+        };
         change(&mut state);
-        let saved = journal.save_pull(state.clone()).await;
+        let saved = sink.save_pull(state.clone(), merge).await;
+        self.catch_up(sink, &mut state);
         self.set_snapshot(&state);
         saved
+    }
+
+    /// Cluster mode: takes the state this node applied as the latest (and
+    /// shows it).
+    pub async fn resync(&self, sink: &Sink) {
+        let mut state = self.state.lock().await;
+        self.catch_up(sink, &mut state);
+        self.set_snapshot(&state);
+    }
+
+    /// Cluster mode: takes the state this node applied (a grant from
+    /// another node, the committed counters) as the latest.
+    fn catch_up(&self, sink: &Sink, state: &mut PullState) {
+        if let Some(applied) = sink.applied_state(self.member_id.as_str()) {
+            *state = applied;
+        }
     }
 
     /// Journals `events` with the pull state `change`d (e.g. the process
     /// id in flight) in one atomic batch; returns each record's outcome.
     pub async fn journal(
         &self,
-        journal: &JournalHandle,
+        sink: &Sink,
         events: Vec<crate::journal::NewEvent>,
         change: impl FnOnce(&mut PullState),
     ) -> Result<Vec<Result<crate::journal::AppendOutcome, AppendError>>, AppendError> {
         let mut state = self.state.lock().await;
+        self.catch_up(sink, &mut state);
+        let merge = PullMerge::Progress {
+            base: state.sealed_refresh_token.clone(),
+        };
         let mut next = state.clone();
         change(&mut next);
-        let (outcomes, committed) = journal.append_pulled(events, next).await?;
+        let (outcomes, committed) = sink.append_pulled(events, next, merge).await?;
         *state = committed;
         self.set_snapshot(&state);
         Ok(outcomes)
@@ -191,6 +247,7 @@ impl Portal {
     /// `invalid_grant` the portal is marked revoked.
     pub async fn refresh(&self, out: &Outbound) -> Result<Secret, PullError> {
         let mut state = self.state.lock().await;
+        self.catch_up(&out.sink, &mut state);
         if state.token == TokenState::Revoked {
             return Err(PullError::Revoked);
         }
@@ -207,6 +264,9 @@ impl Portal {
         state: &mut PullState,
     ) -> Result<Secret, PullError> {
         let member = self.member_id.as_str();
+        let merge = PullMerge::Progress {
+            base: state.sealed_refresh_token.clone(),
+        };
         let refresh_token = out.key.open(member, &state.sealed_refresh_token)?;
         match oauth::refresh(
             &out.http,
@@ -222,7 +282,7 @@ impl Portal {
                 state.token = TokenState::Ok;
                 // Durable before use; kept in memory even if the save
                 // fails, so the next save (any change) carries it.
-                out.journal.save_pull(state.clone()).await?;
+                out.sink.save_pull(state.clone(), merge).await?;
                 crate::metrics::metrics().offline_refreshes.inc();
                 self.set_access(Some(tokens.access_token.clone()));
                 Ok(tokens.access_token)
@@ -231,7 +291,7 @@ impl Portal {
                 self.set_access(None);
                 state.token = TokenState::Revoked;
                 state.last_error = Some(RefreshError::Revoked.to_string());
-                out.journal.save_pull(state.clone()).await?;
+                out.sink.save_pull(state.clone(), merge).await?;
                 tracing::warn!(member_id = %self.member_id, "offline pulling stopped: the OAuth server refused the refresh token (invalid_grant); reinstall the application on the portal");
                 Err(PullError::Revoked)
             }

@@ -88,7 +88,7 @@ pub async fn pull(portal: &Portal, cx: &PullContext<'_>) -> Result<(), PullError
             {
                 tracing::warn!(member_id = %portal.member_id, "the portal's plan lacks \"extended offline events\" (WRONG_LICENSE): pulling with clear=1, which deletes records as they are fetched");
                 portal
-                    .update(&cx.out.journal, |s| s.clear_mode = ClearMode::Delete)
+                    .update(&cx.out.sink, |s| s.clear_mode = ClearMode::Delete)
                     .await?;
                 continue;
             }
@@ -96,7 +96,7 @@ pub async fn pull(portal: &Portal, cx: &PullContext<'_>) -> Result<(), PullError
         };
         if reserve && mode == ClearMode::Unknown {
             portal
-                .update(&cx.out.journal, |s| s.clear_mode = ClearMode::Reserve)
+                .update(&cx.out.sink, |s| s.clear_mode = ClearMode::Reserve)
                 .await?;
         }
         let full = fetched.events.len() + fetched.unreadable >= cx.batch;
@@ -122,7 +122,7 @@ pub async fn pull(portal: &Portal, cx: &PullContext<'_>) -> Result<(), PullError
     }
     let done = now_ms();
     portal
-        .update(&cx.out.journal, |s| {
+        .update(&cx.out.sink, |s| {
             s.last_pull_ms = Some(done);
             s.last_error = None;
         })
@@ -159,7 +159,7 @@ async fn drain_reservation(
             // Done (records that cannot be read stay reserved: the portal
             // drops them after about 30 days).
             portal
-                .update(&cx.out.journal, |s| {
+                .update(&cx.out.sink, |s| {
                     if s.in_flight.as_deref() == Some(process_id) {
                         s.in_flight = None;
                     }
@@ -192,7 +192,7 @@ async fn journal_and_clear(
             .await?;
     }
     portal
-        .update(&cx.out.journal, |s| {
+        .update(&cx.out.sink, |s| {
             if s.in_flight.as_deref() == Some(process_id) {
                 s.in_flight = None;
             }
@@ -249,7 +249,7 @@ async fn journal_batch(
     let outcomes = loop {
         let saved_id = in_flight.map(str::to_owned);
         match portal
-            .journal(&cx.out.journal, events.clone(), move |s| {
+            .journal(&cx.out.sink, events.clone(), move |s| {
                 s.in_flight = saved_id
             })
             .await

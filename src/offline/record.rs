@@ -63,6 +63,7 @@ pub fn to_event(
         data: record.data.clone(),
         auth_rest,
         lifecycle: Lifecycle::Ordinary,
+        id: None,
         origin: Origin::Offline {
             message_id: record.message_id.clone(),
             reconcile_window,

@@ -75,11 +75,19 @@ async fn run_backup(app: Arc<App>, root: PathBuf, body: &[u8]) -> Result<Respons
     let journal = app.journal.clone();
     let dest = to.clone();
     let (done, finished) = tokio::sync::oneshot::channel();
+    // Cluster mode: the journal holds still at one stream position for the
+    // copy, which records it, so that a node restored from it resumes the
+    // stream exactly there.
+    let paused = match &app.cluster {
+        Some(cluster) => Some(cluster.applied.pause().await),
+        None => None,
+    };
     let started = app
         .backups
         .spawn(move || {
             // The requester may have gone: the backup is complete anyway.
             let _ = done.send(maintain::backup(&journal, &dest));
+            drop(paused);
         })
         .map_err(|e| ApiError::Internal(format!("cannot start the backup thread: {e}")))?;
     if !started {
@@ -102,6 +110,7 @@ async fn run_backup(app: Arc<App>, root: PathBuf, body: &[u8]) -> Result<Respons
             "path": to,
             "portals": stats.portals,
             "events": stats.events,
+            "stream_seq": stats.stream_seq,
             "sealed_tokens": stats.sealed_tokens,
             "note": if stats.sealed_tokens > 0 { SEALED_NOTE } else { "" },
         }),
@@ -146,7 +155,11 @@ async fn erase(app: Arc<App>, key: &str, auth: Bearer) -> Result<Response, ApiEr
         .journal
         .with_directory(|d| d.resolve(key).map(|p| p.member_id.clone()))
         .ok_or_else(unknown)?;
-    match app.journal.erase(&member).await {
+    let erased = match &app.cluster {
+        Some(cluster) => cluster.erase(&member).await,
+        None => app.journal.erase(&member).await.map_err(|e| e.to_string()),
+    };
+    match erased {
         Ok(Some(events)) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "status": "erased", "member_id": member, "events": events }),

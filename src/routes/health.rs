@@ -24,8 +24,22 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 }
 
 /// 200 when a probe write through the writer succeeds within
-/// [`PROBE_TIMEOUT`], else 503.
+/// [`PROBE_TIMEOUT`], else 503. In cluster mode also 503 while the node is
+/// more than `max_lag` messages behind the stream (a restarted or new node
+/// replaying it), so that a load balancer sends reads elsewhere.
 async fn health(app: Arc<App>) -> Response {
+    if let Some(cluster) = &app.cluster {
+        if !cluster.caught_up() {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "behind",
+                    "error": "this node is catching up with the cluster's stream",
+                    "lag": cluster.lag(),
+                }),
+            );
+        }
+    }
     match tokio::time::timeout(PROBE_TIMEOUT, app.journal.probe()).await {
         Ok(Ok(())) => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Ok(Err(e)) => {

@@ -18,6 +18,7 @@ use warp::{Filter, Rejection};
 use super::client::{client, ClientAddr};
 use super::filters::{read_limited, with_app};
 use crate::app::App;
+use crate::cluster::receive;
 use crate::decode::BodyKind;
 use crate::http::{json_response, respond, ApiError};
 use crate::ingest::{self, IngestError, Ingested};
@@ -90,14 +91,39 @@ where
             return Ok(body_timeout_response(limit));
         }
     };
+    let verifier = &app.live.load_full().verifier;
     let Ingested {
         member_id,
         event,
         outcome,
         grant,
-    } = ingest::ingest(&app.journal, &app.live.load_full().verifier, kind, &body)
-        .await
-        .map_err(|e| refusal(e, client))?;
+    } = match &app.cluster {
+        None => ingest::ingest(&app.journal, verifier, kind, &body)
+            .await
+            .map_err(|e| refusal(e, client))?,
+        Some(cluster) => {
+            let received = receive::receive(cluster, &app.journal, verifier, kind, &body)
+                .await
+                .map_err(|e| refusal(e, client))?;
+            match received.outcome {
+                Ok(outcome) => Ingested {
+                    member_id: received.member_id,
+                    event: received.event,
+                    outcome,
+                    grant: received.grant,
+                },
+                Err(id) => {
+                    // Durable in the cluster, not applied here yet: the
+                    // grant is kept all the same.
+                    if let (Some(offline), Some((grant, profile))) = (&app.offline, received.grant)
+                    {
+                        keep_grant(offline, &received.member_id, &profile, grant).await?;
+                    }
+                    return Ok(accepted(id));
+                }
+            }
+        }
+    };
     if let Some(offline) = &app.offline {
         if let Some((grant, profile)) = grant {
             keep_grant(offline, &member_id, &profile, grant).await?;
@@ -122,6 +148,18 @@ where
         StatusCode::OK,
         &serde_json::json!({ "status": status, "id": id.to_string(), "seq": seq }),
     ))
+}
+
+/// Cluster mode's answer for an event the stream acknowledged but the
+/// local journal has not applied yet: durable, without a seq (and without
+/// an id when the stream took it for a repeat of an earlier message).
+fn accepted(id: Option<uuid::Uuid>) -> Response {
+    crate::cluster::metrics::cluster_metrics().accepted.inc();
+    let body = match id {
+        Some(id) => serde_json::json!({ "status": "accepted", "id": id.to_string() }),
+        None => serde_json::json!({ "status": "accepted" }),
+    };
+    json_response(StatusCode::OK, &body)
 }
 
 /// The online event by which a portal says its offline queue has records.
@@ -174,6 +212,13 @@ fn refusal(e: IngestError, client: ClientAddr) -> ApiError {
                 VerifyError::UnknownPortal | VerifyError::WrongToken => ApiError::NotTrusted(
                     "auth[application_token] is not valid for auth[member_id]".into(),
                 ),
+            }
+        }
+        IngestError::NotReplicated { member_id, reason } => {
+            tracing::error!(%member_id, %reason, "event not acknowledged by the cluster");
+            ApiError::Unavailable {
+                message: "the cluster did not acknowledge the event; it was not stored".into(),
+                retry_after: 5,
             }
         }
         IngestError::NotStored { member_id, source } => match source {

@@ -15,13 +15,14 @@ pub mod reload;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::app::App;
+use crate::cluster::Cluster;
 use crate::journal::{Journal, JournalHandle, JournalOptions, OpenError};
 use crate::routes::routes;
 use crate::settings::{check_exposure, Settings, SettingsError};
@@ -52,6 +53,9 @@ pub enum RunError {
     /// The socket's address needs a setting that is missing.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// Cluster mode could not start.
+    #[error(transparent)]
+    Cluster(crate::cluster::StartError),
     /// The secrets key for offline pulling cannot be used.
     #[error(transparent)]
     SecretsKey(#[from] crate::offline::secrets::KeyError),
@@ -119,6 +123,14 @@ async fn serve_with(
         None => None,
     };
     let journal = open_journal(&settings).await?;
+    let cluster = match &settings.cluster {
+        Some(config) => Some(
+            Cluster::start(config.clone(), journal.handle())
+                .await
+                .map_err(RunError::Cluster)?,
+        ),
+        None => None,
+    };
     if settings.portals.is_empty() {
         tracing::warn!("no portals configured: every event will be refused with 401 (use --portal MEMBER_ID=TOKEN)");
     }
@@ -134,12 +146,19 @@ async fn serve_with(
         let _ = stop.send(true);
     };
     let offline = match (&settings.offline, secrets_key) {
-        (Some(o), Some(key)) => Some(Arc::new(crate::offline::Offline::start(
-            o.config.clone(),
-            key,
-            journal.handle(),
-            stopping.clone(),
-        )?)),
+        (Some(o), Some(key)) => {
+            use crate::offline::sink::Sink;
+            let sink = match &cluster {
+                Some(c) => Sink::Cluster(c.clone(), journal.handle()),
+                None => Sink::Local(journal.handle()),
+            };
+            Some(Arc::new(crate::offline::Offline::start(
+                o.config.clone(),
+                key,
+                sink,
+                stopping.clone(),
+            )?))
+        }
         _ => None,
     };
     let app = Arc::new(App {
@@ -153,6 +172,7 @@ async fn serve_with(
         backups: Default::default(),
         backup_dir: settings.backup_dir.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
+        cluster,
         tickets,
         console: settings.console,
     });
@@ -192,6 +212,11 @@ async fn serve_with(
         task.abort();
     }
     join_backups(&app).await;
+    // The applier stops before the journal closes; what it had queued is
+    // committed with its stream position, and the next start resumes there.
+    if let Some(cluster) = &app.cluster {
+        cluster.stop();
+    }
     drop(app);
     tracing::info!("stopping: committing and flushing the journal");
     tokio::task::spawn_blocking(move || journal.shutdown())
@@ -242,11 +267,22 @@ async fn join_backups(app: &App) {
     .expect("the join task cannot panic: it ignores the backups' own panics");
 }
 
+/// The lease of the node that publishes retention steps in cluster mode.
+const RETENTION_LEASE: &str = "retention";
+
 /// Runs retention every `policy.every`, in bounded steps that queue behind
 /// ingest like any other writer job. The policy is read anew for every
 /// pass, and a reload wakes the task so that a new one applies at once.
+/// In cluster mode only the node holding the retention lease publishes
+/// steps (every node applies them); a node whose policy is off lets the
+/// lease go.
 async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
     let mut announced = None;
+    // The lease task stops when this pair is dropped.
+    let mut lease: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::sync::watch::Receiver<bool>,
+    )> = None;
     loop {
         let policy = app.live().retention;
         if announced != Some(policy) {
@@ -258,7 +294,23 @@ async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
             announced = Some(policy);
         }
         if policy.is_on() {
-            retain_pass(&app.journal, policy).await;
+            match &app.cluster {
+                Some(cluster) => {
+                    let (_, held) = lease.get_or_insert_with(|| {
+                        let (stop, stopped) = tokio::sync::watch::channel(false);
+                        (stop, cluster.lease(RETENTION_LEASE, stopped))
+                    });
+                    // A first attempt to take it is one round trip away.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h)).await;
+                    if *held.borrow() {
+                        cluster_retain_pass(cluster, policy).await;
+                    }
+                }
+                None => retain_pass(&app.journal, policy).await,
+            }
+        } else {
+            lease = None;
         }
         tokio::select! {
             _ = tokio::time::sleep(policy.every) => {}
@@ -271,6 +323,24 @@ async fn retain_forever(app: Arc<App>, changed: Arc<Notify>) {
 async fn retain_pass(journal: &JournalHandle, policy: crate::journal::RetentionPolicy) {
     loop {
         match journal.retain(policy, RETAIN_STEP).await {
+            Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "retention step failed");
+                break;
+            }
+        }
+    }
+}
+
+/// One retention pass in cluster mode: each step is a command in the
+/// stream, applied by every node with this node's clock as its reference,
+/// so that all journals delete the same events.
+async fn cluster_retain_pass(cluster: &Cluster, policy: crate::journal::RetentionPolicy) {
+    loop {
+        let step = cluster.retain(policy, RETAIN_STEP).await;
+        tracing::debug!(?step, "retention step published");
+        match step {
             Ok(n) if n as usize >= RETAIN_STEP => tokio::task::yield_now().await,
             Ok(_) => break,
             Err(e) => {

@@ -11,7 +11,8 @@
 //! - `events`: Bitrix24-style event bodies ([`EventSpec`], PHP's encoding);
 //! - `portals`: the sample portals, tokens and standard `serve` arguments;
 //! - `files`: fixtures (in `tests/fixtures/`), temp dirs, byte searches;
-//! - `checks`: small assertions on ids, seqs, UUIDs and times.
+//! - `checks`: small assertions on ids, seqs, UUIDs and times;
+//! - `nats`: a real 3-server NATS JetStream cluster ([`NatsCluster`]).
 //!
 //! # Which harness a test uses, and why
 //!
@@ -53,6 +54,7 @@ mod checks;
 mod client;
 mod events;
 mod files;
+mod nats;
 mod portals;
 mod process;
 mod raw_http;
@@ -61,6 +63,6 @@ mod senders;
 // Each test file uses a part of these.
 #[allow(unused_imports)]
 pub use self::{
-    activation::*, app::*, checks::*, client::*, events::*, files::*, portals::*, process::*,
-    raw_http::*, senders::*,
+    activation::*, app::*, checks::*, client::*, events::*, files::*, nats::*, portals::*,
+    process::*, raw_http::*, senders::*,
 };

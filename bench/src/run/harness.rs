@@ -49,6 +49,7 @@ impl Harness {
     /// A load phase of `secs` at `conns` connections, after the warm-up.
     pub(super) fn spec(&self, addr: std::net::SocketAddr, conns: usize, secs: f64) -> Spec {
         Spec {
+            also: Vec::new(),
             addr,
             conns,
             warmup: Duration::from_secs_f64(self.o.warmup_secs),
@@ -72,7 +73,7 @@ impl Harness {
             sys::machine_jiffies().unwrap_or((0, 0)),
             Instant::now(),
         );
-        let out = self.rt.block_on(client::run(spec, factory))?;
+        let out = self.rt.block_on(client::run(spec.clone(), factory))?;
         let wall = t0.elapsed().as_secs_f64();
         let w1 = sys::thread_cpu_secs(pid, WRITER_THREAD);
         let (s1, c1, j1) = (

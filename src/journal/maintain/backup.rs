@@ -33,6 +33,9 @@ pub struct BackupStats {
     pub portals: usize,
     /// Events copied.
     pub events: u64,
+    /// Cluster mode: the last stream message the copy holds (0: none); a
+    /// node started on the copy resumes the stream after it.
+    pub stream_seq: u64,
     /// Offline pull states copied, with their refresh tokens sealed: the
     /// `--secrets-key-file` is needed to resume pulling from the copy.
     pub sealed_tokens: usize,
@@ -80,8 +83,12 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     let mut stats = BackupStats {
         portals: 0,
         events: 0,
+        stream_seq: reader.stream_seq()?,
         sealed_tokens: 0,
     };
+    if stats.stream_seq > 0 {
+        batch.put_stream_seq(stats.stream_seq);
+    }
     for portal in &portals {
         let last = portal.last_seq();
         let events = reader.events(portal.ix, portal.first_seq(), last);

@@ -178,6 +178,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
             | KeyKind::Registration
             | KeyKind::Health
             | KeyKind::Lsn
+            | KeyKind::StreamSeq
             | KeyKind::Rollup { .. } => {}
             // Sealed: verify checks that it decodes, never what it holds.
             KeyKind::PullState => {

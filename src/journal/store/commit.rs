@@ -133,7 +133,10 @@ impl Store {
             tracing::warn!(error = %e, "could not start a journal checkpoint");
             return;
         }
-        let below = match self.wal.begin_checkpoint(&self.memtable.snapshot()) {
+        let below = match self
+            .wal
+            .begin_checkpoint(&self.memtable.snapshot(), self.next_lsn - 1)
+        {
             Ok(Some(below)) => below,
             Ok(None) => return,
             Err(e) => {
@@ -168,7 +171,8 @@ impl Store {
     /// not be flushed from two threads.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.flush_engine()?;
-        self.wal.reset(&self.memtable.snapshot())?;
+        self.wal
+            .reset(&self.memtable.snapshot(), self.next_lsn - 1)?;
         Ok(())
     }
 

@@ -128,6 +128,28 @@ impl Engine {
     fn replay(&self, wal_dir: &Path, memtable: &Memtable) -> Result<(u64, u64), StoreError> {
         let mut lsn = self.applied_lsn()?;
         let found = log::read(wal_dir)?;
+        // sled must not hold a batch the log does not reach: the log then
+        // lost its end (it is written and synced before sled is touched,
+        // so only a disk that dropped synced writes does this), and the
+        // unsealed tails of those batches — in the log only — are gone
+        // while sled's counters, dedup keys and stream position count
+        // them. Starting would silently miss events.
+        let reaches = found
+            .records
+            .iter()
+            .map(|r| r.lsn)
+            .max()
+            .into_iter()
+            .chain(log::read_covered(wal_dir)?)
+            .max();
+        if let Some(reaches) = reaches {
+            if lsn > reaches {
+                return Err(StoreError::LogBehind {
+                    store: lsn,
+                    log: reaches,
+                });
+            }
+        }
         if found.after_hole > 0 {
             let (path, at) = found.torn.unwrap_or_default();
             return Err(StoreError::Corrupt(format!(
@@ -278,6 +300,7 @@ impl Store {
             segment,
             &memtable.snapshot(),
             segments,
+            next_lsn - 1,
         )?);
         Ok(Store {
             reader: Reader::new(engine.tree.clone(), Arc::clone(&memtable)),
@@ -332,6 +355,7 @@ impl Store {
                 segment,
                 &store.memtable.snapshot(),
                 store.segments,
+                next_lsn - 1,
             )?);
             store.next_lsn = next_lsn;
             Ok(engine)
@@ -433,7 +457,8 @@ impl Store {
     /// (32 MiB of zeros). Opening it again starts a new log.
     pub fn close(mut self) -> Result<(), StoreError> {
         self.sync()?;
-        self.wal.finish(&self.memtable.snapshot())?;
+        self.wal
+            .finish(&self.memtable.snapshot(), self.next_lsn - 1)?;
         Ok(())
     }
 

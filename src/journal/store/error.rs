@@ -19,6 +19,20 @@ pub enum StoreError {
     /// place): there is no decoder error behind it.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store holds a batch its redo log does not reach: the log lost
+    /// its end, and with it unsealed events the store's counters count.
+    #[error(
+        "the redo log ends at batch {log} but the store holds batch {store}: the log lost \
+         its end (a disk that dropped synced writes?) and events with it; do not start on \
+         this directory. Restore it from a backup (cluster mode: rebuild this node from a \
+         peer's backup, docs/cluster.md)"
+    )]
+    LogBehind {
+        /// The last batch the store (sled) holds.
+        store: u64,
+        /// The last batch the redo log reaches.
+        log: u64,
+    },
     /// A stored record did not decode. The decoder's words are part of the
     /// text too, as the logs show only the text.
     #[error("corrupt record: {}{source}", context_prefix(.context))]

@@ -16,6 +16,7 @@
 //! | `R`    | member id bytes                           | registration          | engine |
 //! | `H`    | (none)                                    | last health probe, ms | engine |
 //! | `L`    | (none)                                    | LSN of the last logged batch, u64 BE | engine |
+//! | `Q`    | (none)                                    | cluster mode: last applied stream sequence, u64 BE (`stream_pos.rs`) | engine |
 //! | `O`    | member id bytes                           | offline pull state (sealed token) | engine |
 //! | `A`    | portal u32 BE, hour u64 BE (of `ts`)      | activity rollup (`journal::rollup`) | engine |
 //!
@@ -45,6 +46,8 @@ pub(super) const HEALTH: u8 = b'H';
 pub(super) const REGISTRATION: u8 = b'R';
 /// The LSN of the last logged batch applied (see the redo log, `log.rs`).
 pub(super) const LSN: u8 = b'L';
+/// Cluster mode: the last applied stream message (see `stream_pos.rs`).
+pub(super) const STREAM_SEQ: u8 = b'Q';
 /// Activity rollups, one per portal and hour (see `rollups.rs`).
 pub(super) const ROLLUP: u8 = b'A';
 
@@ -134,6 +137,8 @@ pub enum KeyKind {
     Health,
     /// The LSN of the last logged batch.
     Lsn,
+    /// Cluster mode: the last applied stream sequence.
+    StreamSeq,
     /// A portal's offline pull state.
     PullState,
     /// An activity rollup record.
@@ -286,6 +291,7 @@ pub(super) fn classify(k: &[u8], v: &[u8]) -> KeyKind {
         Some(&PULL_STATE) if k.len() > 1 => Some(KeyKind::PullState),
         Some(&HEALTH) if k.len() == 1 => Some(KeyKind::Health),
         Some(&LSN) if k.len() == 1 && v.len() == 8 => Some(KeyKind::Lsn),
+        Some(&STREAM_SEQ) if k.len() == 1 && v.len() == 8 => Some(KeyKind::StreamSeq),
         Some(&ROLLUP) if k.len() == 13 => portal()
             .zip(be_u64(&k[5..]))
             .map(|(portal, hour)| KeyKind::Rollup { portal, hour }),

@@ -12,6 +12,7 @@
 //! - `memtable.rs`: the writes kept in memory and the log instead of sled
 //!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
+//! - `stream_pos.rs`: cluster mode's last applied stream sequence;
 //! - `rollups.rs`: the activity rollup records' keys;
 //! - [`codec`]: how events are packed into blocks and the entity index
 //!   into postings runs (pure bytes).
@@ -41,6 +42,7 @@ mod memtable;
 mod reader;
 mod rollups;
 mod scan;
+mod stream_pos;
 
 pub use batch::WriteBatch;
 pub use engine::{engine_config, Store, SNAPSHOT_AFTER_LOGGED};

@@ -9,9 +9,9 @@ use std::sync::{Arc, RwLock};
 use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
-    classify, key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix, Key, KeyKind,
-    BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, ROLLUP, RUNS, RUN_HEAD, RUN_ITEM,
-    SUMMARY, TAIL, V1_EVENT,
+    classify, key, pull_state_key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix,
+    Key, KeyKind, BLOCK, COUNTERS, DEDUP, PORTAL, PULL_STATE, REGISTRATION, ROLLUP, RUNS, RUN_HEAD,
+    RUN_ITEM, SUMMARY, TAIL, V1_EVENT,
 };
 use super::memtable::Memtable;
 use super::scan::SeqScan;
@@ -197,6 +197,14 @@ impl Reader {
                 Ok(PullState::from_bytes(&v)?)
             })
             .collect()
+    }
+
+    /// One portal's offline pull state, if it has one.
+    pub fn pull_state(&self, member_id: &str) -> Result<Option<PullState>, StoreError> {
+        match self.tree()?.get(pull_state_key(member_id))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(PullState::from_bytes(&v)?)),
+        }
     }
 
     /// The seq that holds `dedup` in `portal`, if any.

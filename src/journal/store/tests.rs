@@ -117,7 +117,8 @@ fn replay_skips_what_sled_holds_and_refuses_a_gap() {
     // newer write.
     let mut writes = Vec::new();
     log::encode_insert(&mut writes, Tier::Engine, &seq_key(BLOCK, 1, 0), b"one");
-    let log = RedoLog::start(&engine.join(WAL_DIR), 100, &[], Segments::Prepared).unwrap();
+    // The log follows batch 2, which sled holds.
+    let log = RedoLog::start(&engine.join(WAL_DIR), 100, &[], Segments::Prepared, 2).unwrap();
     log.append(1, &writes);
     log.sync().unwrap();
     drop(log);
@@ -126,7 +127,7 @@ fn replay_skips_what_sled_holds_and_refuses_a_gap() {
     drop(store);
 
     // A record past a hole (sled holds LSN 2, the log starts at 4).
-    let log = RedoLog::start(&engine.join(WAL_DIR), 200, &[], Segments::Prepared).unwrap();
+    let log = RedoLog::start(&engine.join(WAL_DIR), 200, &[], Segments::Prepared, 2).unwrap();
     log.append(4, &writes);
     log.sync().unwrap();
     drop(log);
@@ -305,4 +306,74 @@ fn seq_scans_read_tail_and_blocks_both_ways_and_across_a_seal() {
     assert_eq!(seqs(reader.events(7, 1, 70).rev()), newest_first);
     assert_eq!(seqs(reader.events(7, 1, 70)), all);
     assert_eq!(reader.tail(8).unwrap(), vec![(1, b"other".to_vec())]);
+}
+
+/// A redo log that lost its end while sled kept later batches (what a
+/// disk that drops synced writes, or a log not synced per batch, leaves
+/// after a power cut) must not open: the lost batches' unsealed events
+/// are gone while sled counts them.
+#[test]
+fn a_log_that_ends_before_sled_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let mut store = Store::open(&live, CACHE).unwrap();
+    for seq in 1..=5u64 {
+        let mut b = WriteBatch::default();
+        b.put_tail(7, seq, vec![seq as u8; 3]);
+        b.put_block(7, seq, vec![seq as u8; 5]);
+        store.commit_logged(b, || {}).unwrap();
+    }
+    let wal = live.join(WAL_DIR);
+    let found = log::read(&wal).unwrap();
+    let batches: Vec<(u64, Vec<u8>)> = found
+        .records
+        .iter()
+        .filter(|r| r.lsn > 0)
+        .map(|r| (r.lsn, r.writes.clone()))
+        .collect();
+    assert_eq!(batches.len(), 5);
+    // Dropping the store flushes sled: it holds batch 5.
+    drop(store);
+
+    // The log keeps batches 1..=3 only.
+    let lost_end = dir.path().join("lost-end");
+    copy_dir(&live, &lost_end);
+    std::fs::remove_dir_all(lost_end.join(WAL_DIR)).unwrap();
+    std::fs::create_dir_all(lost_end.join(WAL_DIR)).unwrap();
+    let log = RedoLog::start(&lost_end.join(WAL_DIR), 1, &[], Segments::Prepared, 0).unwrap();
+    for (lsn, writes) in &batches[..3] {
+        log.append(*lsn, writes);
+    }
+    log.sync().unwrap();
+    drop(log);
+    let err = Store::open(&lost_end, CACHE)
+        .err()
+        .expect("a log that lost its end must not open");
+    assert!(
+        matches!(err, StoreError::LogBehind { store: 5, log: 3 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("do not start"), "{err}");
+
+    // Every batch after the segment's start lost: what the log covers
+    // (the `covered` file) proves it.
+    let all_lost = dir.path().join("all-lost");
+    copy_dir(&live, &all_lost);
+    std::fs::remove_dir_all(all_lost.join(WAL_DIR)).unwrap();
+    std::fs::create_dir_all(all_lost.join(WAL_DIR)).unwrap();
+    drop(RedoLog::start(&all_lost.join(WAL_DIR), 1, &[], Segments::Prepared, 0).unwrap());
+    let err = Store::open(&all_lost, CACHE)
+        .err()
+        .expect("a log that lost every batch must not open");
+    assert!(
+        matches!(err, StoreError::LogBehind { store: 5, log: 0 }),
+        "{err}"
+    );
+
+    // The whole log, as written: opens, and a clean close and reopen too.
+    let store = Store::open(&live, CACHE).unwrap();
+    assert_eq!(store.reader().tail(7).unwrap().len(), 5);
+    store.close().unwrap();
+    let store = Store::open(&live, CACHE).unwrap();
+    assert_eq!(store.reader().tail(7).unwrap().len(), 5);
 }

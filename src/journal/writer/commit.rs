@@ -56,8 +56,10 @@ impl Writer {
             let regs = reader.registrations()?;
             PortalDirectory::from_records(portals, regs)
         });
+        let loaded = loaded.and_then(|dir| Ok((dir, reader.stream_seq()?)));
         match loaded {
-            Ok(dir) => {
+            Ok((dir, stream_seq)) => {
+                self.stream_seq = stream_seq;
                 self.directory = dir.clone();
                 *self.published.write().unwrap_or_else(|p| p.into_inner()) = dir;
                 self.tails.forget_all();
@@ -216,6 +218,9 @@ impl Writer {
         if !batch.probes.is_empty() {
             writes.put_health(now_ms());
         }
+        if let Some(seq) = batch.stream_seq {
+            writes.put_stream_seq(seq);
+        }
         let registrations: Vec<Registration> = batch.registrations.into_values().collect();
         // In number order: new portals must be appended to the directory in
         // the order their numbers were given.
@@ -278,6 +283,9 @@ impl Writer {
         }
         // Durable: the writer's view moves on (dedup and seqs of the next
         // batch build on it), then readers see it, then waiters hear.
+        if let Some(seq) = batch.stream_seq {
+            self.stream_seq = seq;
+        }
         self.tails.committed(
             batch
                 .new_events

@@ -20,8 +20,15 @@ const ERASE_CHUNK: usize = 20_000;
 impl Writer {
     /// Erases a portal; `Ok(None)` if it is not in the journal, else the
     /// number of events erased.
-    pub(super) fn erase(&mut self, member: &str) -> Result<Option<u64>, AppendError> {
+    /// `from` is the stream message it came in (cluster mode), recorded
+    /// with the tombstone.
+    pub(super) fn erase(
+        &mut self,
+        member: &str,
+        from: Option<u64>,
+    ) -> Result<Option<u64>, AppendError> {
         let Some(rec) = self.directory.by_member(member).cloned() else {
+            self.advance(from)?;
             return Ok(None);
         };
         let erased = rec.events;
@@ -35,9 +42,15 @@ impl Writer {
         let mut writes = WriteBatch::default();
         writes.put_portal(&tombstone);
         writes.remove_registration(member);
+        if let Some(seq) = from {
+            writes.put_stream_seq(seq);
+        }
         writes.remove_pull_state(member);
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
+        if let Some(seq) = from {
+            self.stream_seq = seq;
+        }
         self.directory.upsert(tombstone.clone());
         self.directory.remove_registration(member);
         {
@@ -49,6 +62,20 @@ impl Writer {
         tracing::info!(member_id = member, events = erased, "portal erased");
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Some(erased))
+    }
+
+    /// Records stream message `from` as applied when its job changed
+    /// nothing else.
+    pub(super) fn advance(&mut self, from: Option<u64>) -> Result<(), AppendError> {
+        let Some(seq) = from else {
+            return Ok(());
+        };
+        let mut writes = WriteBatch::default();
+        writes.put_stream_seq(seq);
+        self.commit_store(writes)
+            .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
+        self.stream_seq = seq;
+        Ok(())
     }
 
     /// Deletes every key of portal `ix` but its (tombstone) record.

@@ -15,6 +15,14 @@
 //! - `erase` and `retain`: the two jobs that delete;
 //! - `rollup`: the activity rollups, changed in the same batches.
 //!
+//! Cluster mode's rule for stream positions: every job that comes from a
+//! stream message names it (`from`); the writer applies them only in
+//! stream order with no gap, and the batch that applies one records it
+//! (`store::WriteBatch::put_stream_seq`) in the same atomic commit. A
+//! failed commit answers its jobs 503 and the writer's position stays, so
+//! the jobs after it are refused as out of order until the applier resumes
+//! from the position: nothing is applied twice or skipped.
+//!
 //! Because only the writer reads and writes what dedup looks at, "check and
 //! append" is one atomic step without locks, and concurrent requests share
 //! one fsync.
@@ -41,7 +49,7 @@ use super::dedup::key::DedupKey;
 use super::dedup::TailCache;
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
-use super::pull_state::PullState;
+use super::pull_state::{PullMerge, PullState};
 use super::record::{EventRecord, PortalIx, PortalRecord, SpanSummary};
 use super::registration::Registration;
 use super::retention::RetentionPolicy;
@@ -61,6 +69,14 @@ pub(super) enum Job {
     Append {
         event: Box<NewEvent>,
         reply: AppendReply,
+        /// Cluster mode: the stream message it came in (see the module doc).
+        from: Option<u64>,
+    },
+    /// Cluster mode: a stream message that changes nothing (a command this
+    /// version does not know): only the position moves past it.
+    Skip {
+        from: u64,
+        reply: oneshot::Sender<Result<(), AppendError>>,
     },
     /// Prove the journal takes a durable write.
     Probe {
@@ -70,17 +86,24 @@ pub(super) enum Job {
     Erase {
         member_id: String,
         reply: oneshot::Sender<Result<Option<u64>, AppendError>>,
+        from: Option<u64>,
     },
     /// Delete what the retention policy no longer keeps (bounded).
     Retain {
         policy: RetentionPolicy,
         budget: usize,
+        /// The time the age limit counts back from (Unix ms): the caller's
+        /// clock, so that a replicated pass deletes the same on every node.
+        at_ms: u64,
         reply: oneshot::Sender<Result<u64, AppendError>>,
+        from: Option<u64>,
     },
     /// Store a portal's offline pull state (durably, when answered).
     SavePull {
         state: Box<PullState>,
+        merge: PullMerge,
         reply: oneshot::Sender<Result<(), AppendError>>,
+        from: Option<u64>,
     },
     /// Journal a batch of pulled offline records and, in the same atomic
     /// batch, the portal's pull state with its counters advanced by the
@@ -88,7 +111,9 @@ pub(super) enum Job {
     AppendPulled {
         events: Vec<NewEvent>,
         state: Box<PullState>,
+        merge: PullMerge,
         reply: PulledReply,
+        from: Option<u64>,
     },
     /// Commit what came before, then stop.
     Shutdown,
@@ -137,8 +162,12 @@ struct Batch {
     rewritten: HashMap<(PortalIx, u64), Vec<u8>>,
     /// Each waiter with the answer it gets if the batch commits.
     replies: Vec<(AppendReply, Result<AppendOutcome, AppendError>)>,
-    /// Probes answered once the batch is durable.
+    /// Probes (and skipped stream messages) answered once the batch is
+    /// durable.
     probes: Vec<oneshot::Sender<Result<(), AppendError>>>,
+    /// Cluster mode: the last stream message this batch applies, written
+    /// with it.
+    stream_seq: Option<u64>,
     /// Pull states this batch stores, by member id.
     pulls: HashMap<String, PullState>,
     /// Pull-state saves answered once the batch is durable.
@@ -168,6 +197,8 @@ pub(super) struct Writer {
     /// Portals whose dead entity index runs the next commit deletes (see
     /// `layout::runs`).
     dead_runs: Vec<PortalIx>,
+    /// Cluster mode: the last stream message durably applied (0: none).
+    stream_seq: u64,
 }
 
 fn now_ms() -> u64 {
@@ -199,6 +230,26 @@ impl Writer {
             tails: TailCache::default(),
             entities,
             dead_runs: Vec::new(),
+            stream_seq: 0,
+        }
+    }
+
+    /// Sets the last applied stream message, as read from the store.
+    pub(super) fn set_stream_seq(&mut self, seq: u64) {
+        self.stream_seq = seq;
+    }
+
+    /// Checks that stream message `from` is the next one to apply, so that
+    /// nothing is applied twice or skipped (see the module doc).
+    fn next_in_stream(&self, batch: &Batch, from: u64) -> Result<(), AppendError> {
+        let expected = batch.stream_seq.unwrap_or(self.stream_seq) + 1;
+        if from == expected {
+            Ok(())
+        } else {
+            Err(AppendError::Unavailable(UnavailableCause::StreamGap {
+                expected,
+                got: from,
+            }))
         }
     }
 
@@ -250,35 +301,80 @@ impl Writer {
         let mut stop = false;
         for job in jobs.drain(..) {
             match job {
-                Job::Append { event, reply } => {
+                Job::Append { event, reply, from } => {
+                    if let Some(from) = from {
+                        if let Err(e) = self.next_in_stream(&batch, from) {
+                            batch.replies.push((reply, Err(e)));
+                            continue;
+                        }
+                        // A refused event is applied too: the refusal is
+                        // the same on every node.
+                        batch.stream_seq = Some(from);
+                    }
                     let outcome = self.stage(&mut batch, *event);
                     batch.replies.push((reply, outcome));
                 }
+                Job::Skip { from, reply } => match self.next_in_stream(&batch, from) {
+                    Ok(()) => {
+                        batch.stream_seq = Some(from);
+                        batch.probes.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Job::Probe { reply } => batch.probes.push(reply),
-                Job::Erase { member_id, reply } => {
+                Job::Erase {
+                    member_id,
+                    reply,
+                    from,
+                } => {
                     // Commit what came before, so the erase sees it.
                     self.commit(std::mem::take(&mut batch));
-                    let _ = reply.send(self.erase(&member_id));
+                    let result = self
+                        .next_stream_step(from)
+                        .and_then(|()| self.erase(&member_id, from));
+                    let _ = reply.send(result);
                 }
                 Job::Retain {
                     policy,
                     budget,
+                    at_ms,
                     reply,
+                    from,
                 } => {
                     self.commit(std::mem::take(&mut batch));
-                    let _ = reply.send(self.retain(policy, budget));
+                    let result = self
+                        .next_stream_step(from)
+                        .and_then(|()| self.retain(policy, budget, at_ms, from));
+                    let _ = reply.send(result);
                 }
-                Job::SavePull { state, reply } => {
-                    batch
-                        .pulls
-                        .insert(state.member_id.clone(), (*state).clone());
-                    batch.saved.push(reply);
-                }
+                Job::SavePull {
+                    state,
+                    merge,
+                    reply,
+                    from,
+                } => match self.merge_pull(&mut batch, from, &merge, *state) {
+                    Ok(state) => {
+                        batch.pulls.insert(state.member_id.clone(), state);
+                        batch.saved.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Job::AppendPulled {
                     events,
                     state,
+                    merge,
                     reply,
-                } => self.stage_pulled(&mut batch, events, *state, reply),
+                    from,
+                } => match self.merge_pull(&mut batch, from, &merge, *state) {
+                    Ok(state) => self.stage_pulled(&mut batch, events, state, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Job::Shutdown => stop = true,
             }
         }
@@ -287,6 +383,15 @@ impl Writer {
             self.refresh_snapshot();
         }
         stop
+    }
+
+    /// Checks a single-step job's stream message (see
+    /// [`Writer::next_in_stream`]); embedded jobs (`None`) always pass.
+    fn next_stream_step(&self, from: Option<u64>) -> Result<(), AppendError> {
+        match from {
+            Some(from) => self.next_in_stream(&Batch::default(), from),
+            None => Ok(()),
+        }
     }
 
     /// Reopens the engine so that sled writes a fresh page-table snapshot
@@ -344,7 +449,7 @@ fn refuse(job: Job) {
         Job::Append { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
-        Job::Probe { reply } => {
+        Job::Probe { reply } | Job::Skip { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Job::Erase { reply, .. } => {

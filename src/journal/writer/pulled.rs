@@ -7,12 +7,46 @@
 use uuid::Uuid;
 
 use super::super::append::{AppendError, AppendOutcome, NewEvent};
-use super::super::pull_state::PullState;
+use super::super::pull_state::{PullMerge, PullState};
 use super::super::record::{EventRecord, PortalIx};
 use super::super::store::StoreError;
 use super::{unavailable, Batch, PulledReply, Writer};
 
 impl Writer {
+    /// `change` combined with the portal's state in this batch or stored
+    /// (`merge`); for a stream message `from`, checks first that it is the
+    /// next one and then claims its position for the batch, so that a
+    /// refused job leaves the position where it was.
+    pub(super) fn merge_pull(
+        &mut self,
+        batch: &mut Batch,
+        from: Option<u64>,
+        merge: &PullMerge,
+        change: PullState,
+    ) -> Result<PullState, AppendError> {
+        if let Some(from) = from {
+            self.next_in_stream(batch, from)?;
+        }
+        let merged = match merge {
+            PullMerge::Replace => change,
+            _ => {
+                let stored = match batch.pulls.get(&change.member_id) {
+                    Some(s) => Some(s.clone()),
+                    None => self
+                        .store
+                        .reader()
+                        .pull_state(&change.member_id)
+                        .map_err(unavailable)?,
+                };
+                merge.apply(stored.as_ref(), change)
+            }
+        };
+        if from.is_some() {
+            batch.stream_seq = from;
+        }
+        Ok(merged)
+    }
+
     /// Stages `events` (pulled from one portal) and its `state`, answered
     /// once the batch is durable.
     pub(super) fn stage_pulled(

@@ -20,19 +20,23 @@ use super::super::retention::RetentionPolicy;
 use super::super::rollup::RollupDelta;
 use super::super::store::codec;
 use super::super::store::{StoreError, WriteBatch};
-use super::{now_ms, unavailable, Writer};
+use super::{unavailable, Writer};
 
 impl Writer {
     /// One bounded retention step: deletes at most `budget` events; returns
     /// how many it deleted.
+    /// The age limit counts back from `at_ms`; `from` is the stream message
+    /// the step came in (cluster mode), recorded with its deletions.
     pub(super) fn retain(
         &mut self,
         policy: RetentionPolicy,
         budget: usize,
+        at_ms: u64,
+        from: Option<u64>,
     ) -> Result<u64, AppendError> {
         // Retention may delete tail events: reload tails when next needed.
         self.tails.forget_all();
-        let cutoff_ms = policy.cutoff_ms(now_ms());
+        let cutoff_ms = policy.cutoff_ms(at_ms);
         let mut writes = WriteBatch::default();
         let mut touched = Vec::new();
         let mut shown = Vec::new();
@@ -117,12 +121,19 @@ impl Writer {
             touched.push(rec);
         }
         if writes.is_empty() {
+            self.advance(from)?;
             return Ok(0);
         }
         self.write_rollups(&rollups, &mut writes)
             .map_err(unavailable)?;
+        if let Some(seq) = from {
+            writes.put_stream_seq(seq);
+        }
         self.commit_store(writes)
             .map_err(|e| AppendError::Unavailable(UnavailableCause::Commit(Arc::new(e))))?;
+        if let Some(seq) = from {
+            self.stream_seq = seq;
+        }
         for (portal, runs) in shown {
             self.entities.publish(portal, runs);
         }

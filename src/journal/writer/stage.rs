@@ -62,12 +62,17 @@ impl Writer {
             .registrations
             .get(member)
             .or_else(|| self.directory.registration(member));
+        // A replicated event carries its time in its id: applying it must
+        // not read this node's clock.
+        let at_ms = event
+            .id
+            .map_or_else(now_ms, |id| (id.as_u128() >> 80) as u64);
         let next = Registration::after(
             current,
             member,
             &event.profile.domain,
             event.lifecycle,
-            now_ms(),
+            at_ms,
         )
         .map_err(|_takeover| AppendError::Conflict(member.to_owned()))?;
         if let Some(next) = next {
@@ -170,7 +175,7 @@ impl Writer {
         }
 
         // New: take the next seq and stage it.
-        let now = Uuid::now_v7();
+        let now = event.id.unwrap_or_else(Uuid::now_v7);
         let rec = batch
             .portals
             .get_mut(&portal)

@@ -59,6 +59,37 @@ use record::HEADER;
 pub use record::{decode_ops, encode_insert, encode_remove, read, Op, Tier};
 use record::{frame, segment_path, segments, write_snapshot};
 
+/// The file naming the LSN that the log's current segment follows: every
+/// batch up to it is in sled (flushed) or in an older segment still kept.
+/// With the records after it, it says how far the log reaches, so that
+/// opening can tell a log that lost its end (sled holds a later batch)
+/// from one that simply has nothing new since the last checkpoint.
+/// Written (and synced) only when a segment starts, never per batch.
+pub const COVERED_FILE: &str = "covered";
+
+/// Records that `dir`'s current segment follows batch `lsn` (see
+/// [`COVERED_FILE`]): written to a temporary file, synced, renamed.
+pub fn write_covered(dir: &Path, lsn: u64) -> std::io::Result<()> {
+    let tmp = dir.join("covered.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(&lsn.to_be_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(COVERED_FILE))?;
+    sync_dir(dir)
+}
+
+/// The LSN [`write_covered`] last recorded in `dir`; `None` for a log
+/// written before it existed (or closed without a segment).
+pub fn read_covered(dir: &Path) -> std::io::Result<Option<u64>> {
+    match fs::read(dir.join(COVERED_FILE)) {
+        Ok(bytes) => Ok(<[u8; 8]>::try_from(bytes.as_slice())
+            .ok()
+            .map(u64::from_be_bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A segment past this size starts a checkpoint. Bounds both the disk the
 /// log takes and the replay at start.
 pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
@@ -126,9 +157,11 @@ impl RedoLog {
         n: u64,
         snapshot: &[u8],
         segments: Segments,
+        covered: u64,
     ) -> std::io::Result<RedoLog> {
         let file = create_segment(dir, n, segments)?;
         let len = write_snapshot(&file, snapshot)?;
+        write_covered(dir, covered)?;
         // The first rotation should not prepare its segment on the
         // writer's path either.
         if segments == Segments::Prepared && !segment_path(dir, n + 1).exists() {
@@ -191,7 +224,8 @@ impl RedoLog {
     /// flushed. Call only where every record written so far is already
     /// applied to sled and the deferred writes too (the writer, right after
     /// a commit).
-    pub fn begin_checkpoint(&self, snapshot: &[u8]) -> std::io::Result<Option<u64>> {
+    /// `covered` is the LSN of the last batch appended (see [`COVERED_FILE`]).
+    pub fn begin_checkpoint(&self, snapshot: &[u8], covered: u64) -> std::io::Result<Option<u64>> {
         let mut state = self.lock_checkpoint();
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         if state.running || state.failed.is_some() || out.len < SEGMENT_MAX {
@@ -214,6 +248,7 @@ impl RedoLog {
         out.len = write_snapshot(&file, snapshot)?;
         out.file = file;
         out.n = n;
+        write_covered(&self.dir, covered)?;
         state.running = true;
         Ok(Some(n))
     }
@@ -256,7 +291,8 @@ impl RedoLog {
     /// everything but the log-only writes is in sled, so a new segment
     /// starts with their snapshot record (see [`RedoLog::start`]) and the
     /// older ones go.
-    pub fn reset(&self, snapshot: &[u8]) -> std::io::Result<()> {
+    /// `covered`: the LSN of the last batch, which sled now holds.
+    pub fn reset(&self, snapshot: &[u8], covered: u64) -> std::io::Result<()> {
         self.wait_idle();
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         self.pending
@@ -271,6 +307,7 @@ impl RedoLog {
             out.len = write_snapshot(&file, snapshot)?;
             out.file = file;
             out.n = n;
+            write_covered(&self.dir, covered)?;
         }
         let n = out.n;
         drop(out);
@@ -283,7 +320,8 @@ impl RedoLog {
     /// at all when `snapshot` is empty. A store written once (a backup, a
     /// migration) then carries no prepared segments; opening it starts a
     /// new log.
-    pub fn finish(&self, snapshot: &[u8]) -> std::io::Result<()> {
+    /// `covered`: the LSN of the last batch, which sled now holds.
+    pub fn finish(&self, snapshot: &[u8], covered: u64) -> std::io::Result<()> {
         self.wait_idle();
         let dir = self.dir.clone();
         let n = self.out.lock().unwrap_or_else(|p| p.into_inner()).n + 1;
@@ -301,6 +339,7 @@ impl RedoLog {
             .open(segment_path(&dir, n))?;
         write_snapshot(&file, snapshot)?;
         sync_dir(&dir)?;
+        write_covered(&dir, covered)?;
         for (m, path) in segments(&dir)? {
             if m != n {
                 fs::remove_file(path)?;

@@ -17,7 +17,7 @@ fn writes(ops: &[Op<'_>]) -> Vec<u8> {
 #[test]
 fn records_round_trip_and_a_torn_tail_is_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = RedoLog::start(dir.path(), 1, &[], Segments::Prepared).unwrap();
+    let wal = RedoLog::start(dir.path(), 1, &[], Segments::Prepared, 0).unwrap();
     let a = writes(&[
         Op::Insert(Tier::Engine, b"k1", b"v1"),
         Op::Remove(Tier::Engine, b"k2"),
@@ -64,7 +64,7 @@ fn records_round_trip_and_a_torn_tail_is_cut() {
 
     // Starting again deletes what replay consumed and reuses the blank
     // segment.
-    let wal = RedoLog::start(dir.path(), found.next_segment, &[], Segments::Prepared).unwrap();
+    let wal = RedoLog::start(dir.path(), found.next_segment, &[], Segments::Prepared, 0).unwrap();
     drop(wal);
     assert!(!seg.exists());
     let found = read(dir.path()).unwrap();
@@ -75,7 +75,7 @@ fn records_round_trip_and_a_torn_tail_is_cut() {
 #[test]
 fn a_flipped_bit_stops_the_log_and_later_records_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = RedoLog::start(dir.path(), 1, &[], Segments::Prepared).unwrap();
+    let wal = RedoLog::start(dir.path(), 1, &[], Segments::Prepared, 0).unwrap();
     wal.append(1, &writes(&[Op::Insert(Tier::Engine, b"a", b"1")]));
     wal.append(2, &writes(&[Op::Insert(Tier::Engine, b"b", b"2")]));
     wal.sync().unwrap();
