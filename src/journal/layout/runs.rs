@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use super::super::entities::{PortalRuns, Run};
 use super::super::record::PortalIx;
-use super::super::store::codec::postings::{encode_items, posting_order, Posting, RunHead};
+use super::super::store::codec::postings::{
+    decode_item, encode_items, posting_order, Item, Posting, RunHead,
+};
 use super::super::store::{Reader, StoreError, WriteBatch};
 
 /// Runs of one level merged into one of the next.
@@ -26,9 +28,11 @@ pub const FANOUT: usize = 4;
 pub struct RunsUpdate {
     portal: PortalIx,
     runs: PortalRuns,
-    /// Postings of the runs this update wrote (not yet in the store), live
-    /// or already merged.
-    fresh: HashMap<u32, Vec<Posting>>,
+    /// Items of the runs this update wrote (not yet in the store), live or
+    /// already merged (those by their keys only): kept encoded, because a
+    /// batch in which many portals seal a block at once holds every one's
+    /// merge cascade until it commits.
+    fresh: HashMap<u32, Vec<Item>>,
     changed: bool,
 }
 
@@ -103,20 +107,25 @@ impl RunsUpdate {
     ) {
         let id = self.runs.list.next;
         self.runs.list.next += 1;
-        for item in encode_items(&postings) {
-            writes.put_run_item(self.portal, id, item);
+        let items = encode_items(&postings);
+        for item in &items {
+            writes.put_run_item(self.portal, id, item.clone());
         }
         let head = RunHead::of(level, lo, hi, &postings);
         writes.put_run_head(self.portal, id, &head);
         self.runs.live.push(Arc::new(Run { id, head }));
-        self.fresh.insert(id, postings);
+        self.fresh.insert(id, items);
         self.changed = true;
     }
 
     /// The postings of live run `run`.
     fn postings(&self, reader: &Reader, run: u32) -> Result<Vec<Posting>, StoreError> {
-        if let Some(p) = self.fresh.get(&run) {
-            return Ok(p.clone());
+        if let Some(items) = self.fresh.get(&run) {
+            let mut out = Vec::new();
+            for item in items {
+                out.extend(decode_item(&item.bytes)?);
+            }
+            return Ok(out);
         }
         let mut out = Vec::new();
         for item in reader.run_postings(self.portal, run) {
@@ -144,6 +153,13 @@ impl RunsUpdate {
             );
         }
         postings.sort_by(posting_order);
+        // A merged run's items are never read again; only their keys are
+        // needed, should this update also delete the run (`purge_dead`).
+        for run in &merged {
+            for item in self.fresh.get_mut(&run.id).into_iter().flatten() {
+                item.bytes = Vec::new();
+            }
+        }
         let lo = merged.iter().map(|r| r.head.lo).min().unwrap_or(0);
         let hi = merged.iter().map(|r| r.head.hi).max().unwrap_or(0);
         self.runs.list.dead.extend(merged.iter().map(|r| r.id));
@@ -177,11 +193,10 @@ impl RunsUpdate {
     ) -> Result<(), StoreError> {
         for run in std::mem::take(&mut self.runs.list.dead) {
             match self.fresh.remove(&run) {
-                // Written by this very update: its keys are in `writes`,
-                // and encoding again gives the same keys.
-                Some(postings) => {
-                    for item in encode_items(&postings) {
-                        writes.delete_run_item(self.portal, run, &item);
+                // Written by this very update: its keys are in `writes`.
+                Some(items) => {
+                    for item in &items {
+                        writes.delete_run_item(self.portal, run, item);
                     }
                 }
                 None => {
