@@ -69,6 +69,9 @@ pub enum Command {
         /// Which fields it owns.
         merge: PullMerge,
     },
+    /// Nothing: a write whose acknowledgement proves the stream has a
+    /// quorum (see `publish`); every node applies it as a skipped message.
+    Quorum,
 }
 
 /// A verified event without secrets, as it travels in the stream.
@@ -181,6 +184,7 @@ impl Command {
             Command::SavePull { state, .. } | Command::Pulled { state, .. } => {
                 format!("{SUBJECT_PREFIX}.pull.{}", state.member_id)
             }
+            Command::Quorum => format!("{SUBJECT_PREFIX}.quorum"),
         }
     }
 

@@ -9,6 +9,12 @@
 //! stream drops a repeat within its `duplicate_window` and answers with
 //! the original's sequence), until the deadline — then the caller answers
 //! 503 and Bitrix24's event was never acknowledged.
+//!
+//! A repeat's acknowledgement comes from the leader's dedup table alone,
+//! and a leader that lost its followers keeps answering for seconds (until
+//! it notices and steps down). So a repeat counts only once a fresh write
+//! has been acknowledged after it ([`Command::Quorum`]): no 200 is
+//! answered while the cluster could not store anything.
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +59,24 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Publishes a [`Command::Quorum`] (a new message id, so never a
+    /// repeat) and waits for its acknowledgement: proof that a quorum of
+    /// the stream's replicas stores messages now.
+    async fn prove_quorum(&self) -> Result<(), String> {
+        let probe = Command::Quorum;
+        let publish = Publish::build()
+            .payload(probe.to_bytes().into())
+            .message_id(uuid::Uuid::now_v7().to_string());
+        let ack = self
+            .js
+            .send_publish(probe.subject(), publish)
+            .await
+            .map_err(|e| format!("quorum probe: {e}"))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|e| format!("quorum probe: {e}"))
+    }
+
     /// A publisher on `js` that gives up after `deadline`.
     pub fn new(js: jetstream::Context, deadline: Duration) -> Publisher {
         Publisher { js, deadline }
@@ -76,7 +100,11 @@ impl Publisher {
                     .send_publish(subject.clone(), publish)
                     .await
                     .map_err(|e| e.to_string())?;
-                ack.await.map_err(|e| e.to_string())
+                let ack = ack.await.map_err(|e| e.to_string())?;
+                if ack.duplicate {
+                    self.prove_quorum().await?;
+                }
+                Ok::<_, String>(ack)
             };
             let result = tokio::time::timeout(ATTEMPT_TIMEOUT.min(left), attempt).await;
             let last = match result {
