@@ -133,16 +133,11 @@ impl Engine {
         // so only a disk that dropped synced writes does this), and the
         // unsealed tails of those batches — in the log only — are gone
         // while sled's counters, dedup keys and stream position count
-        // them. Starting would silently miss events.
-        let reaches = found
-            .records
-            .iter()
-            .map(|r| r.lsn)
-            .max()
-            .into_iter()
-            .chain(log::read_covered(wal_dir)?)
-            .max();
-        if let Some(reaches) = reaches {
+        // them. Starting would silently miss events. A log from before the
+        // `covered` file (an older release closed it) cannot say how far it
+        // reached: a clean close leaves only the tails' snapshot in it.
+        if let Some(covered) = log::read_covered(wal_dir)? {
+            let reaches = found.records.iter().map(|r| r.lsn).fold(covered, u64::max);
             if lsn > reaches {
                 return Err(StoreError::LogBehind {
                     store: lsn,

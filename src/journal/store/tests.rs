@@ -376,4 +376,12 @@ fn a_log_that_ends_before_sled_does_not_open() {
     store.close().unwrap();
     let store = Store::open(&live, CACHE).unwrap();
     assert_eq!(store.reader().tail(7).unwrap().len(), 5);
+    store.close().unwrap();
+
+    // Closed by a release from before the `covered` file: its log holds
+    // only the snapshot of the tails, and says nothing about how far it
+    // reaches. It opens (an upgrade must not refuse a good journal).
+    std::fs::remove_file(live.join(WAL_DIR).join(log::COVERED_FILE)).unwrap();
+    let store = Store::open(&live, CACHE).expect("a journal from before `covered` opens");
+    assert_eq!(store.reader().tail(7).unwrap().len(), 5);
 }
