@@ -133,11 +133,14 @@ impl Engine {
         // so only a disk that dropped synced writes does this), and the
         // unsealed tails of those batches — in the log only — are gone
         // while sled's counters, dedup keys and stream position count
-        // them. Starting would silently miss events. A log from before the
-        // `covered` file (an older release closed it) cannot say how far it
-        // reached: a clean close leaves only the tails' snapshot in it.
-        if let Some(covered) = log::read_covered(wal_dir)? {
-            let reaches = found.records.iter().map(|r| r.lsn).fold(covered, u64::max);
+        // them. Starting would silently miss events. Only a log that holds
+        // batches can tell: one with none was closed cleanly, possibly by a
+        // release that kept no `covered` file (a rollback, then this
+        // release again), and its stale `covered` would refuse a good
+        // journal.
+        let last = found.records.iter().map(|r| r.lsn).max().unwrap_or(0);
+        if last > 0 {
+            let reaches = log::read_covered(wal_dir)?.map_or(last, |c| c.max(last));
             if lsn > reaches {
                 return Err(StoreError::LogBehind {
                     store: lsn,
