@@ -10,9 +10,17 @@
 # Prints a markdown table (also in target/bench/cluster.md). On one
 # machine the three nodes and three NATS servers share its cores: the
 # cluster's figures are a floor for machines of their own.
+#
+#   JOURNAL_WRAP=eatmydata scripts/bench-cluster.sh [SECS]
+#
+# runs the journal processes (embedded and the three nodes, not NATS) with
+# their fsyncs turned into no-ops: the most that skipping the redo log's
+# per-batch fdatasync could gain (docs/cluster.md, "Local durability").
+# A measurement only: never run a service that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
+wrap="${JOURNAL_WRAP:-}"
 
 cargo build --release -q -p b24-journal -p b24-journal-bench
 nats_bin="${B24J_NATS_SERVER:-$(scripts/install-nats.sh)}"
@@ -44,7 +52,7 @@ read_token=bench-read-token-0123456789
 
 # Embedded mode.
 emb_port=$(port)
-$bin serve --listen 127.0.0.1:$emb_port --data-dir "$work/embedded" --config "$work/portals.toml" \
+$wrap $bin serve --listen 127.0.0.1:$emb_port --data-dir "$work/embedded" --config "$work/portals.toml" \
   --read-token $read_token --log-level warn &
 pids+=($!); emb_pid=$!
 wait_http 127.0.0.1:$emb_port
@@ -76,7 +84,7 @@ done
 # Three journal nodes.
 node_ports=($(port) $(port) $(port))
 for i in 0 1 2; do
-  $bin serve --listen 127.0.0.1:${node_ports[$i]} --data-dir "$work/j$i" --config "$work/portals.toml" \
+  $wrap $bin serve --listen 127.0.0.1:${node_ports[$i]} --data-dir "$work/j$i" --config "$work/portals.toml" \
     --read-token $read_token --cluster "$urls" --node-name j$i --log-level warn &
   pids+=($!)
 done
@@ -104,7 +112,7 @@ PY
 }
 mkdir -p target/bench
 {
-  echo "Command: \`scripts/bench-cluster.sh $secs\` ($(nproc) cores, $(date -u +%Y-%m-%d))"
+  echo "Command: \`${wrap:+JOURNAL_WRAP=$wrap }scripts/bench-cluster.sh $secs\` ($(nproc) cores, $(date -u +%Y-%m-%d))"
   echo
   echo "| mode | req/s | p50 ms | p99 ms | max ms | 503 |"
   echo "|------|------:|-------:|-------:|-------:|----:|"
