@@ -12,6 +12,42 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Registers `metric` in `registry` and returns it. Cannot fail for the
+/// service's own metrics: their names are valid and each is registered
+/// once (a clash is a programming error caught by the metrics tests).
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+/// A counter registered in `registry` (see [`register`]).
+pub(crate) fn register_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(name, help).expect("valid counter"),
+    )
+}
+
+/// A gauge registered in `registry` (see [`register`]).
+pub(crate) fn register_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid gauge"))
+}
+
+/// A histogram with `buckets` registered in `registry` (see [`register`]).
+pub(crate) fn register_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(
+        registry,
+        Histogram::with_opts(opts).expect("valid histogram"),
+    )
+}
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
@@ -63,27 +99,10 @@ impl Metrics {
         let registry = Registry::new();
         // Cannot fail: the names, labels and buckets below are valid and
         // registered once each.
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
-        };
+        let counter = |name: &str, help: &str| register_counter(&registry, name, help);
+        let gauge = |name: &str, help: &str| register_gauge(&registry, name, help);
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("registered once");
-            h
+            register_histogram(&registry, name, help, buckets)
         };
         let rejected = IntCounterVec::new(
             Opts::new(

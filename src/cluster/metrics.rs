@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use crate::metrics::{register_counter, register_gauge, register_histogram};
 
 /// Publish, apply and lag metrics.
 pub struct ClusterMetrics {
@@ -31,34 +33,16 @@ pub fn cluster_metrics() -> &'static ClusterMetrics {
     static METRICS: OnceLock<ClusterMetrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let registry = crate::metrics::metrics().registry();
-        // Cannot fail: valid names, each registered once.
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
-        };
-        let publish_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "b24j_cluster_publish_seconds",
-                "Time from the first publish attempt to the stream's acknowledgement",
-            )
-            .buckets(vec![
+        let counter = |name: &str, help: &str| register_counter(registry, name, help);
+        let gauge = |name: &str, help: &str| register_gauge(registry, name, help);
+        let publish_latency = register_histogram(
+            registry,
+            "b24j_cluster_publish_seconds",
+            "Time from the first publish attempt to the stream's acknowledgement",
+            vec![
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(publish_latency.clone()))
-            .expect("registered once");
+            ],
+        );
         ClusterMetrics {
             publish_latency,
             publish_retries: counter(
