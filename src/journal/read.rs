@@ -19,10 +19,10 @@ use std::sync::{Arc, RwLock};
 
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
-use super::spans::SpanIndex;
 use super::record::{
     peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN,
 };
+use super::spans::SpanIndex;
 use super::store::codec::event_block;
 use super::store::{Reader, StoreError};
 use crate::types::{EntityId, EventName, Ts};
