@@ -2,7 +2,8 @@
 //! report's "what a goal leaves per request" section: they show how far a
 //! throughput goal is from the machine, not only from the bare server.
 //!
-//! - `probe`: latest-50 pages answered by the service's own query code on a
+//! - `probe`: pages (latest-50, or an entity or window query with `--query`)
+//!   answered by the service's own query code on a
 //!   filled journal, one thread, no HTTP: the CPU a page costs before any
 //!   socket is involved.
 //! - `sled-floor`: sled 0.34.7 alone, with the service's settings, inserting
@@ -56,8 +57,8 @@ pub enum ProbeQuery {
     Window,
 }
 
-/// Opens the journal, answers latest-50 for random portals on this thread
-/// for `--secs`, and prints one `PROBE key=value …` line: pages, µs of this
+/// Opens the journal, answers `--query` (latest-50 by default) for random
+/// portals on this thread for `--secs`, and prints one `PROBE key=value …` line: pages, µs of this
 /// thread's CPU and of wall time per page, mean body bytes, mean stored
 /// record bytes.
 pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! b24-bench run [--smoke] [--n N | --full] [options]   every phase, one markdown report
 //! b24-bench load ADDR CONNS SECS [THREADS]             bare load against any server
 //! b24-bench fill --data-dir D --from A --to B --n N      bulk fill (used by `run`)
-//! b24-bench probe --data-dir D [--secs S]                 in-process latest-50 (used by `run`)
+//! b24-bench probe --data-dir D [--secs S] [--query Q]     in-process page cost (latest-50 used by `run`)
 //! b24-bench sled-floor --dir D --n N --value-bytes B      sled alone (used by `run`)
 //! b24-bench restarts [--clients 8 --restarts 5 --mode both]  restarts under load
 //! ```
