@@ -112,7 +112,7 @@ impl Journal {
         let (commits_tx, commits) = watch::channel(0);
         let mut writer =
             writer::Writer::new(store, directory, published.clone(), commits_tx, entities);
-        writer.set_stream_seq(store_reader_stream_seq(&reader).map_err(store_err)?);
+        writer.set_stream_seq(reader.store().stream_seq().map_err(store_err)?);
         writer.finish_erasures().map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
@@ -174,48 +174,36 @@ impl JournalHandle {
     /// registration); `Ok(None)` if it is not in the journal. Returns the
     /// number of events erased.
     pub async fn erase(&self, member_id: &str) -> Result<Option<u64>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Job::Erase {
-                member_id: member_id.to_owned(),
-                reply,
-                from: None,
-            })
-            .await
-            .map_err(|_| writer_stopped())?;
-        rx.await.map_err(|_| writer_stopped())?
+        self.request(|reply| writer::Job::Erase {
+            member_id: member_id.to_owned(),
+            reply,
+            from: None,
+        })
+        .await
     }
 
     /// Deletes up to `budget` events that `policy` no longer keeps, oldest
     /// first, with their index entries and dedup keys; returns how many.
     pub async fn retain(&self, policy: RetentionPolicy, budget: usize) -> Result<u64, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Job::Retain {
-                policy,
-                budget,
-                at_ms: now_ms(),
-                reply,
-                from: None,
-            })
-            .await
-            .map_err(|_| writer_stopped())?;
-        rx.await.map_err(|_| writer_stopped())?
+        self.request(|reply| writer::Job::Retain {
+            policy,
+            budget,
+            at_ms: now_ms(),
+            reply,
+            from: None,
+        })
+        .await
     }
 
     /// Stores a portal's offline pull state; resolves once it is durable.
     pub async fn save_pull(&self, state: PullState) -> Result<(), AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Job::SavePull {
-                state: Box::new(state),
-                merge: PullMerge::Replace,
-                reply,
-                from: None,
-            })
-            .await
-            .map_err(|_| writer_stopped())?;
-        rx.await.map_err(|_| writer_stopped())?
+        self.request(|reply| writer::Job::SavePull {
+            state: Box::new(state),
+            merge: PullMerge::Replace,
+            reply,
+            from: None,
+        })
+        .await
     }
 
     /// Journals pulled offline records and, atomically with them, `state`
@@ -226,28 +214,19 @@ impl JournalHandle {
         events: Vec<NewEvent>,
         state: PullState,
     ) -> Result<(Vec<Result<AppendOutcome, AppendError>>, PullState), AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Job::AppendPulled {
-                events,
-                state: Box::new(state),
-                merge: PullMerge::Replace,
-                reply,
-                from: None,
-            })
-            .await
-            .map_err(|_| writer_stopped())?;
-        rx.await.map_err(|_| writer_stopped())?
+        self.request(|reply| writer::Job::AppendPulled {
+            events,
+            state: Box::new(state),
+            merge: PullMerge::Replace,
+            reply,
+            from: None,
+        })
+        .await
     }
 
     /// Writes and flushes a probe record: `Ok` means the journal is writable.
     pub async fn probe(&self) -> Result<(), AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Job::Probe { reply })
-            .await
-            .map_err(|_| writer_stopped())?;
-        rx.await.map_err(|_| writer_stopped())?
+        self.request(|reply| writer::Job::Probe { reply }).await
     }
 
     /// Runs `f` with the durable portal directory.
@@ -275,6 +254,32 @@ impl JournalHandle {
     }
 }
 
+/// Queuing a job for the writer.
+impl JournalHandle {
+    /// Queues the job `job` builds around its reply channel, waiting for
+    /// room in the queue; returns where the writer's answer arrives.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, AppendError>>) -> writer::Job,
+    ) -> Result<oneshot::Receiver<Result<T, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(job(reply))
+            .await
+            .map_err(|_| writer_stopped())?;
+        Ok(rx)
+    }
+
+    /// [`JournalHandle::submit`], then waits for the writer's answer.
+    async fn request<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, AppendError>>) -> writer::Job,
+    ) -> Result<T, AppendError> {
+        let rx = self.submit(job).await?;
+        rx.await.map_err(|_| writer_stopped())?
+    }
+}
+
 /// The jobs of cluster mode: each comes from one stream message, named by
 /// its stream sequence (`from`), and the writer applies them strictly in
 /// stream order, recording the position atomically with each (see the
@@ -289,14 +294,12 @@ impl JournalHandle {
         event: NewEvent,
         from: u64,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, AppendError>>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::Append {
+        self.submit(|reply| writer::Job::Append {
             event: Box::new(event),
             reply,
             from: Some(from),
-        };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        })
+        .await
     }
 
     /// Moves the position past a message that changes nothing.
@@ -304,10 +307,7 @@ impl JournalHandle {
         &self,
         from: u64,
     ) -> Result<oneshot::Receiver<Result<(), AppendError>>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::Skip { from, reply };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        self.submit(|reply| writer::Job::Skip { from, reply }).await
     }
 
     /// Applies a replicated portal erasure.
@@ -316,14 +316,12 @@ impl JournalHandle {
         member_id: &str,
         from: u64,
     ) -> Result<oneshot::Receiver<Result<Option<u64>, AppendError>>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::Erase {
+        self.submit(|reply| writer::Job::Erase {
             member_id: member_id.to_owned(),
             reply,
             from: Some(from),
-        };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        })
+        .await
     }
 
     /// Applies one replicated retention step, its age limit counted back
@@ -335,16 +333,14 @@ impl JournalHandle {
         at_ms: u64,
         from: u64,
     ) -> Result<oneshot::Receiver<Result<u64, AppendError>>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::Retain {
+        self.submit(|reply| writer::Job::Retain {
             policy,
             budget,
             at_ms,
             reply,
             from: Some(from),
-        };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        })
+        .await
     }
 
     /// Applies a replicated pull-state change, combined with the stored
@@ -355,15 +351,13 @@ impl JournalHandle {
         merge: PullMerge,
         from: u64,
     ) -> Result<oneshot::Receiver<Result<(), AppendError>>, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::SavePull {
+        self.submit(|reply| writer::Job::SavePull {
             state: Box::new(state),
             merge,
             reply,
             from: Some(from),
-        };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        })
+        .await
     }
 
     /// Applies a replicated batch of pulled records (their ids fixed) with
@@ -375,27 +369,21 @@ impl JournalHandle {
         merge: PullMerge,
         from: u64,
     ) -> Result<PulledReceiver, AppendError> {
-        let (reply, rx) = oneshot::channel();
-        let job = writer::Job::AppendPulled {
+        self.submit(|reply| writer::Job::AppendPulled {
             events,
             state: Box::new(state),
             merge,
             reply,
             from: Some(from),
-        };
-        self.tx.send(job).await.map_err(|_| writer_stopped())?;
-        Ok(rx)
+        })
+        .await
     }
 
     /// The last stream message durably applied (0: none; always 0 in
     /// embedded mode).
     pub fn stream_seq(&self) -> Result<u64, store::StoreError> {
-        store_reader_stream_seq(&self.reader)
+        self.reader.store().stream_seq()
     }
-}
-
-fn store_reader_stream_seq(reader: &JournalReader) -> Result<u64, store::StoreError> {
-    reader.store().stream_seq()
 }
 
 fn now_ms() -> u64 {
