@@ -8,6 +8,13 @@
 //! items are written once and never changed. Merged runs become *dead*:
 //! they are deleted by a later commit, so that a reader that took the
 //! runs just before still finds them (see `journal::entities`).
+//!
+//! The writer defers the merges a seal makes due ([`RunsUpdate::deferring`])
+//! and does them a budget at a time ([`RunsUpdate::merge_some`]): when many
+//! portals seal a block in one batch, their merge cascades would otherwise
+//! all be held in that one batch. A deferred merge is done at the latest
+//! before the portal's next run is added, so the runs are the same as if
+//! every merge had been done at once; only when they are made differs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,11 +41,23 @@ pub struct RunsUpdate {
     /// merge cascade until it commits.
     fresh: HashMap<u32, Vec<Item>>,
     changed: bool,
+    /// Whether `add_block` leaves its merges to [`RunsUpdate::merge_some`].
+    defer: bool,
 }
 
 impl RunsUpdate {
-    /// An update of `portal`'s runs `runs`.
+    /// An update of `portal`'s runs `runs` that merges as soon as a run is
+    /// added (copies, which have no readers to keep answering).
     pub fn of(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
+        RunsUpdate {
+            defer: false,
+            ..RunsUpdate::deferring(portal, runs)
+        }
+    }
+
+    /// An update of `portal`'s runs `runs` that leaves the merges a new run
+    /// makes due to [`RunsUpdate::merge_some`] (the writer).
+    pub fn deferring(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
         RunsUpdate {
             portal,
             runs: PortalRuns {
@@ -47,6 +66,7 @@ impl RunsUpdate {
             },
             fresh: HashMap::new(),
             changed: false,
+            defer: true,
         }
     }
 
@@ -77,12 +97,52 @@ impl RunsUpdate {
         if postings.is_empty() {
             return Ok(());
         }
+        // Merges deferred so far are done first, so that the new run joins
+        // the runs eager merging would have left.
+        self.merge_all(writes, reader, first_live)?;
         postings.sort_by(posting_order);
         self.write_run(writes, 0, lo, hi, postings);
-        while let Some(level) = self.mergeable_level() {
-            self.merge_newest(writes, reader, level, first_live)?;
+        if !self.defer {
+            self.merge_all(writes, reader, first_live)?;
         }
         Ok(())
+    }
+
+    /// Does every due merge.
+    fn merge_all(
+        &mut self,
+        writes: &mut WriteBatch,
+        reader: &Reader,
+        first_live: u64,
+    ) -> Result<(), StoreError> {
+        let mut unbounded = u64::MAX;
+        self.merge_some(writes, reader, first_live, &mut unbounded)
+            .map(|_| ())
+    }
+
+    /// Whether merges are due (deferred by [`RunsUpdate::deferring`]).
+    pub fn pending(&self) -> bool {
+        self.mergeable_level().is_some()
+    }
+
+    /// Does due merges while `budget` (seqs the merged runs span, a bound
+    /// on their postings) lasts, taking each merge's span from it; the
+    /// merge that exhausts it is still done. Returns whether some remain.
+    pub fn merge_some(
+        &mut self,
+        writes: &mut WriteBatch,
+        reader: &Reader,
+        first_live: u64,
+        budget: &mut u64,
+    ) -> Result<bool, StoreError> {
+        while let Some(level) = self.mergeable_level() {
+            if *budget == 0 {
+                return Ok(true);
+            }
+            let spanned = self.merge_newest(writes, reader, level, first_live)?;
+            *budget = budget.saturating_sub(spanned);
+        }
+        Ok(false)
     }
 
     /// The level of the newest [`FANOUT`] runs, if they share one.
@@ -135,14 +195,14 @@ impl RunsUpdate {
     }
 
     /// Merges the newest [`FANOUT`] runs (all of `level`) into one run of
-    /// the next level; they become dead.
+    /// the next level; they become dead. Returns how many seqs they span.
     fn merge_newest(
         &mut self,
         writes: &mut WriteBatch,
         reader: &Reader,
         level: u8,
         first_live: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let merged: Vec<Arc<Run>> = self.runs.live.split_off(self.runs.live.len() - FANOUT);
         let mut postings = Vec::new();
         for run in &merged {
@@ -167,7 +227,10 @@ impl RunsUpdate {
         if !postings.is_empty() {
             self.write_run(writes, level.saturating_add(1), lo, hi, postings);
         }
-        Ok(())
+        Ok(merged
+            .iter()
+            .map(|r| r.head.hi.saturating_sub(r.head.lo) + 1)
+            .sum())
     }
 
     /// Retention: every live run whose events all lie below `first_live`

@@ -216,3 +216,69 @@ fn a_crash_in_the_middle_of_a_merge_is_completed_from_the_log_and_its_dead_runs_
         assert!(store.reader().run_head(0, *run).unwrap().is_none());
     }
 }
+
+#[test]
+fn deferred_merges_done_a_budget_at_a_time_lose_no_posting_and_end_as_eager_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), 8 << 20).unwrap();
+    let mut portal = PortalRecord::new(0, &MemberId::parse("m").unwrap());
+    portal.name_index("ONCRMACTIVITYADD");
+    let entities = EntityIndex::default();
+    let reader = crate::journal::JournalReader::new(
+        store.reader().clone(),
+        entities.clone(),
+        Default::default(),
+    );
+    let blocks = (FANOUT * FANOUT + 3) as u64;
+    let mut deferred = 0;
+    let mut step = 0;
+    // A commit seals one block (while there are blocks to seal) and makes
+    // at most one merge (a budget of one seq): the cascades of the 16th
+    // block span several commits.
+    loop {
+        let runs = entities.runs(store.reader(), 0).unwrap();
+        let mut update = RunsUpdate::deferring(0, &runs);
+        let mut writes = WriteBatch::default();
+        update.purge_dead(&mut writes, store.reader()).unwrap();
+        if step < blocks {
+            let prev_last = portal.last_seq();
+            let fresh = block_events(&portal);
+            portal.next_seq += BLOCK_SPAN;
+            portal.events += BLOCK_SPAN;
+            lay_out(
+                &mut writes,
+                store.reader(),
+                &portal,
+                prev_last,
+                fresh,
+                &mut update,
+            )
+            .unwrap();
+        } else if !update.pending() {
+            break;
+        }
+        let left = update
+            .merge_some(&mut writes, store.reader(), 1, &mut 1)
+            .unwrap();
+        if left {
+            deferred += 1;
+        }
+        if let Some(shown) = update.finish(&mut writes) {
+            let show = entities.clone();
+            store
+                .commit_logged(writes, move || show.publish(0, shown))
+                .unwrap();
+        }
+        step += 1;
+        // Whatever waits to be merged, every sealed event is found once.
+        let last = portal.last_seq();
+        let want: Vec<u64> = (1..=last).filter(|s| s % 11 == 5).collect();
+        let got = reader.entity_seqs(store.reader(), 0, "5", 1, last).unwrap();
+        assert_eq!(got, want, "step {step}");
+    }
+    assert!(deferred > 0, "the budget deferred merges");
+    // The same runs as merging at once leaves (see the first test).
+    let runs = PortalRuns::load(store.reader(), 0).unwrap();
+    let levels: Vec<u8> = runs.live.iter().map(|r| r.head.level).collect();
+    assert_eq!(levels, vec![2, 0, 0, 0]);
+}

@@ -19,9 +19,23 @@ use super::super::store::codec;
 use super::super::store::{CommitError, StoreError, WriteBatch};
 use super::{now_ms, Batch, Writer};
 
-/// What laying out a batch leaves to do after its commit: the entity
-/// index runs to show, and the portals whose runs then wait to be deleted.
-type LaidOut = (Vec<(PortalIx, PortalRuns)>, Vec<PortalIx>);
+/// What laying out a batch leaves to do after its commit.
+struct LaidOut {
+    /// The entity index runs to show.
+    shown: Vec<(PortalIx, PortalRuns)>,
+    /// Portals whose runs then wait to be deleted.
+    purge: Vec<PortalIx>,
+    /// Portals whose runs still have merges due, oldest first.
+    pending: Vec<PortalIx>,
+}
+
+/// Seqs of entity index runs one commit merges at most (beyond its first
+/// merge), the rest waiting for the next commits. Far above what a steady
+/// stream needs (a posting is merged once per level, about 4 times at 10M
+/// events), it bounds the batches in which many portals seal a block at
+/// once: their whole merge cascades held in one batch made the writer's
+/// peak memory (docs/performance.md).
+const MERGE_BUDGET: u64 = 1 << 16;
 
 impl Writer {
     /// Commits through the store, remembering a failure: sled keeps the
@@ -65,6 +79,9 @@ impl Writer {
                 self.tails.forget_all();
                 self.entities.forget_all();
                 self.dead_runs.clear();
+                // Due merges are done at the latest at each portal's next
+                // seal (`RunsUpdate::add_block`).
+                self.pending_merges.clear();
                 self.broken = false;
                 self.commits.send_modify(|n| *n = n.wrapping_add(1));
                 tracing::info!("journal reopened after a storage error; accepting events again");
@@ -87,7 +104,7 @@ impl Writer {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let reader = self.store.reader();
                 let runs = self.entities.runs(reader, portal)?;
-                let mut update = RunsUpdate::of(portal, &runs);
+                let mut update = RunsUpdate::deferring(portal, &runs);
                 update.purge_dead(writes, reader)?;
                 Ok(slot.insert(update))
             }
@@ -169,6 +186,33 @@ impl Writer {
                 update,
             )?;
         }
+        // Merges: those left by earlier commits first, then this batch's.
+        let mut queue = self.pending_merges.clone();
+        let mut sealed: Vec<PortalIx> = updates
+            .iter()
+            .filter(|(p, u)| u.pending() && !queue.contains(p))
+            .map(|(&p, _)| p)
+            .collect();
+        sealed.sort_unstable();
+        queue.extend(sealed);
+        let mut budget = MERGE_BUDGET;
+        let mut pending = Vec::new();
+        for portal in queue {
+            let Some(first_live) = batch
+                .portals
+                .get(&portal)
+                .or_else(|| self.directory.portal(portal))
+                .map(PortalRecord::first_seq)
+            else {
+                continue;
+            };
+            let update = self.runs_update(&mut updates, writes, portal)?;
+            if budget == 0
+                || update.merge_some(writes, self.store.reader(), first_live, &mut budget)?
+            {
+                pending.push(portal);
+            }
+        }
         let mut shown = Vec::new();
         let mut purge = Vec::new();
         for (portal, update) in updates {
@@ -179,7 +223,11 @@ impl Writer {
                 shown.push((portal, runs));
             }
         }
-        Ok((shown, purge))
+        Ok(LaidOut {
+            shown,
+            purge,
+            pending,
+        })
     }
 
     /// Commits the batch, then publishes it and answers every waiter; a
@@ -238,9 +286,12 @@ impl Writer {
             return;
         }
         let entities = self.entities.clone();
-        let committed = laid_out
-            .map_err(CommitError::NotApplied)
-            .and_then(|(shown, purge)| {
+        let committed = laid_out.map_err(CommitError::NotApplied).and_then(
+            |LaidOut {
+                 shown,
+                 purge,
+                 pending,
+             }| {
                 // Readers must see the new runs before the tail events they
                 // index leave the memtable.
                 let show = move || {
@@ -248,11 +299,15 @@ impl Writer {
                         entities.publish(portal, runs);
                     }
                 };
-                self.store.commit_logged(writes, show).map(|()| purge)
-            });
+                self.store
+                    .commit_logged(writes, show)
+                    .map(|()| (purge, pending))
+            },
+        );
         let committed = match committed {
-            Ok(purge) => {
+            Ok((purge, pending)) => {
                 self.dead_runs = purge;
+                self.pending_merges = pending;
                 Ok(())
             }
             Err(e) => Err(e),

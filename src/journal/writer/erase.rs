@@ -35,6 +35,7 @@ impl Writer {
         self.tails.forget(rec.ix);
         self.entities.forget(rec.ix);
         self.dead_runs.retain(|&p| p != rec.ix);
+        self.pending_merges.retain(|&p| p != rec.ix);
         let tombstone = PortalRecord {
             member_id: String::new(),
             ..PortalRecord::new(rec.ix, &member_placeholder())

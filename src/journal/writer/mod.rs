@@ -197,6 +197,9 @@ pub(super) struct Writer {
     /// Portals whose dead entity index runs the next commit deletes (see
     /// `layout::runs`).
     dead_runs: Vec<PortalIx>,
+    /// Portals whose entity index runs have merges due, oldest first: each
+    /// commit does some (see [`MERGE_BUDGET`]).
+    pending_merges: Vec<PortalIx>,
     /// Cluster mode: the last stream message durably applied (0: none).
     stream_seq: u64,
 }
@@ -230,6 +233,7 @@ impl Writer {
             tails: TailCache::default(),
             entities,
             dead_runs: Vec::new(),
+            pending_merges: Vec::new(),
             stream_seq: 0,
         }
     }
