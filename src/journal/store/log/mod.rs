@@ -241,6 +241,20 @@ impl RedoLog {
             out.len += bytes.len() as u64;
             out.file.sync_data()?;
         }
+        self.start_next_segment(&mut out, snapshot, covered)?;
+        state.running = true;
+        Ok(Some(out.n))
+    }
+
+    /// Starts segment `out.n + 1` with the snapshot record of `snapshot`
+    /// and records `covered` (see [`COVERED_FILE`]): records go there from
+    /// now on.
+    fn start_next_segment(
+        &self,
+        out: &mut Segment,
+        snapshot: &[u8],
+        covered: u64,
+    ) -> std::io::Result<()> {
         let n = out.n + 1;
         let file = create_segment(&self.dir, n, self.segments)?;
         // Durable before the older segments may go: they hold the only
@@ -248,9 +262,7 @@ impl RedoLog {
         out.len = write_snapshot(&file, snapshot)?;
         out.file = file;
         out.n = n;
-        write_covered(&self.dir, covered)?;
-        state.running = true;
-        Ok(Some(n))
+        write_covered(&self.dir, covered)
     }
 
     /// Ends the checkpoint [`RedoLog::begin_checkpoint`] started: with sled
@@ -302,12 +314,7 @@ impl RedoLog {
         // A segment holding nothing but the same snapshot can stay (inline
         // commits reset often: no need to prepare a segment each time).
         if out.len > 0 || !snapshot.is_empty() {
-            let n = out.n + 1;
-            let file = create_segment(&self.dir, n, self.segments)?;
-            out.len = write_snapshot(&file, snapshot)?;
-            out.file = file;
-            out.n = n;
-            write_covered(&self.dir, covered)?;
+            self.start_next_segment(&mut out, snapshot, covered)?;
         }
         let n = out.n;
         drop(out);
