@@ -198,6 +198,11 @@ impl Writer {
         let mut budget = MERGE_BUDGET;
         let mut pending = Vec::new();
         for portal in queue {
+            // Out of budget: the rest wait, untouched.
+            if budget == 0 {
+                pending.push(portal);
+                continue;
+            }
             let Some(first_live) = batch
                 .portals
                 .get(&portal)
@@ -207,9 +212,7 @@ impl Writer {
                 continue;
             };
             let update = self.runs_update(&mut updates, writes, portal)?;
-            if budget == 0
-                || update.merge_some(writes, self.store.reader(), first_live, &mut budget)?
-            {
+            if update.merge_some(writes, self.store.reader(), first_live, &mut budget)? {
                 pending.push(portal);
             }
         }
