@@ -37,28 +37,8 @@ fn runs_merge_into_few_and_hold_every_sealed_entity_event_once() {
     let mut max_runs = 0;
     // One block per batch, as a busy portal's writer commits them.
     for step in 0..blocks {
-        let prev_last = portal.last_seq();
-        let fresh: BTreeMap<u64, Vec<u8>> = (prev_last + 1..=prev_last + BLOCK_SPAN)
-            .map(|seq| (seq, event(seq)))
-            .collect();
-        portal.next_seq += BLOCK_SPAN;
-        portal.events += BLOCK_SPAN;
-        let runs = entities.runs(store.reader(), 0).unwrap();
-        let mut update = RunsUpdate::of(0, &runs);
-        let mut writes = WriteBatch::default();
-        update.purge_dead(&mut writes, store.reader()).unwrap();
-        lay_out(
-            &mut writes,
-            store.reader(),
-            &portal,
-            prev_last,
-            fresh,
-            &mut update,
-        )
-        .unwrap();
-        let shown = update
-            .finish(&mut writes)
-            .expect("a sealed block changes the runs");
+        let fresh = block_events(&portal);
+        let (writes, shown) = seal_next(&store, &entities, &mut portal, fresh);
         let show = entities.clone();
         store
             .commit_logged(writes, move || show.publish(0, shown))
@@ -104,6 +84,21 @@ fn runs_merge_into_few_and_hold_every_sealed_entity_event_once() {
     assert_eq!(candidates, vec![16]);
 }
 
+/// Lays out the next block of `portal`, whose events are `fresh`, into
+/// `writes` through `update`; `portal` moves on.
+fn lay_out_next(
+    store: &Store,
+    portal: &mut PortalRecord,
+    fresh: BTreeMap<u64, Vec<u8>>,
+    update: &mut RunsUpdate,
+    writes: &mut WriteBatch,
+) {
+    let prev_last = portal.last_seq();
+    portal.next_seq += BLOCK_SPAN;
+    portal.events += BLOCK_SPAN;
+    lay_out(writes, store.reader(), portal, prev_last, fresh, update).unwrap();
+}
+
 /// The writes that seal the next block of `portal` (whose events are
 /// `fresh`), and the runs to show after them; `portal` moves on.
 fn seal_next(
@@ -112,23 +107,14 @@ fn seal_next(
     portal: &mut PortalRecord,
     fresh: BTreeMap<u64, Vec<u8>>,
 ) -> (WriteBatch, PortalRuns) {
-    let prev_last = portal.last_seq();
-    portal.next_seq += BLOCK_SPAN;
-    portal.events += BLOCK_SPAN;
     let runs = entities.runs(store.reader(), 0).unwrap();
     let mut update = RunsUpdate::of(0, &runs);
     let mut writes = WriteBatch::default();
     update.purge_dead(&mut writes, store.reader()).unwrap();
-    lay_out(
-        &mut writes,
-        store.reader(),
-        portal,
-        prev_last,
-        fresh,
-        &mut update,
-    )
-    .unwrap();
-    let shown = update.finish(&mut writes).unwrap();
+    lay_out_next(store, portal, fresh, &mut update, &mut writes);
+    let shown = update
+        .finish(&mut writes)
+        .expect("a sealed block changes the runs");
     (writes, shown)
 }
 
@@ -241,19 +227,8 @@ fn deferred_merges_done_a_budget_at_a_time_lose_no_posting_and_end_as_eager_ones
         let mut writes = WriteBatch::default();
         update.purge_dead(&mut writes, store.reader()).unwrap();
         if step < blocks {
-            let prev_last = portal.last_seq();
             let fresh = block_events(&portal);
-            portal.next_seq += BLOCK_SPAN;
-            portal.events += BLOCK_SPAN;
-            lay_out(
-                &mut writes,
-                store.reader(),
-                &portal,
-                prev_last,
-                fresh,
-                &mut update,
-            )
-            .unwrap();
+            lay_out_next(&store, &mut portal, fresh, &mut update, &mut writes);
         } else if !update.pending() {
             break;
         }
