@@ -47,7 +47,8 @@ pub struct RunsUpdate {
 
 impl RunsUpdate {
     /// An update of `portal`'s runs `runs` that merges as soon as a run is
-    /// added (copies, which have no readers to keep answering).
+    /// added: copies, which have no readers to keep answering, and updates
+    /// that add no run (retention).
     pub fn of(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
         RunsUpdate {
             defer: false,

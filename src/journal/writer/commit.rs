@@ -6,7 +6,7 @@
 //! see it, then waiters hear. A failed commit answers the whole batch 503
 //! and, unless nothing was touched, marks the engine for a reopen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::super::append::{AppendError, UnavailableCause};
@@ -188,9 +188,10 @@ impl Writer {
         }
         // Merges: those left by earlier commits first, then this batch's.
         let mut queue = self.pending_merges.clone();
+        let queued: HashSet<PortalIx> = queue.iter().copied().collect();
         let mut sealed: Vec<PortalIx> = updates
             .iter()
-            .filter(|(p, u)| u.pending() && !queue.contains(p))
+            .filter(|(p, u)| u.pending() && !queued.contains(p))
             .map(|(&p, _)| p)
             .collect();
         sealed.sort_unstable();

@@ -198,7 +198,7 @@ pub(super) struct Writer {
     /// `layout::runs`).
     dead_runs: Vec<PortalIx>,
     /// Portals whose entity index runs have merges due, oldest first: each
-    /// commit does some (see [`MERGE_BUDGET`]).
+    /// commit does some (see `commit::MERGE_BUDGET`).
     pending_merges: Vec<PortalIx>,
     /// Cluster mode: the last stream message durably applied (0: none).
     stream_seq: u64,
