@@ -48,6 +48,7 @@ pub(crate) fn register_histogram(
         Histogram::with_opts(opts).expect("valid histogram"),
     )
 }
+
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,

@@ -2,10 +2,10 @@
 //! report's "what a goal leaves per request" section: they show how far a
 //! throughput goal is from the machine, not only from the bare server.
 //!
-//! - `probe`: pages (latest-50, or an entity or window query with `--query`)
-//!   answered by the service's own query code on a
-//!   filled journal, one thread, no HTTP: the CPU a page costs before any
-//!   socket is involved.
+//! - `probe`: pages (latest-50, or an entity or window query with
+//!   `--query`) answered by the service's own query code on a filled
+//!   journal, one thread, no HTTP: the CPU a page costs before any socket
+//!   is involved.
 //! - `sled-floor`: sled 0.34.7 alone, with the service's settings, inserting
 //!   one value per event: the cheapest write a layout on sled can make, and
 //!   what one key per event costs on disk.
@@ -58,9 +58,9 @@ pub enum ProbeQuery {
 }
 
 /// Opens the journal, answers `--query` (latest-50 by default) for random
-/// portals on this thread for `--secs`, and prints one `PROBE key=value …` line: pages, µs of this
-/// thread's CPU and of wall time per page, mean body bytes, mean stored
-/// record bytes.
+/// portals on this thread for `--secs`, and prints one `PROBE key=value …`
+/// line: pages, µs of this thread's CPU and of wall time per page, mean
+/// body bytes, mean stored record bytes.
 pub fn probe(a: ProbeArgs) -> anyhow::Result<()> {
     // As the service opens it by default (`--cache-mb` to compare).
     let options = JournalOptions {
