@@ -93,6 +93,16 @@ pub struct JournalHandle {
 impl Journal {
     /// Opens (creating if needed) the journal in `data_dir`.
     pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Journal, OpenError> {
+        Journal::open_with(data_dir, options, |_| {})
+    }
+
+    /// [`Journal::open`], with `tune` applied to the writer before it
+    /// starts (tests set what no option should).
+    fn open_with(
+        data_dir: &Path,
+        options: JournalOptions,
+        tune: impl FnOnce(&mut writer::Writer),
+    ) -> Result<Journal, OpenError> {
         check_format(data_dir)?;
         let store_err = |source| OpenError::Store {
             dir: data_dir.to_owned(),
@@ -114,6 +124,7 @@ impl Journal {
             writer::Writer::new(store, directory, published.clone(), commits_tx, entities);
         writer.set_stream_seq(reader.store().stream_seq().map_err(store_err)?);
         writer.finish_erasures().map_err(store_err)?;
+        tune(&mut writer);
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn(move || writer.run(rx))

@@ -14,7 +14,8 @@
 //! portals seal a block in one batch, their merge cascades would otherwise
 //! all be held in that one batch. A deferred merge is done at the latest
 //! before the portal's next run is added, so the runs are the same as if
-//! every merge had been done at once; only when they are made differs.
+//! every merge had been done at once; only when they are made differs. A
+//! writer without jobs, or stopping, commits the deferred merges alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;

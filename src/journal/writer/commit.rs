@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::super::append::{AppendError, UnavailableCause};
 use super::super::directory::PortalDirectory;
@@ -29,13 +30,22 @@ struct LaidOut {
     pending: Vec<PortalIx>,
 }
 
-/// Seqs of entity index runs one commit merges at most (beyond its first
-/// merge), the rest waiting for the next commits. Far above what a steady
-/// stream needs (a posting is merged once per level, about 4 times at 10M
-/// events), it bounds the batches in which many portals seal a block at
-/// once: their whole merge cascades held in one batch made the writer's
-/// peak memory (docs/performance.md).
-const MERGE_BUDGET: u64 = 1 << 16;
+/// What became of a batch given to [`Writer::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// Durable, shown and answered.
+    Durable,
+    /// It had nothing to write (its jobs, if any, were all refused).
+    Nothing,
+    /// Not committed: its jobs were answered 503.
+    Failed,
+}
+
+/// How long a stopping writer goes on with merges still due before it
+/// leaves them to each portal's next seal (which does them first): a
+/// journal closed right after many portals sealed then keeps its runs in
+/// the shape eager merging leaves, without holding a shutdown for long.
+const SHUTDOWN_MERGE_TIME: Duration = Duration::from_secs(2);
 
 impl Writer {
     /// Commits through the store, remembering a failure: sled keeps the
@@ -196,7 +206,7 @@ impl Writer {
             .collect();
         sealed.sort_unstable();
         queue.extend(sealed);
-        let mut budget = MERGE_BUDGET;
+        let mut budget = self.merge_budget;
         let mut pending = Vec::new();
         for portal in queue {
             // Out of budget: the rest wait, untouched.
@@ -236,7 +246,7 @@ impl Writer {
 
     /// Commits the batch, then publishes it and answers every waiter; a
     /// batch that cannot be committed is answered 503.
-    pub(super) fn commit(&mut self, mut batch: Batch) {
+    pub(super) fn commit(&mut self, mut batch: Batch) -> Committed {
         let mut writes = WriteBatch::default();
         let laid_out = self.lay_out(&mut batch, &mut writes);
         for (portal, summary) in &batch.sealed {
@@ -279,15 +289,18 @@ impl Writer {
         let mut touched: Vec<PortalRecord> = batch.portals.into_values().collect();
         touched.sort_by_key(|rec| rec.ix);
 
-        if laid_out.is_ok() && writes.is_empty() {
-            // Only refused jobs (or nothing): no write to make durable.
+        if let (Ok(laid), true) = (&laid_out, writes.is_empty()) {
+            // Only refused jobs (or nothing): no write to make durable. The
+            // merge queues can still have lost portals erased meanwhile.
+            self.pending_merges.clone_from(&laid.pending);
+            self.dead_runs.clone_from(&laid.purge);
             for (reply, outcome) in batch.replies {
                 let _ = reply.send(outcome);
             }
             for (reply, outcomes, state) in batch.pulled {
                 let _ = reply.send(Ok((outcomes, state)));
             }
-            return;
+            return Committed::Nothing;
         }
         let entities = self.entities.clone();
         let committed = laid_out.map_err(CommitError::NotApplied).and_then(
@@ -338,7 +351,7 @@ impl Writer {
             for (reply, _, _) in batch.pulled {
                 let _ = reply.send(Err(AppendError::Unavailable(cause.clone())));
             }
-            return;
+            return Committed::Failed;
         }
         // Durable: the writer's view moves on (dedup and seqs of the next
         // batch build on it), then readers see it, then waiters hear.
@@ -369,6 +382,40 @@ impl Writer {
         }
         for (reply, outcomes, state) in batch.pulled {
             let _ = reply.send(Ok((outcomes, state)));
+        }
+        Committed::Durable
+    }
+
+    /// Whether a commit without jobs has work: merges left by the budget,
+    /// or runs a merge made dead and not yet deleted.
+    pub(super) fn merges_due(&self) -> bool {
+        let work = !self.pending_merges.is_empty() || !self.dead_runs.is_empty();
+        work && !self.broken
+    }
+
+    /// One commit of due merges alone, for a writer with no jobs: the
+    /// merges a burst of seals left are done while it is quiet instead of
+    /// in the next busy batch. Returns whether it wrote anything: a
+    /// failed commit, or one that found nothing to write, leaves the rest
+    /// to the next batch of jobs rather than retrying at once.
+    pub(super) fn merge_idle(&mut self) -> bool {
+        self.commit(Batch::default()) == Committed::Durable
+    }
+
+    /// A stopping writer's last merges, for at most
+    /// [`SHUTDOWN_MERGE_TIME`].
+    pub(super) fn finish_merges(&mut self) {
+        let until = Instant::now() + SHUTDOWN_MERGE_TIME;
+        while self.merges_due() && Instant::now() < until {
+            if !self.merge_idle() {
+                break;
+            }
+        }
+        if !self.pending_merges.is_empty() {
+            tracing::info!(
+                portals = self.pending_merges.len(),
+                "journal closed with entity index merges due; each is done at its portal's next seal"
+            );
         }
     }
 

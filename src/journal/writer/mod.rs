@@ -198,8 +198,12 @@ pub(super) struct Writer {
     /// `layout::runs`).
     dead_runs: Vec<PortalIx>,
     /// Portals whose entity index runs have merges due, oldest first: each
-    /// commit does some (see `commit::MERGE_BUDGET`).
+    /// commit does some, and an idle writer commits them alone.
     pending_merges: Vec<PortalIx>,
+    /// Seqs of runs one commit merges at most (see [`MERGE_BUDGET`]).
+    merge_budget: u64,
+    /// Whether a writer without jobs commits due merges alone.
+    idle_merges: bool,
     /// Cluster mode: the last stream message durably applied (0: none).
     stream_seq: u64,
 }
@@ -234,8 +238,19 @@ impl Writer {
             entities,
             dead_runs: Vec::new(),
             pending_merges: Vec::new(),
+            merge_budget: MERGE_BUDGET,
+            idle_merges: true,
             stream_seq: 0,
         }
+    }
+
+    /// Sets the seqs of runs one commit merges at most, and whether an
+    /// idle writer commits due merges alone: tests make the budget tiny, so
+    /// that a few seals leave merges due, and see them done at shutdown.
+    #[cfg(test)]
+    pub(super) fn set_merging(&mut self, budget: u64, when_idle: bool) {
+        self.merge_budget = budget;
+        self.idle_merges = when_idle;
     }
 
     /// Sets the last applied stream message, as read from the store.
@@ -263,8 +278,20 @@ impl Writer {
         let mut stop = false;
         // Jobs in the last batch (see `SPIN_US`).
         let mut last_batch = 0;
+        // Cleared when a commit of merges alone wrote nothing (or failed),
+        // so that it is not retried before the next batch of jobs.
+        let mut merge_when_idle = self.idle_merges;
         while !stop {
-            let next = if last_batch <= SPIN_BATCH_MAX {
+            let next = if merge_when_idle && self.merges_due() {
+                match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        merge_when_idle = self.merge_idle();
+                        continue;
+                    }
+                }
+            } else if last_batch <= SPIN_BATCH_MAX {
                 spin_recv(&mut rx)
             } else {
                 rx.blocking_recv()
@@ -284,12 +311,14 @@ impl Writer {
                 .observe(jobs.len() as f64);
             last_batch = jobs.len();
             stop = self.process(&mut jobs);
+            merge_when_idle = self.idle_merges;
         }
         // Refuse whatever is still queued, so no handler waits forever.
         rx.close();
         while let Ok(job) = rx.try_recv() {
             refuse(job);
         }
+        self.finish_merges();
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final journal flush failed");
         }
@@ -420,6 +449,14 @@ impl Writer {
     }
 }
 
+/// Seqs of entity index runs one commit merges at most (beyond its first
+/// merge), the rest waiting for the next commits. Far above what a steady
+/// stream needs (a posting is merged once per level, about 4 times at 10M
+/// events), it bounds the batches in which many portals seal a block at
+/// once: their whole merge cascades held in one batch made the writer's
+/// peak memory (docs/performance.md).
+const MERGE_BUDGET: u64 = 1 << 16;
+
 /// How long the writer polls its queue after a batch of at most
 /// [`SPIN_BATCH_MAX`] jobs before it goes to sleep: a lone sender's next
 /// event usually comes this soon, and waking a sleeping writer costs more
@@ -472,6 +509,8 @@ fn refuse(job: Job) {
     }
 }
 
+#[cfg(test)]
+mod merge_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
