@@ -42,10 +42,11 @@ pub(super) enum Committed {
 }
 
 /// How long a stopping writer goes on with merges still due before it
-/// leaves them to each portal's next seal (which does them first): a
-/// journal closed right after many portals sealed then keeps its runs in
-/// the shape eager merging leaves, without holding a shutdown for long.
-const SHUTDOWN_MERGE_TIME: Duration = Duration::from_secs(2);
+/// leaves them to each portal's next seal (which does them first). Short,
+/// because a restart's queued requests wait for it: a journal closed while
+/// quiet has none due (the idle writer did them), and one closed in a
+/// burst keeps a few more runs per portal until their next seal.
+const SHUTDOWN_MERGE_TIME: Duration = Duration::from_millis(250);
 
 impl Writer {
     /// Commits through the store, remembering a failure: sled keeps the
