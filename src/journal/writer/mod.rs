@@ -281,20 +281,32 @@ impl Writer {
         // Cleared when a commit of merges alone wrote nothing (or failed),
         // so that it is not retried before the next batch of jobs.
         let mut merge_when_idle = self.idle_merges;
+        // Waiting for a job with a deadline needs a timer: a small runtime
+        // of the writer's own.
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "no timer for the journal writer; due merges wait for the next batches");
+                None
+            }
+        };
         while !stop {
-            let next = if merge_when_idle && self.merges_due() {
-                match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        merge_when_idle = self.merge_idle();
-                        continue;
+            let next = match &timer {
+                Some(timer) if merge_when_idle && self.merges_due() => {
+                    match recv_within(timer, &mut rx, IDLE_AFTER) {
+                        Waited::Job(job) => Some(job),
+                        Waited::Closed => None,
+                        Waited::Quiet => {
+                            merge_when_idle = self.merge_idle();
+                            continue;
+                        }
                     }
                 }
-            } else if last_batch <= SPIN_BATCH_MAX {
-                spin_recv(&mut rx)
-            } else {
-                rx.blocking_recv()
+                _ if last_batch <= SPIN_BATCH_MAX => spin_recv(&mut rx),
+                _ => rx.blocking_recv(),
             };
             match next {
                 Some(job) => jobs.push(job),
@@ -480,6 +492,36 @@ fn spin_recv(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
             return rx.blocking_recv();
         }
         std::hint::spin_loop();
+    }
+}
+
+/// How long the writer must have had no job before it commits due merges
+/// alone. Longer than the gap between two rounds of a closed-loop burst
+/// (answers out, the next requests in): a busy writer leaves the merges to
+/// its batches instead of putting a commit, and its fdatasync, between
+/// them.
+const IDLE_AFTER: Duration = Duration::from_millis(10);
+
+/// What waiting for a job with a deadline gave.
+enum Waited {
+    Job(Job),
+    /// Every sender is gone.
+    Closed,
+    /// No job within the deadline.
+    Quiet,
+}
+
+/// Waits up to `within` for the next job.
+fn recv_within(
+    timer: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Job>,
+    within: Duration,
+) -> Waited {
+    // The timeout is made inside the runtime: its timer must exist then.
+    match timer.block_on(async { tokio::time::timeout(within, rx.recv()).await }) {
+        Ok(Some(job)) => Waited::Job(job),
+        Ok(None) => Waited::Closed,
+        Err(_) => Waited::Quiet,
     }
 }
 
