@@ -9,13 +9,14 @@
 //! they are deleted by a later commit, so that a reader that took the
 //! runs just before still finds them (see `journal::entities`).
 //!
-//! The writer defers the merges a seal makes due ([`RunsUpdate::deferring`])
-//! and does them a budget at a time ([`RunsUpdate::merge_some`]): when many
+//! Adding a run leaves the merges it makes due ([`RunsUpdate::add_block`]).
+//! Copies (backup, migrate) do them at once ([`RunsUpdate::merge_all`]);
+//! the writer a budget at a time ([`RunsUpdate::merge_some`]): when many
 //! portals seal a block in one batch, their merge cascades would otherwise
-//! all be held in that one batch. A deferred merge is done at the latest
-//! before the portal's next run is added, so the runs are the same as if
-//! every merge had been done at once; only when they are made differs. A
-//! writer without jobs, or stopping, commits the deferred merges alone.
+//! all be held in that one batch. A due merge is done at the latest before
+//! the portal's next run is added, so the runs are the same as if every
+//! merge had been done at once; only when they are made differs. A writer
+//! without jobs, or stopping, commits the due merges alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,24 +43,14 @@ pub struct RunsUpdate {
     /// merge cascade until it commits.
     fresh: HashMap<u32, Vec<Item>>,
     changed: bool,
-    /// Whether `add_block` leaves its merges to [`RunsUpdate::merge_some`].
-    defer: bool,
 }
 
 impl RunsUpdate {
-    /// An update of `portal`'s runs `runs` that merges as soon as a run is
-    /// added: copies, which have no readers to keep answering, and updates
-    /// that add no run (retention).
-    pub fn of(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
-        RunsUpdate {
-            defer: false,
-            ..RunsUpdate::deferring(portal, runs)
-        }
-    }
-
-    /// An update of `portal`'s runs `runs` that leaves the merges a new run
-    /// makes due to [`RunsUpdate::merge_some`] (the writer).
-    pub fn deferring(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
+    /// An update of `portal`'s runs `runs`. Adding a run leaves the merges
+    /// it makes due: the writer does them a budget at a time
+    /// ([`RunsUpdate::merge_some`]), a copy, which has no readers to keep
+    /// answering, at once ([`RunsUpdate::merge_all`]).
+    pub fn new(portal: PortalIx, runs: &PortalRuns) -> RunsUpdate {
         RunsUpdate {
             portal,
             runs: PortalRuns {
@@ -68,7 +59,6 @@ impl RunsUpdate {
             },
             fresh: HashMap::new(),
             changed: false,
-            defer: true,
         }
     }
 
@@ -85,7 +75,7 @@ impl RunsUpdate {
     }
 
     /// Adds the run of a sealed block holding seqs `lo..=hi` whose entity
-    /// events have `postings` (any order), then merges as the policy says;
+    /// events have `postings` (any order), after the merges still due;
     /// postings below `first_live` (retired) are dropped by merges.
     pub fn add_block(
         &mut self,
@@ -104,14 +94,11 @@ impl RunsUpdate {
         self.merge_all(writes, reader, first_live)?;
         postings.sort_by(posting_order);
         self.write_run(writes, 0, lo, hi, postings);
-        if !self.defer {
-            self.merge_all(writes, reader, first_live)?;
-        }
         Ok(())
     }
 
-    /// Does every due merge.
-    fn merge_all(
+    /// Does every due merge (copies; the writer has a budget).
+    pub fn merge_all(
         &mut self,
         writes: &mut WriteBatch,
         reader: &Reader,
@@ -122,7 +109,7 @@ impl RunsUpdate {
             .map(|_| ())
     }
 
-    /// Whether merges are due (deferred by [`RunsUpdate::deferring`]).
+    /// Whether merges are due.
     pub fn pending(&self) -> bool {
         self.mergeable_level().is_some()
     }

@@ -108,10 +108,13 @@ fn seal_next(
     fresh: BTreeMap<u64, Vec<u8>>,
 ) -> (WriteBatch, PortalRuns) {
     let runs = entities.runs(store.reader(), 0).unwrap();
-    let mut update = RunsUpdate::of(0, &runs);
+    let mut update = RunsUpdate::new(0, &runs);
     let mut writes = WriteBatch::default();
     update.purge_dead(&mut writes, store.reader()).unwrap();
     lay_out_next(store, portal, fresh, &mut update, &mut writes);
+    update
+        .merge_all(&mut writes, store.reader(), portal.first_seq())
+        .unwrap();
     let shown = update
         .finish(&mut writes)
         .expect("a sealed block changes the runs");
@@ -223,7 +226,7 @@ fn deferred_merges_done_a_budget_at_a_time_lose_no_posting_and_end_as_eager_ones
     // block span several commits.
     loop {
         let runs = entities.runs(store.reader(), 0).unwrap();
-        let mut update = RunsUpdate::deferring(0, &runs);
+        let mut update = RunsUpdate::new(0, &runs);
         let mut writes = WriteBatch::default();
         update.purge_dead(&mut writes, store.reader()).unwrap();
         if step < blocks {

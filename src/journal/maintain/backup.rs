@@ -127,7 +127,7 @@ pub(super) fn copy_portal(
     copy.events = 0;
     let mut laid = None;
     let mut fresh = BTreeMap::new();
-    let mut runs = RunsUpdate::of(portal.ix, &PortalRuns::default());
+    let mut runs = RunsUpdate::new(portal.ix, &PortalRuns::default());
     // The copy is a new store: its rollups are counted from what it holds.
     let mut rollups = RollupDelta::default();
     let mut events = events.peekable();
@@ -174,7 +174,9 @@ pub(super) fn copy_portal(
                 std::mem::take(&mut fresh),
                 &mut runs,
             )?;
-            // A copy being written has no readers: merged runs go at once.
+            // A copy being written has no readers: runs merge, and merged
+            // runs go, at once.
+            runs.merge_all(batch, out.reader(), step.first_seq())?;
             runs.purge_dead(batch, out.reader())?;
             laid = Some(seq);
         }

@@ -115,7 +115,7 @@ impl Writer {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let reader = self.store.reader();
                 let runs = self.entities.runs(reader, portal)?;
-                let mut update = RunsUpdate::deferring(portal, &runs);
+                let mut update = RunsUpdate::new(portal, &runs);
                 update.purge_dead(writes, reader)?;
                 Ok(slot.insert(update))
             }

@@ -1,5 +1,6 @@
 //! The writer's entity index merges across commits: those the budget
-//! leaves due are done by an idle writer, and by a stopping one.
+//! leaves due are done by an idle writer, and by a stopping one; a backup
+//! copy merges at once.
 //!
 //! One portal, 16 blocks of entity events appended one commit each. With a
 //! budget of one seq, the 16th seal merges its four level-0 runs and leaves
@@ -132,4 +133,21 @@ fn a_stopping_writer_does_the_merges_the_budget_left() {
     assert_eq!(runs(&journal, portal), (vec![2], 0));
     assert_every_posting(&journal, portal);
     journal.shutdown();
+}
+
+#[test]
+fn a_backup_copy_merges_its_runs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, portal) = filled(dir.path(), false);
+    assert_eq!(runs(&journal, portal).0, [1, 1, 1, 1]);
+    let backups = tempfile::tempdir().unwrap();
+    let copy_dir = backups.path().join("copy");
+    crate::journal::maintain::backup(&journal.handle(), &copy_dir).unwrap();
+    journal.shutdown();
+
+    // A freshly opened writer has no merges due: this is the copy as written.
+    let copy = Journal::open(&copy_dir, options()).unwrap();
+    assert_eq!(runs(&copy, portal), (vec![2], 0));
+    assert_every_posting(&copy, portal);
+    copy.shutdown();
 }

@@ -98,7 +98,7 @@ impl Writer {
                 writes.delete_tail(rec.ix, seq);
             }
             let runs = self.entities.runs(reader, rec.ix).map_err(unavailable)?;
-            let mut update = RunsUpdate::of(rec.ix, &runs);
+            let mut update = RunsUpdate::new(rec.ix, &runs);
             // Made dead by an earlier commit, already shown to readers.
             update
                 .purge_dead(&mut writes, reader)
