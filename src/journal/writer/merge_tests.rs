@@ -100,6 +100,16 @@ fn assert_every_posting(journal: &Journal, portal: PortalIx) {
     }
 }
 
+/// The journal in `dir`, as it was written, holds `portal`'s runs as eager
+/// merging leaves them (one level-2 run, none dead) and every posting: a
+/// freshly opened writer has no merges due, so it changes nothing first.
+fn assert_merged_as_written(dir: &Path, portal: PortalIx) {
+    let journal = Journal::open(dir, options()).unwrap();
+    assert_eq!(runs(&journal, portal), (vec![2], 0));
+    assert_every_posting(&journal, portal);
+    journal.shutdown();
+}
+
 #[test]
 fn an_idle_writer_does_the_merges_the_budget_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,11 +138,7 @@ fn a_stopping_writer_does_the_merges_the_budget_left() {
     assert_eq!(runs(&journal, portal).0, [1, 1, 1, 1]);
     assert_every_posting(&journal, portal);
     journal.shutdown();
-
-    let journal = Journal::open(dir.path(), options()).unwrap();
-    assert_eq!(runs(&journal, portal), (vec![2], 0));
-    assert_every_posting(&journal, portal);
-    journal.shutdown();
+    assert_merged_as_written(dir.path(), portal);
 }
 
 #[test]
@@ -144,10 +150,5 @@ fn a_backup_copy_merges_its_runs_at_once() {
     let copy_dir = backups.path().join("copy");
     crate::journal::maintain::backup(&journal.handle(), &copy_dir).unwrap();
     journal.shutdown();
-
-    // A freshly opened writer has no merges due: this is the copy as written.
-    let copy = Journal::open(&copy_dir, options()).unwrap();
-    assert_eq!(runs(&copy, portal), (vec![2], 0));
-    assert_every_posting(&copy, portal);
-    copy.shutdown();
+    assert_merged_as_written(&copy_dir, portal);
 }
