@@ -1,6 +1,7 @@
 //! The failure drill of cluster mode, on a real 3-server NATS JetStream
 //! cluster (`sync_interval: always`) and three real `b24-journal` nodes:
-//! 16 clients post realistic events (10% repeats) spread over the nodes
+//! 16 clients post realistic events (10% repeats, every other request
+//! while quorum is lost) spread over the nodes
 //! while, in turn, the stream's leader is SIGKILLed, a journal node is
 //! SIGKILLed and restarted, and a second NATS server is SIGSTOPped for a
 //! few seconds (no quorum). Then:
@@ -74,7 +75,12 @@ fn body(portal: Portal, entity: &str, ts: u64) -> String {
         .form()
 }
 
-async fn client_loop(c: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>) -> Vec<Post> {
+async fn client_loop(
+    c: usize,
+    urls: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    no_quorum: Arc<AtomicBool>,
+) -> Vec<Post> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -85,8 +91,13 @@ async fn client_loop(c: usize, urls: Arc<Vec<String>>, stop: Arc<AtomicBool>) ->
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        // Every tenth request repeats an earlier event of this client.
-        let resend = n.is_multiple_of(10) && !sent.is_empty();
+        // Every tenth request repeats an earlier event of this client, and
+        // every other one while quorum is lost: requests then wait for the
+        // publish deadline, so few are made, and the drill must see
+        // resends refused there.
+        let repeat_now =
+            n.is_multiple_of(10) || (no_quorum.load(Ordering::Relaxed) && n.is_multiple_of(2));
+        let resend = repeat_now && !sent.is_empty();
         let (entity, ts) = if resend {
             sent[(n as usize * 7) % sent.len()].clone()
         } else {
@@ -228,6 +239,7 @@ async fn failure_drill() {
     }
     let warm_seq = 1;
     let stop = Arc::new(AtomicBool::new(false));
+    let no_quorum = Arc::new(AtomicBool::new(false));
     let sse_first = {
         let base = urls[0].clone();
         tokio::spawn(async move {
@@ -236,7 +248,14 @@ async fn failure_drill() {
     };
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| tokio::spawn(client_loop(c, urls.clone(), stop.clone())))
+        .map(|c| {
+            tokio::spawn(client_loop(
+                c,
+                urls.clone(),
+                stop.clone(),
+                no_quorum.clone(),
+            ))
+        })
         .collect();
     let at = |secs: u64| async move {
         let when = started + Duration::from_secs(secs);
@@ -263,7 +282,9 @@ async fn failure_drill() {
     eprintln!("drill: SIGSTOP {}", nats.nodes[second].name);
     nats.nodes[second].signal(SIGSTOP);
     let quorum_lost = Instant::now();
+    no_quorum.store(true, Ordering::Relaxed);
     at(25).await;
+    no_quorum.store(false, Ordering::Relaxed);
     nats.nodes[second].signal(SIGCONT);
     let quorum_back = Instant::now();
     eprintln!("drill: SIGCONT; restarting {}", nats.nodes[leader].name);
