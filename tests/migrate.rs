@@ -1,17 +1,19 @@
-//! Migration of a journal written by the previous release: the fixture
-//! `v3-journal.tar.gz` is a data directory of format 3 written by the
-//! binary of the commit before format 4 (see `fixtures/PROVENANCE.md`),
-//! with the answers it gave and the events it served. The current binary
-//! refuses to serve it, `migrate` converts it, and then every event reads
-//! back exactly as before, every count matches, every body posted before is
-//! answered `duplicate` with its original's id and seq, and the portals
-//! learnt from ONAPPINSTALL keep their registrations.
+//! Migration of journals written by earlier releases: the fixtures
+//! `v3-journal.tar.gz` and `v4-journal.tar.gz` are data directories of
+//! formats 3 and 4 written by the binaries of the last commits writing them
+//! (see `fixtures/PROVENANCE.md`), with the answers they gave and the
+//! events they served. The current binary refuses to serve them, `migrate`
+//! converts them, and then every event reads back exactly as before, by
+//! itself, by entity and by time window, every count matches, every body
+//! posted before is answered `duplicate` with its original's id and seq,
+//! and the portals learnt from ONAPPINSTALL keep their registrations.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use b24_journal::journal::FORMAT_VERSION;
 use common::*;
 use serde_json::Value;
 
@@ -28,19 +30,19 @@ const N2: Portal = Portal {
     token: "inst-token-racers-5v6w7x8y9z",
 };
 
-/// What the version-3 service answered and served.
+/// What the older service answered and served.
 struct Recorded {
     posts: Vec<Value>,
     portals: Value,
     events: Value,
 }
 
-/// Unpacks the fixture into `dir`; returns the data directory and the
-/// records.
-fn unpack(dir: &Path) -> (PathBuf, Recorded) {
+/// Unpacks the fixture `name` into `dir`; returns the data directory and
+/// the records.
+fn unpack(dir: &Path, name: &str) -> (PathBuf, Recorded) {
     let status = std::process::Command::new("tar")
         .arg("-xzf")
-        .arg(format!("{FIXTURES}/v3-journal.tar.gz"))
+        .arg(format!("{FIXTURES}/{name}"))
         .arg("-C")
         .arg(dir)
         .status()
@@ -73,8 +75,8 @@ fn command(args: &[&str], data: &Path) -> (bool, String) {
 }
 
 /// Migrates the directory of format `from` and checks everything the
-/// version-3 service answered and served against the current one.
-async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
+/// older service answered and served against the current one.
+async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &LaterFields) {
     let refused = try_spawn_app(serve_args(data))
         .await
         .err()
@@ -87,15 +89,17 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
     let (ok, out) = command(&["migrate"], data);
     assert!(ok, "migrate failed: {out}");
     assert!(out.contains(&format!("\"from\": {from}")), "{out}");
-    assert!(out.contains("\"to\": 4"), "{out}");
+    assert!(out.contains(&format!("\"to\": {FORMAT_VERSION}")), "{out}");
     assert_eq!(
         std::fs::read_to_string(data.join("FORMAT")).unwrap(),
-        "b24-journal data format 4\n"
+        format!("b24-journal data format {FORMAT_VERSION}\n")
     );
+    let events = recorded.events.as_object().unwrap();
+    let total: usize = events.values().map(|e| e.as_array().unwrap().len()).sum();
     let (ok, out) = command(&["verify"], data);
     assert!(ok, "verify failed: {out}");
     assert!(out.contains("\"problem_count\": 0"), "{out}");
-    assert!(out.contains("\"events\": 235"), "{out}");
+    assert!(out.contains(&format!("\"events\": {total}")), "{out}");
     assert!(out.contains("\"registrations\": 2"), "{out}");
 
     let s = spawn_app_with(serve_args(data)).await;
@@ -104,15 +108,14 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
     assert_eq!(listed.status, 200);
     let mut listed = listed.json();
     for portal in listed["portals"].as_array_mut().unwrap() {
-        without_later_fields(portal, PORTAL_FIELDS_SINCE);
+        without_later_fields(portal, later.portal);
     }
     assert_eq!(listed, recorded.portals);
     // Every event, as served before.
-    let events = recorded.events.as_object().unwrap();
     for (member, before) in events {
         let mut now = s.all_events(member).await;
         now.iter_mut()
-            .for_each(|e| without_later_fields(e, EVENT_FIELDS_SINCE));
+            .for_each(|e| without_later_fields(e, later.event));
         assert_eq!(&Value::Array(now), before, "the events of {member}");
     }
     // Each entity's events through the entity index, as in the full list.
@@ -131,11 +134,36 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
                 .collect();
             let mut got = s.walk(member, &[("entity_id", entity)], 1000).await;
             got.iter_mut()
-                .for_each(|e| without_later_fields(e, EVENT_FIELDS_SINCE));
+                .for_each(|e| without_later_fields(e, later.event));
             assert_eq!(
                 got.iter().collect::<Vec<_>>(),
                 want,
                 "{member} entity {entity}"
+            );
+        }
+    }
+    // Time windows around every fifth event's `ts`, through the span
+    // summaries the migration worked out again: the events in them, as in
+    // the full list.
+    for (member, before) in events {
+        let before = before.as_array().unwrap();
+        for at in before.iter().step_by(5) {
+            let ts = at["ts_unix"].as_u64().unwrap();
+            let (since, until) = (ts - 4, ts + 4);
+            let want: Vec<&Value> = before
+                .iter()
+                .filter(|e| (since..=until).contains(&e["ts_unix"].as_u64().unwrap()))
+                .collect();
+            let (since, until) = (since.to_string(), until.to_string());
+            let mut got = s
+                .walk(member, &[("since", &since), ("until", &until)], 1000)
+                .await;
+            got.iter_mut()
+                .for_each(|e| without_later_fields(e, later.event));
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                want,
+                "{member} window {since}..={until}"
             );
         }
     }
@@ -176,16 +204,29 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32) {
     assert!(ok && out.contains("\"problem_count\": 0"), "{out}");
 }
 
-/// Fields the API gained after the recording, with the value every
-/// migrated portal must show: `previous_domains` (a portal that never
-/// changed its domain lists none) and `offline` (never pulled).
-const PORTAL_FIELDS_SINCE: &[(&str, &str)] = &[("previous_domains", "[]"), ("offline", "null")];
-/// The same for events: every recorded event was pushed.
-const EVENT_FIELDS_SINCE: &[(&str, &str)] = &[
-    ("source", "\"push\""),
-    ("message_id", "null"),
-    ("reconciled", "0"),
-];
+/// Fields the API gained after a recording, with the value every migrated
+/// portal and event must show.
+struct LaterFields {
+    portal: &'static [(&'static str, &'static str)],
+    event: &'static [(&'static str, &'static str)],
+}
+
+/// Since the version-3 recording: `previous_domains` (a portal that never
+/// changed its domain lists none) and `offline` (never pulled); every
+/// recorded event was pushed.
+const SINCE_V3: LaterFields = LaterFields {
+    portal: &[("previous_domains", "[]"), ("offline", "null")],
+    event: &[
+        ("source", "\"push\""),
+        ("message_id", "null"),
+        ("reconciled", "0"),
+    ],
+};
+/// The version-4 recording has every field the API serves.
+const SINCE_V4: LaterFields = LaterFields {
+    portal: &[],
+    event: &[],
+};
 
 /// Checks and removes from `object` the fields added after the recording,
 /// so that the rest compares with it.
@@ -200,12 +241,12 @@ fn without_later_fields(object: &mut Value, fields: &[(&str, &str)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_3_journal_is_migrated_keeping_every_event_answer_and_registration() {
     let dir = tempdir();
-    let (data, recorded) = unpack(dir.path());
+    let (data, recorded) = unpack(dir.path(), "v3-journal.tar.gz");
     assert_eq!(
         std::fs::read_to_string(data.join("FORMAT")).unwrap(),
         "b24-journal data format 3\n"
     );
-    migrate_and_check(&data, &recorded, 3).await;
+    migrate_and_check(&data, &recorded, 3, &SINCE_V3).await;
     // The old engine stays beside the new one until the operator deletes it.
     assert!(data.join("sled.v3").join("db").exists());
 }
@@ -215,8 +256,23 @@ async fn a_version_3_journal_is_migrated_keeping_every_event_answer_and_registra
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_2_journal_is_migrated_too() {
     let dir = tempdir();
-    let (data, recorded) = unpack(dir.path());
+    let (data, recorded) = unpack(dir.path(), "v3-journal.tar.gz");
     std::fs::remove_dir_all(data.join("sled").join("wal")).unwrap();
     std::fs::write(data.join("FORMAT"), "b24-journal data format 2\n").unwrap();
-    migrate_and_check(&data, &recorded, 2).await;
+    migrate_and_check(&data, &recorded, 2, &SINCE_V3).await;
+}
+
+/// Version 4 differs in its summary spans (256 events, now one block's) and
+/// keeps the unsealed tail in the redo log: its journal, with a portal of
+/// nine blocks whose `ts` is out of seq order, migrates the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_4_journal_is_migrated_with_summaries_per_block() {
+    let dir = tempdir();
+    let (data, recorded) = unpack(dir.path(), "v4-journal.tar.gz");
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "b24-journal data format 4\n"
+    );
+    migrate_and_check(&data, &recorded, 4, &SINCE_V4).await;
+    assert!(data.join("sled.v4").join("db").exists());
 }

@@ -12,7 +12,7 @@ use super::store::StoreError;
 
 /// The on-disk format this binary writes and reads. See
 /// `migrations-notes/` for what each version means.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Name of the file in the data directory that records the format.
 pub const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "b24-journal data format ";

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::provenance::Provenance;
+use super::store::codec::BLOCK_SPAN;
 use crate::types::MemberId;
 
 /// Dense per-journal number of a portal; keys carry it instead of the
@@ -60,8 +61,7 @@ pub struct PortalRecord {
 /// The range of `ts` over the events of one span of [`SUMMARY_SPAN`] seqs.
 /// A time-range query skips every span whose range misses the query's, so
 /// it reads only the spans that can match instead of a second index entry
-/// per event. (A span is a unit of this summary only; the packed storage
-/// unit of 64 events is a block, see `pack`.)
+/// per event. A span is one sealed block (see [`SUMMARY_SPAN`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpanSummary {
     /// Span number: seqs `span * SUMMARY_SPAN + 1 ..= (span + 1) * SUMMARY_SPAN`.
@@ -72,8 +72,11 @@ pub struct SpanSummary {
     pub max_ts: u64,
 }
 
-/// Seqs per summary span.
-pub const SUMMARY_SPAN: u64 = 256;
+/// Seqs per summary span: one block's, so a window reads only the blocks
+/// whose `ts` range meets it. `ts` is the sender's and need not grow with
+/// seq, so a longer span makes a window read every block of each span it
+/// meets (four, at 256) for the one or two that hold its events.
+pub const SUMMARY_SPAN: u64 = BLOCK_SPAN;
 /// Most event names interned per portal; later new names are stored inline.
 pub const MAX_NAMES: usize = 1024;
 /// Most profiles interned per portal; later new ones are stored inline.

@@ -19,11 +19,11 @@ use crate::journal::dedup::key::dedup_key_of_record;
 use crate::journal::entities::PortalRuns;
 use crate::journal::format::{check_format, ENGINE_DIR};
 use crate::journal::layout::{self, runs::RunsUpdate};
-use crate::journal::record::{span_of, EventRecord, PortalRecord};
+use crate::journal::record::{EventRecord, PortalRecord};
 use crate::journal::registration::Registration;
 use crate::journal::rollup::{HourRollup, RollupDelta};
 use crate::journal::store::codec;
-use crate::journal::store::{Reader, Store, StoreError, WriteBatch};
+use crate::journal::store::{Store, StoreError, WriteBatch};
 use crate::journal::JournalHandle;
 
 /// What a backup copied.
@@ -92,7 +92,7 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
     for portal in &portals {
         let last = portal.last_seq();
         let events = reader.events(portal.ix, portal.first_seq(), last);
-        let copied = copy_portal(&mut out, &mut batch, reader, portal, events)?;
+        let copied = copy_portal(&mut out, &mut batch, portal, events)?;
         stats.events += copied;
         stats.portals += usize::from(!portal.member_id.is_empty());
     }
@@ -110,14 +110,13 @@ pub fn backup(handle: &JournalHandle, dest: &Path) -> Result<BackupStats, Mainta
 
 /// Writes `portal` and its `events` (oldest first, none above its last
 /// seq) into `out` through the writer's layout code, one block at a time
-/// (applying each step lets the next read the postings runs it merges),
-/// with its summaries from `source`. Counters are recomputed from what was
-/// copied; the next seq stays, so seqs are never reused. Returns the number
-/// of events copied.
+/// (applying each step lets the next read the postings runs it merges).
+/// Counters and span summaries are worked out again from what was copied
+/// (a migration from format 4 changes the summaries' span); the next seq
+/// stays, so seqs are never reused. Returns the number of events copied.
 pub(super) fn copy_portal(
     out: &mut Store,
     batch: &mut WriteBatch,
-    source: &Reader,
     portal: &PortalRecord,
     events: impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>>,
 ) -> Result<u64, MaintainError> {
@@ -125,6 +124,7 @@ pub(super) fn copy_portal(
     let mut copy = portal.clone();
     copy.duplicates = 0;
     copy.events = 0;
+    copy.summary = None;
     let mut laid = None;
     let mut fresh = BTreeMap::new();
     let mut runs = RunsUpdate::new(portal.ix, &PortalRuns::default());
@@ -139,6 +139,11 @@ pub(super) fn copy_portal(
         let (rec, dups) = EventRecord::from_bytes(&bytes).map_err(StoreError::from)?;
         copy.duplicates += u64::from(dups);
         copy.events += 1;
+        // The open span's summary stays in the record, as the writer
+        // leaves it.
+        if let Some(full) = copy.summarise(seq, rec.ts) {
+            batch.put_summary(portal.ix, &full);
+        }
         rollups.add(
             portal.ix,
             rec.ts,
@@ -179,13 +184,6 @@ pub(super) fn copy_portal(
             runs.merge_all(batch, out.reader(), step.first_seq())?;
             runs.purge_dead(batch, out.reader())?;
             laid = Some(seq);
-        }
-    }
-    for item in source.summaries_desc(portal.ix, span_of(last)) {
-        let summary = item?;
-        // The open block's summary lives in the portal record.
-        if portal.summary.is_none_or(|open| open.span != summary.span) {
-            batch.put_summary(portal.ix, &summary);
         }
     }
     for ((ix, hour), changes) in rollups.0 {

@@ -1,6 +1,7 @@
-//! Offline migration of an older data directory (version 1, 2 or 3) to the
+//! Offline migration of an older data directory (version 1 to 4) to the
 //! current format: every event is copied through the current layout code
-//! into a new engine, as a backup copies a running journal.
+//! into a new engine, as a backup copies a running journal, and the span
+//! summaries are worked out again from the events copied.
 
 use std::path::{Path, PathBuf};
 
@@ -36,16 +37,19 @@ type Events<'r> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + 
 
 /// The events of `portal` as an older version stored them, oldest first:
 /// version 1 as one item per event; versions 2 and 3 in sealed blocks and
-/// an unsealed tail of one sled item per event.
+/// an unsealed tail of one sled item per event; version 4 as this one does
+/// (blocks, and the tail in the redo log), only with longer summary spans.
 fn old_events<'r>(
     from: u32,
     reader: &'r Reader,
     portal: &PortalRecord,
 ) -> Result<Events<'r>, StoreError> {
-    if from == 1 {
-        return Ok(Box::new(reader.v1_events(portal.ix)));
-    }
     let (first, last) = (portal.first_seq(), portal.last_seq());
+    match from {
+        1 => return Ok(Box::new(reader.v1_events(portal.ix))),
+        4 => return Ok(Box::new(reader.events(portal.ix, first, last))),
+        _ => {}
+    }
     let sealed = sealed_upto(last);
     // The blocks alone: the memtable of a store of these versions is empty.
     let blocks = reader.events(portal.ix, first, sealed);
@@ -57,7 +61,7 @@ fn old_events<'r>(
     Ok(Box::new(blocks.chain(tail)))
 }
 
-/// Converts a stopped data directory of version 1, 2 or 3 to the current
+/// Converts a stopped data directory of version 1 to 4 to the current
 /// version, in place. The new layout is written into a side directory
 /// first; the format file, rewritten last (fsynced rename), is the commit
 /// point. A crash at any step leaves the old version readable and
@@ -112,7 +116,6 @@ pub fn migrate(data_dir: &Path) -> Result<MigrateReport, MaintainError> {
             let copied = copy_portal(
                 &mut out,
                 &mut batch,
-                reader,
                 portal,
                 old_events(from, reader, portal)?,
             )?;

@@ -9,7 +9,7 @@ use super::offline::open_store;
 use super::verify_runs::RunsCheck;
 use crate::journal::dedup::key::dedup_key_of_record;
 use crate::journal::format::{read_format, ENGINE_DIR};
-use crate::journal::record::{EventRecord, PortalIx, PortalRecord};
+use crate::journal::record::{span_of, EventRecord, PortalIx, PortalRecord, SpanSummary};
 use crate::journal::rollup::RollupDelta;
 use crate::journal::store::codec;
 use crate::journal::store::{KeyKind, Reader, StoreError};
@@ -59,6 +59,9 @@ struct PortalTally {
     max_seq: u64,
     /// The activity rollups its events add up to.
     rollups: RollupDelta,
+    /// The lowest and highest `ts` of its events per summary span: a
+    /// window query passes over a span whose summary misses an event's.
+    spans: BTreeMap<u64, (u64, u64)>,
 }
 
 /// Opens a stopped data directory and checks every tree and index.
@@ -86,6 +89,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
     let portal = |ix: PortalIx| dir.portals().get(ix as usize);
     let mut tallies: HashMap<PortalIx, PortalTally> = HashMap::new();
     let mut seen_dedup: BTreeMap<(PortalIx, u64), u32> = BTreeMap::new();
+    let mut summaries: HashMap<(PortalIx, u64), SpanSummary> = HashMap::new();
 
     // Sealed entity events per portal, which the entity index must hold
     // exactly once each (see `verify_runs`).
@@ -173,6 +177,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                 if portal(ix).is_none() {
                     report.problem(format!("summary of a portal without a record: {ix}"));
                 }
+                summaries.insert((ix, summary.span), summary);
             }
             KeyKind::Portal(_)
             | KeyKind::Registration
@@ -222,6 +227,23 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, MaintainError> {
                 p.member_id, p.duplicates, t.duplicates
             ));
         }
+        for (&span, &(lo, hi)) in &t.spans {
+            let summary = p
+                .summary
+                .filter(|open| open.span == span)
+                .or_else(|| summaries.get(&(p.ix, span)).copied());
+            match summary {
+                None => report.problem(format!(
+                    "portal {}: span {span} has events but no summary",
+                    p.member_id
+                )),
+                Some(s) if s.min_ts > lo || s.max_ts < hi => report.problem(format!(
+                    "portal {}: the summary of span {span} ({}..={}) misses its events' ts ({lo}..={hi})",
+                    p.member_id, s.min_ts, s.max_ts
+                )),
+                Some(_) => {}
+            }
+        }
         if t.max_seq > p.last_seq() {
             report.problem(format!(
                 "portal {}: events up to seq {} but next seq is {}",
@@ -258,6 +280,8 @@ fn check_event(
     t.max_seq = t.max_seq.max(seq);
     t.rollups
         .add(ix, rec.ts, rec.event_name(p), 1, i64::from(dups));
+    let span = t.spans.entry(span_of(seq)).or_insert((rec.ts, rec.ts));
+    *span = (span.0.min(rec.ts), span.1.max(rec.ts));
     if seq > p.last_seq() {
         report.problem(format!(
             "event {ix}/{seq} is past the portal's last seq {}",
