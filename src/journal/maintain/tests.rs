@@ -210,6 +210,17 @@ fn migrated_summaries_cover_each_block_and_verify_checks_them() {
     store.commit(batch).unwrap();
     drop(store);
     let v = verify(data).unwrap();
+    // What each part stores: 150 events of ~40 bytes, the postings of the
+    // sealed ones with an entity id, one summary (span 1's: span 0's is
+    // deleted, the open span's is in the portal record).
+    let bytes = &v.stored_bytes;
+    assert!(bytes.events > 150 * 30, "{bytes:?}");
+    assert!(
+        bytes.postings > 0 && bytes.postings < bytes.events,
+        "{bytes:?}"
+    );
+    assert!(bytes.runs > 0 && bytes.other > 0, "{bytes:?}");
+    assert!(bytes.summaries > 0 && bytes.summaries < 100, "{bytes:?}");
     assert_eq!(v.problem_count, 2, "{:?}", v.problems);
     assert!(v
         .problems

@@ -74,6 +74,14 @@ pub(super) fn tier(key: &[u8]) -> Tier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key(pub(super) Vec<u8>);
 
+impl Key {
+    /// Its length in bytes (what it costs in storage, before the engine's
+    /// own overhead).
+    pub fn stored_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// What kind of record a key holds, with the numbers in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyKind {
