@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use b24_journal::journal::FORMAT_VERSION;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,11 +185,14 @@ fn format_file_is_written_and_unknown_version_refused() {
         );
     }
     // A version from a newer binary is refused as newer.
-    std::fs::write(&format_path, "b24-journal data format 5\n").unwrap();
+    let newer = FORMAT_VERSION + 1;
+    std::fs::write(&format_path, format!("b24-journal data format {newer}\n")).unwrap();
     let (status, out) = run_to_exit(&default_args(dir.path()), &[], Duration::from_secs(30));
     assert!(!status.success(), "newer FORMAT must exit non-zero");
     assert!(
-        out.contains("format version 5, newer than the 4"),
+        out.contains(&format!(
+            "format version {newer}, newer than the {FORMAT_VERSION}"
+        )),
         "message must name both versions; output:\n{out}"
     );
     std::fs::write(&format_path, "not-a-version\n").unwrap();
