@@ -128,18 +128,10 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &
         entities.sort_unstable();
         entities.dedup();
         for entity in entities {
-            let want: Vec<&Value> = before
+            let want = before
                 .iter()
-                .filter(|e| e["entity_id"].as_str() == Some(entity))
-                .collect();
-            let mut got = s.walk(member, &[("entity_id", entity)], 1000).await;
-            got.iter_mut()
-                .for_each(|e| without_later_fields(e, later.event));
-            assert_eq!(
-                got.iter().collect::<Vec<_>>(),
-                want,
-                "{member} entity {entity}"
-            );
+                .filter(|e| e["entity_id"].as_str() == Some(entity));
+            assert_walk(&s, member, &[("entity_id", entity)], want, later).await;
         }
     }
     // Time windows around every fifth event's `ts`, through the span
@@ -149,22 +141,13 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &
         let before = before.as_array().unwrap();
         for at in before.iter().step_by(5) {
             let ts = at["ts_unix"].as_u64().unwrap();
-            let (since, until) = (ts - 4, ts + 4);
-            let want: Vec<&Value> = before
+            let window = (ts - 4)..=(ts + 4);
+            let want = before
                 .iter()
-                .filter(|e| (since..=until).contains(&e["ts_unix"].as_u64().unwrap()))
-                .collect();
-            let (since, until) = (since.to_string(), until.to_string());
-            let mut got = s
-                .walk(member, &[("since", &since), ("until", &until)], 1000)
-                .await;
-            got.iter_mut()
-                .for_each(|e| without_later_fields(e, later.event));
-            assert_eq!(
-                got.iter().collect::<Vec<_>>(),
-                want,
-                "{member} window {since}..={until}"
-            );
+                .filter(|e| window.contains(&e["ts_unix"].as_u64().unwrap()));
+            let (since, until) = (window.start().to_string(), window.end().to_string());
+            let query = [("since", since.as_str()), ("until", until.as_str())];
+            assert_walk(&s, member, &query, want, later).await;
         }
     }
     // Every body the old service took is a duplicate of the same event.
@@ -204,6 +187,25 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &
     assert!(ok && out.contains("\"problem_count\": 0"), "{out}");
 }
 
+/// Walks `member`'s events that match `query` and checks that they are
+/// `want`, the recorded events that match, in the same order.
+async fn assert_walk<'r>(
+    s: &TestApp,
+    member: &str,
+    query: &[(&str, &str)],
+    want: impl Iterator<Item = &'r Value>,
+    later: &LaterFields,
+) {
+    let mut got = s.walk(member, query, 1000).await;
+    got.iter_mut()
+        .for_each(|e| without_later_fields(e, later.event));
+    assert_eq!(
+        got.iter().collect::<Vec<_>>(),
+        want.collect::<Vec<_>>(),
+        "{member} {query:?}"
+    );
+}
+
 /// Fields the API gained after a recording, with the value every migrated
 /// portal and event must show.
 struct LaterFields {
@@ -238,17 +240,22 @@ fn without_later_fields(object: &mut Value, fields: &[(&str, &str)]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_version_3_journal_is_migrated_keeping_every_event_answer_and_registration() {
+/// Unpacks the fixture of format `from`, migrates and checks it.
+async fn migrate_fixture(from: u32, later: &LaterFields) {
     let dir = tempdir();
-    let (data, recorded) = unpack(dir.path(), "v3-journal.tar.gz");
+    let (data, recorded) = unpack(dir.path(), &format!("v{from}-journal.tar.gz"));
     assert_eq!(
         std::fs::read_to_string(data.join("FORMAT")).unwrap(),
-        "b24-journal data format 3\n"
+        format!("b24-journal data format {from}\n")
     );
-    migrate_and_check(&data, &recorded, 3, &SINCE_V3).await;
+    migrate_and_check(&data, &recorded, from, later).await;
     // The old engine stays beside the new one until the operator deletes it.
-    assert!(data.join("sled.v3").join("db").exists());
+    assert!(data.join(format!("sled.v{from}")).join("db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_3_journal_is_migrated_keeping_every_event_answer_and_registration() {
+    migrate_fixture(3, &SINCE_V3).await;
 }
 
 /// Version 2 is version 3 without the redo log: the same journal as a
@@ -267,12 +274,5 @@ async fn a_version_2_journal_is_migrated_too() {
 /// nine blocks whose `ts` is out of seq order, migrates the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_4_journal_is_migrated_with_summaries_per_block() {
-    let dir = tempdir();
-    let (data, recorded) = unpack(dir.path(), "v4-journal.tar.gz");
-    assert_eq!(
-        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
-        "b24-journal data format 4\n"
-    );
-    migrate_and_check(&data, &recorded, 4, &SINCE_V4).await;
-    assert!(data.join("sled.v4").join("db").exists());
+    migrate_fixture(4, &SINCE_V4).await;
 }
