@@ -30,6 +30,8 @@ pub mod maintain;
 pub mod provenance;
 pub mod pull_state;
 pub mod read;
+#[cfg(test)]
+mod read_tests;
 pub mod record;
 pub mod registration;
 mod retention;

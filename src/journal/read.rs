@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use super::directory::PortalDirectory;
 use super::entities::EntityIndex;
 use super::record::{
-    peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SUMMARY_SPAN,
+    peek, peek_entity, span_of, EventRecord, PortalIx, PortalRecord, SpanSummary, SUMMARY_SPAN,
 };
 use super::spans::SpanIndex;
 use super::store::codec::event_block;
@@ -216,9 +216,45 @@ where
         Ok(self.spent(seq))
     }
 
+    /// Counts `summary` as looked at; whether its `ts` range meets
+    /// `since..=until`.
+    fn meets(&mut self, summary: &SpanSummary, (since, until): (u64, u64)) -> bool {
+        self.looked += 1;
+        summary.max_ts >= since && summary.min_ts <= until
+    }
+
+    /// After [`Scan::meets`]: looks at the events up to seq `start` of a
+    /// span that meets the window; for one that does not, ends the scan if
+    /// the budget is spent. `Some` when the scan ends.
+    fn span(
+        &mut self,
+        reader: &Reader,
+        start: u64,
+        summary: &SpanSummary,
+        meets: bool,
+    ) -> Result<Option<ScanEnd>, StoreError> {
+        let lo = (summary.span * SUMMARY_SPAN + 1).max(self.portal.first_seq());
+        let hi = ((summary.span + 1) * SUMMARY_SPAN).min(start);
+        if !meets {
+            return Ok(self.spent(lo));
+        }
+        for event in reader.events(self.portal.ix, lo, hi).rev() {
+            let (seq, bytes) = event?;
+            if let Some(end) = self.look(seq, &bytes)? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the budget is spent.
+    fn out_of_budget(&self) -> bool {
+        self.looked >= SCAN_BUDGET
+    }
+
     /// `Some` once the budget is spent, ending the scan at `seq`.
     fn spent(&self, seq: u64) -> Option<ScanEnd> {
-        (self.looked >= SCAN_BUDGET).then_some(ScanEnd::OutOfBudget(seq))
+        self.out_of_budget().then_some(ScanEnd::OutOfBudget(seq))
     }
 }
 
@@ -262,29 +298,30 @@ pub fn newest(
             filter.since.unwrap_or(Ts::MIN).secs(),
             filter.until.unwrap_or(Ts::MAX).secs(),
         );
-        // The open span's summary is in the portal record; full spans' are
-        // stored, and held in memory. More than the budget cannot be looked
-        // at.
-        let open = portal.summary.filter(|s| s.span <= span_of(start));
-        let stored = journal
-            .spans
-            .newest_first(reader, portal, span_of(start), SCAN_BUDGET)?;
-        for summary in open.into_iter().chain(stored) {
-            let lo = (summary.span * SUMMARY_SPAN + 1).max(portal.first_seq());
-            let hi = ((summary.span + 1) * SUMMARY_SPAN).min(start);
-            scan.looked += 1;
-            if summary.max_ts < since || summary.min_ts > until {
-                if let Some(end) = scan.spent(lo) {
-                    return Ok(end);
-                }
-                continue;
+        let window = (since, until);
+        // The open span's summary is in the portal record.
+        if let Some(open) = portal.summary.filter(|s| s.span <= span_of(start)) {
+            let meets = scan.meets(&open, window);
+            if let Some(end) = scan.span(reader, start, &open, meets)? {
+                return Ok(end);
             }
-            for event in reader.events(ix, lo, hi).rev() {
-                let (seq, bytes) = event?;
-                if let Some(end) = scan.look(seq, &bytes)? {
-                    return Ok(end);
-                }
+        }
+        // Full spans' summaries are stored and held in memory; the index
+        // stops at each one that meets the window or spends the budget.
+        let mut upper = Some(span_of(start));
+        while let Some(below) = upper {
+            let mut meets = false;
+            let found = journal.spans.find_newest(reader, portal, below, |s| {
+                meets = scan.meets(s, window);
+                meets || scan.out_of_budget()
+            })?;
+            let Some(summary) = found else {
+                break;
+            };
+            if let Some(end) = scan.span(reader, start, &summary, meets)? {
+                return Ok(end);
             }
+            upper = summary.span.checked_sub(1);
         }
     } else {
         for event in reader.events(ix, portal.first_seq(), start).rev() {

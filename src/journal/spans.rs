@@ -48,34 +48,38 @@ fn live(span: &SpanSummary, first_seq: u64) -> bool {
 }
 
 impl SpanIndex {
-    /// `portal`'s stored summaries of spans `<= upper` that retention left,
-    /// newest first, at most `max` of them. `portal` is a record the
-    /// writer published, so every span below its last seq's is full and
-    /// its summary stored; `reader` is what the caller reads events from.
-    pub fn newest_first(
+    /// Hands `stop` `portal`'s stored summaries of spans `<= upper` that
+    /// retention left, newest first, until it says true, and returns that
+    /// one (`None` once none is left). `portal` is a record the writer
+    /// published, so every span below its last seq's is full and its
+    /// summary stored; `reader` is what the caller reads events from.
+    /// `stop` runs under the index's read lock, so it must not block: a
+    /// window scan passes over most summaries, and copying them out first
+    /// cost more than the rest of a deep window query.
+    pub fn find_newest(
         &self,
         reader: &Reader,
         portal: &PortalRecord,
         upper: u64,
-        max: usize,
-    ) -> Result<Vec<SpanSummary>, StoreError> {
+        mut stop: impl FnMut(&SpanSummary) -> bool,
+    ) -> Result<Option<SpanSummary>, StoreError> {
         let full = full_spans(portal.last_seq());
         if !self.holds(portal.ix, full) {
             self.extend(reader, portal, full)?;
         }
         let map = self.portals.read().unwrap_or_else(|p| p.into_inner());
         let Some(held) = map.get(&portal.ix) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        Ok(held
-            .list
+        // The list ascends by span: a scan that goes on below a summary it
+        // was handed finds where to resume without walking the spans above.
+        let end = held.list.partition_point(|s| s.span <= upper);
+        Ok(held.list[..end]
             .iter()
             .rev()
-            .skip_while(|s| s.span > upper)
             .take_while(|s| live(s, portal.first_seq()))
-            .take(max)
-            .copied()
-            .collect())
+            .find(|s| stop(s))
+            .copied())
     }
 
     /// Whether the summaries of `portal`'s first `full` spans are held.
