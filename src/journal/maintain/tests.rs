@@ -9,7 +9,7 @@ use crate::journal::format::{check_format, OpenError, ENGINE_DIR};
 use crate::journal::record::PortalProfile;
 use crate::journal::record::{EventRecord, PortalRecord, SpanSummary};
 use crate::journal::record::{Interned, StoredData};
-use crate::journal::store::WriteBatch;
+use crate::journal::store::{Store, WriteBatch};
 use crate::journal::JournalReader;
 use crate::types::MemberId;
 
@@ -73,6 +73,14 @@ fn write_v1(data: &Path) -> Vec<Vec<u8>> {
     batch.put_v1_portal(&p);
     store.commit(batch).unwrap();
     stored
+}
+
+/// The version-1 directory of [`write_v1`] in `data`, migrated, and its
+/// store opened.
+fn migrated_v1(data: &Path) -> Store {
+    write_v1(data);
+    migrate(data).unwrap();
+    super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap()
 }
 
 #[test]
@@ -139,9 +147,7 @@ fn verify_checks_rollups_and_rebuild_restores_them() {
     use crate::journal::rollup::{hour_of, HourRollup};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    write_v1(data);
-    migrate(data).unwrap();
-    let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let mut store = migrated_v1(data);
     let hour = hour_of(1_700_000_000 + 1);
     let stored = store
         .reader()
@@ -178,9 +184,7 @@ fn migrated_summaries_cover_each_block_and_verify_checks_them() {
     use crate::journal::record::SUMMARY_SPAN;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    write_v1(data);
-    migrate(data).unwrap();
-    let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let mut store = migrated_v1(data);
     let reader = store.reader();
     let summary = |span: u64, last: u64| SpanSummary {
         span,
