@@ -60,7 +60,7 @@ impl Opts {
             ingest_per_entity: crate::gen::DEFAULT_MIX,
             query_per_entity: crate::gen::DEFAULT_MIX,
             mixes: crate::gen::MIXES.to_vec(),
-            window: 30,
+            window: crate::works::WINDOW_SECS,
             tmp: PathBuf::new(),
             server_bin: PathBuf::from("target/release/b24-journal"),
             ceiling_bin: PathBuf::from("target/release/b24-bench-ceiling"),

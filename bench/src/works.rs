@@ -347,6 +347,9 @@ impl QueryCounts {
     }
 }
 
+/// Width of the query phase's `since`/`until` windows, seconds.
+pub const WINDOW_SECS: u64 = 30;
+
 pub struct QueryShared {
     pub members: Vec<String>,
     pub host: std::net::SocketAddr,
