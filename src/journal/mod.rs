@@ -27,6 +27,8 @@ pub mod entities;
 mod format;
 pub mod layout;
 pub mod maintain;
+#[cfg(test)]
+mod mirror_tests;
 pub mod provenance;
 pub mod pull_state;
 pub mod read;

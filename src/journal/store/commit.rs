@@ -9,6 +9,7 @@ use super::engine::{apply_in_order, Flusher, Store};
 use super::error::{CommitError, StoreError};
 use super::keys::tier;
 use super::log::{CheckpointCause, Tier};
+use super::mirror;
 
 /// Free space below which a commit is refused before sled sees it. sled
 /// 0.34.7 handles running out of space mid-write badly: part of a batch can
@@ -26,14 +27,24 @@ impl Store {
     pub fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         let tree = self.engine()?.tree.clone();
         let mut engine = sled::Batch::default();
-        for (k, v) in batch.writes {
-            match (tier(&k), v) {
-                (Tier::Engine, Some(v)) => engine.insert(k, v),
-                (Tier::Engine, None) => engine.remove(k),
-                (t, v) => self.memtable.apply(t, &k, v.as_deref()),
+        for (k, v) in &batch.writes {
+            match (tier(k), v) {
+                (Tier::Engine, Some(v)) => engine.insert(k.as_slice(), v.as_slice()),
+                (Tier::Engine, None) => engine.remove(k.as_slice()),
+                (t, v) => self.memtable.apply(t, k, v.as_deref()),
             }
         }
-        Ok(tree.apply_batch(engine)?)
+        tree.apply_batch(engine)?;
+        if let Some(m) = &self.reader().mirror {
+            let mirrored: Vec<_> = batch
+                .writes
+                .iter()
+                .filter(|(k, _)| mirror::mirrored(k))
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            m.apply(self.reader(), &mirrored);
+        }
+        Ok(())
     }
 
     /// Commits `batch` through the redo log and then makes it and
@@ -83,7 +94,11 @@ impl Store {
         let mut engine = Vec::new();
         let mut deferred = Vec::new();
         let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        let mut mirrored = Vec::new();
         for (k, v) in &batch.writes {
+            if mirror::mirrored(k) {
+                mirrored.push((k.as_slice(), v.as_deref()));
+            }
             match (tier(k), v) {
                 (Tier::Engine, _) => engine.push((k.as_slice(), v.as_deref())),
                 (Tier::Deferred, _) => deferred.push((k.as_slice(), v.as_deref())),
@@ -96,6 +111,10 @@ impl Store {
         let keys = engine.len() as u64 + u64::from(!engine.is_empty());
         apply_in_order(&tree, engine, lsn).map_err(CommitError::NotDurable)?;
         crate::metrics::metrics().store_writes.inc_by(keys);
+        // Before readers are shown the batch (`before_drops`), as sled.
+        if let Some(m) = &self.reader().mirror {
+            m.apply(self.reader(), &mirrored);
+        }
         for (k, v) in deferred {
             self.memtable.apply(Tier::Deferred, k, v);
         }

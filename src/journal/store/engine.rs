@@ -14,6 +14,7 @@ use super::error::StoreError;
 use super::keys::{be_u64, LSN};
 use super::log::{self, sync_dir, RedoLog, Segments, Tier};
 use super::memtable::Memtable;
+use super::mirror::Mirror;
 use super::reader::Reader;
 
 /// The redo log's directory, inside the engine's.
@@ -267,7 +268,7 @@ impl Store {
     /// `wait_for_release`), and answers [`StoreError::Locked`] if another
     /// process holds them.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Store::open_with(dir, cache_bytes, Segments::Prepared)
+        Store::open_with(dir, cache_bytes, Segments::Prepared, true)
     }
 
     /// [`Store::open`] for maintenance (backups, migrations, offline
@@ -275,10 +276,18 @@ impl Store {
     /// being written full of zeros ahead, so a store opened for a few
     /// commits, or a copy that is checked, does not take 32 MiB of zeros.
     pub fn open_for_maintenance(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Store::open_with(dir, cache_bytes, Segments::Growing)
+        Store::open_with(dir, cache_bytes, Segments::Growing, false)
     }
 
-    fn open_with(dir: &Path, cache_bytes: u64, segments: Segments) -> Result<Store, StoreError> {
+    /// Opens the store; `mirrored`: with a read mirror (`mirror.rs`), which
+    /// a store that answers queries keeps and a maintenance copy does not
+    /// need.
+    fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        segments: Segments,
+        mirrored: bool,
+    ) -> Result<Store, StoreError> {
         if !wait_for_release(dir) {
             return Err(StoreError::Locked(dir.to_owned()));
         }
@@ -300,8 +309,13 @@ impl Store {
             segments,
             next_lsn - 1,
         )?);
+        let mirror = mirrored.then(|| Mirror::start(dir)).flatten();
+        let reader = Reader::new(engine.tree.clone(), Arc::clone(&memtable), mirror);
+        if let Some(m) = &reader.mirror {
+            m.rebuild(&reader);
+        }
         Ok(Store {
-            reader: Reader::new(engine.tree.clone(), Arc::clone(&memtable)),
+            reader,
             memtable,
             engine: Some(engine),
             dir: dir.to_owned(),
@@ -357,7 +371,12 @@ impl Store {
             )?);
             store.next_lsn = next_lsn;
             Ok(engine)
-        })
+        })?;
+        // The replay may have changed what sled holds.
+        if let Some(m) = &self.reader.mirror {
+            m.reset(&self.reader);
+        }
+        Ok(())
     }
 
     /// Closes and reopens a healthy engine so that sled writes a fresh
@@ -376,8 +395,10 @@ impl Store {
         }
         // Every logged batch is applied (commits apply before they return).
         self.flush_engine()?;
+        let mut replayed = false;
         self.cycle_engine(|store, engine| {
             if engine.applied_lsn()? + 1 != store.next_lsn {
+                replayed = true;
                 // The memtable is current: only sled's part is replayed.
                 let (next_lsn, _) =
                     engine.replay(&store.dir.join(WAL_DIR), &Memtable::default())?;
@@ -391,6 +412,9 @@ impl Store {
             }
             Ok(engine)
         })?;
+        if let (true, Some(m)) = (replayed, &self.reader.mirror) {
+            m.reset(&self.reader);
+        }
         Ok(true)
     }
 
@@ -463,6 +487,16 @@ impl Store {
     /// The read side of the store.
     pub fn reader(&self) -> &Reader {
         &self.reader
+    }
+}
+
+impl Drop for Store {
+    /// Stops the read mirror's rebuild and deletes its files: it is
+    /// rebuilt from sled at the next open anyway.
+    fn drop(&mut self) {
+        if let Some(m) = &self.reader.mirror {
+            m.close();
+        }
     }
 }
 

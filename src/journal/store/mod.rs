@@ -12,6 +12,8 @@
 //! - `memtable.rs`: the writes kept in memory and the log instead of sled
 //!   (the unsealed tails; the portal counters until a checkpoint);
 //! - `reader.rs` and `scan.rs`: lookups and scans;
+//! - `mirror.rs`: the sealed blocks and postings items copied into a flat
+//!   file, so that a cold read of one is one `pread` instead of a sled leaf;
 //! - `stream_pos.rs`: cluster mode's last applied stream sequence;
 //! - `rollups.rs`: the activity rollup records' keys;
 //! - [`codec`]: how events are packed into blocks and the entity index
@@ -39,6 +41,7 @@ mod error;
 mod keys;
 mod log;
 mod memtable;
+mod mirror;
 mod reader;
 mod rollups;
 mod scan;
@@ -51,6 +54,8 @@ pub use keys::{Key, KeyKind};
 pub use reader::{LongRead, Reader};
 pub use scan::SeqScan;
 
+#[cfg(test)]
+pub(crate) mod mirror_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]

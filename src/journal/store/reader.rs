@@ -6,6 +6,7 @@ use std::cmp::Ordering as KeyOrder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::codec::event_block;
 use super::codec::postings::{self, entity_order, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
@@ -14,6 +15,7 @@ use super::keys::{
     RUN_ITEM, SUMMARY, TAIL, V1_EVENT,
 };
 use super::memtable::Memtable;
+use super::mirror::{Mirror, Source};
 use super::scan::SeqScan;
 use crate::journal::dedup::key::DedupKey;
 use crate::journal::pull_state::PullState;
@@ -33,6 +35,9 @@ pub struct Reader {
     pub(super) long_reads: Arc<AtomicUsize>,
     /// The store's log-only and deferred writes.
     pub(super) memtable: Arc<Memtable>,
+    /// The read mirror of the sealed blocks, if the store keeps one (the
+    /// service does; maintenance copies do not).
+    pub(super) mirror: Option<Arc<Mirror>>,
 }
 
 /// A long read (a backup) in progress, until dropped: meanwhile the engine
@@ -65,11 +70,16 @@ where
 
 impl Reader {
     /// A reader of `tree`, the engine's tree just opened, and `memtable`.
-    pub(super) fn new(tree: sled::Tree, memtable: Arc<Memtable>) -> Reader {
+    pub(super) fn new(
+        tree: sled::Tree,
+        memtable: Arc<Memtable>,
+        mirror: Option<Arc<Mirror>>,
+    ) -> Reader {
         Reader {
             shared: Arc::new(RwLock::new(Some(tree))),
             long_reads: Arc::default(),
             memtable,
+            mirror,
         }
     }
 
@@ -83,6 +93,7 @@ impl Reader {
             shared: Arc::new(RwLock::new(Some(self.tree()?))),
             long_reads: Arc::clone(&self.long_reads),
             memtable: Arc::clone(&self.memtable),
+            mirror: self.mirror.clone(),
         })
     }
 
@@ -228,7 +239,14 @@ impl Reader {
     /// the portal's last seq committed (see [`SeqScan`]): the scan takes
     /// every seq up to `sealed_upto(hi)` to be in a block.
     pub fn events(&self, portal: PortalIx, lo: u64, hi: u64) -> SeqScan {
-        SeqScan::new(self.tree(), Arc::clone(&self.memtable), portal, lo, hi)
+        SeqScan::new(
+            self.tree(),
+            Arc::clone(&self.memtable),
+            self.mirror.clone(),
+            portal,
+            lo,
+            hi,
+        )
     }
 
     /// Event `seq` of `portal` if it is in the unsealed tail.
@@ -269,12 +287,47 @@ impl Reader {
             .collect()
     }
 
+    /// Whether block reads are answered by the read mirror (`mirror.rs`),
+    /// which is rebuilt in the background after each open.
+    pub fn mirror_ready(&self) -> bool {
+        self.mirror.as_ref().is_some_and(|m| m.ready())
+    }
+
+    /// Checks that the read mirror holds exactly sled's blocks, byte for
+    /// byte; returns how many, and the mirror's current file.
+    #[cfg(test)]
+    pub(crate) fn mirror_matches_sled(&self) -> Result<(usize, std::path::PathBuf), String> {
+        let m = self.mirror.as_ref().ok_or("the store keeps no mirror")?;
+        let tree = self.tree().map_err(|e| e.to_string())?;
+        let mut blocks = 0;
+        for kv in tree.scan_prefix([BLOCK]) {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            match m.held(&k) {
+                Some(held) if held == v.as_ref() => blocks += 1,
+                held => {
+                    return Err(format!(
+                        "block {:?}: the mirror holds {:?} bytes, sled {}",
+                        classify(&k, &v),
+                        held.map(|h| h.len()),
+                        v.len()
+                    ))
+                }
+            }
+        }
+        let (held, file) = m.held_count().ok_or("the mirror is not ready")?;
+        if held != blocks {
+            return Err(format!("the mirror holds {held} blocks, sled {blocks}"));
+        }
+        Ok((blocks, file))
+    }
+
     /// The raw bytes of sealed block `block` of `portal`.
     pub fn block(&self, portal: PortalIx, block: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree()?
-            .get(seq_key(BLOCK, portal, block))?
-            .map(|v| v.to_vec()))
+        let key = seq_key(BLOCK, portal, block);
+        if let Some(found) = self.mirror.as_ref().and_then(|m| m.get(&key)) {
+            return Ok(Some(found));
+        }
+        Ok(self.tree()?.get(key)?.map(|v| v.to_vec()))
     }
 
     /// `portal`'s list of postings runs, if it has one.
@@ -388,5 +441,22 @@ impl Reader {
                 })
             })
         })
+    }
+}
+
+impl Source for Reader {
+    fn block_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for p in self.portals()? {
+            if p.last_seq() > 0 {
+                let blocks = event_block(p.first_seq().max(1))..=event_block(p.last_seq());
+                keys.extend(blocks.map(|b| seq_key(BLOCK, p.ix, b)));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        Reader::tree(self)
     }
 }

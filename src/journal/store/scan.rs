@@ -7,6 +7,7 @@ use super::codec;
 use super::error::StoreError;
 use super::keys::{seq_key, seq_suffix, BLOCK, TAIL};
 use super::memtable::Memtable;
+use super::mirror::Mirror;
 use crate::journal::record::PortalIx;
 
 /// Where one seq was found.
@@ -33,6 +34,8 @@ enum Lookup {
 pub struct SeqScan {
     tree: Option<sled::Tree>,
     memtable: Arc<Memtable>,
+    /// Sealed blocks are read from here when it is ready.
+    mirror: Option<Arc<Mirror>>,
     err: Option<StoreError>,
     portal: PortalIx,
     lo: u64,
@@ -60,6 +63,7 @@ impl SeqScan {
     pub(super) fn new(
         tree: Result<sled::Tree, StoreError>,
         memtable: Arc<Memtable>,
+        mirror: Option<Arc<Mirror>>,
         portal: PortalIx,
         lo: u64,
         hi: u64,
@@ -71,6 +75,7 @@ impl SeqScan {
         SeqScan {
             tree,
             memtable,
+            mirror,
             err,
             portal,
             lo: lo.max(1),
@@ -136,7 +141,12 @@ impl SeqScan {
             }
         }
         let block = codec::event_block(seq);
-        let Some(bytes) = tree.get(seq_key(BLOCK, self.portal, block))? else {
+        let key = seq_key(BLOCK, self.portal, block);
+        let bytes = match self.mirror.as_ref().and_then(|m| m.get(&key)) {
+            Some(found) => Some(sled::IVec::from(found)),
+            None => tree.get(key)?,
+        };
+        let Some(bytes) = bytes else {
             return Ok(Lookup::BlockGone(block));
         };
         let base = bytes.as_ptr() as usize;
