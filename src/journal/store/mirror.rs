@@ -320,6 +320,9 @@ impl Mirror {
     fn fill(&self, source: &impl Source, generation: &Arc<Generation>) {
         let t = Instant::now();
         let keys = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
             match source.block_keys() {
                 Ok(k) => break k,
                 Err(StoreError::Reopening) => std::thread::sleep(Duration::from_millis(20)),
@@ -485,7 +488,12 @@ impl Mirror {
     #[cfg(test)]
     pub(super) fn held_count(&self) -> Option<(usize, PathBuf)> {
         let generation = self.current()?;
-        let count = generation.read_index().slots.len();
+        let count = generation
+            .read_index()
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::At { .. }))
+            .count();
         Some((count, generation.path.clone()))
     }
 
