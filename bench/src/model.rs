@@ -144,6 +144,10 @@ pub struct Report {
     pub startups: Vec<(u64, Duration)>,
     /// (events, time) of the second start on the same journal.
     pub restarts: Vec<(u64, Duration)>,
+    /// (events, data dir bytes, of which the read mirror) of the query
+    /// journal while its server ran, after the queries: the mirror exists
+    /// only while the service runs.
+    pub serving_disk: Vec<(u64, u64, u64)>,
     pub query: Vec<QueryRow>,
     pub query_plan: Option<FillPlan>,
     pub probe: Option<Probe>,

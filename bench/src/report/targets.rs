@@ -142,6 +142,18 @@ fn targets(o: &Opts, r: &Report) -> Vec<Target> {
             pass: Some(per <= 250.0),
         });
     }
+    if let Some(&(at, total, _)) = r.serving_disk.iter().find(|(at, ..)| *at == o.n) {
+        let per = total as f64 / at.max(1) as f64;
+        t.push(Target {
+            what: format!(
+                "bytes on disk per event at N = {} while serving, read mirror included",
+                int(at)
+            ),
+            measured: format!("{per:.0} B"),
+            goal: "≤ 250 B",
+            pass: Some(per <= 250.0),
+        });
+    }
     let fill_rss = r.fills.iter().chain(&r.mixes).map(|f| f.peak_rss_kb).max();
     match fill_rss {
         Some(kb) => t.push(Target {
