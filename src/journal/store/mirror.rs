@@ -260,6 +260,7 @@ impl Mirror {
         state.current = None;
         state.building = None;
         state.broken = true;
+        crate::metrics::metrics().read_mirror_ready.set(0);
     }
 
     /// Whether the disk has room for `more` bytes of mirror beyond
@@ -318,6 +319,10 @@ impl Mirror {
     /// version; one sealed after the portals were read is written through.
     /// Stops early when the store closes (the store's `Drop` waits for it).
     fn fill(&self, source: &impl Source, generation: &Arc<Generation>) {
+        // Background work: the rebuild yields the cores to requests. On
+        // Linux the nice value is per thread, and 0 names this one.
+        // SAFETY: setpriority reads its three integer arguments only.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
         let t = Instant::now();
         let keys = loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -383,6 +388,7 @@ impl Mirror {
         };
         state.current = state.building.take();
         drop(state);
+        crate::metrics::metrics().read_mirror_ready.set(1);
         tracing::info!(
             entries,
             bytes = live,
@@ -473,6 +479,7 @@ impl Mirror {
             state.building = None;
             state.broken = false;
         }
+        crate::metrics::metrics().read_mirror_ready.set(0);
         self.rebuild(source);
     }
 
@@ -512,6 +519,7 @@ impl Mirror {
         state.current = None;
         state.building = None;
         drop(state);
+        crate::metrics::metrics().read_mirror_ready.set(0);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
