@@ -148,6 +148,9 @@ pub struct Report {
     /// journal while its server ran, after the queries: the mirror exists
     /// only while the service runs.
     pub serving_disk: Vec<(u64, u64, u64)>,
+    /// (events, time) from healthy to the read mirror ready, after the
+    /// first start; the queries are measured after it.
+    pub mirror_ready: Vec<(u64, Duration)>,
     pub query: Vec<QueryRow>,
     pub query_plan: Option<FillPlan>,
     pub probe: Option<Probe>,

@@ -42,6 +42,14 @@ pub(super) fn resources(w: &mut String, o: &Opts, r: &Report) {
             dur(*d)
         );
     }
+    for (at, d) in &r.mirror_ready {
+        let _ = writeln!(
+            w,
+            "- read mirror ready {} after that first start was healthy, on the journal of {} events (rebuilt from sled in the background, at nice 10; until then queries read sled; the query rows were measured after it)",
+            dur(*d),
+            int(*at)
+        );
+    }
     for &(at, total, mirror) in &r.serving_disk {
         let per = |b: u64| b as f64 / at.max(1) as f64;
         let _ = writeln!(

@@ -45,8 +45,10 @@ impl Harness {
             from = at;
             self.r.fills.push(row);
             eprintln!("== query: starting b24-journal on {at} events");
-            let svc = self.start_service(&format!("query-server-{at}"), &cfg)?;
+            let mut svc = self.start_service(&format!("query-server-{at}"), &cfg)?;
             self.r.startups.push((at, svc.startup));
+            let ready = self.wait_mirror(&mut svc)?;
+            self.r.mirror_ready.push((at, ready));
             let (events, _) = self.journal_totals(svc.addr)?;
             if events != at {
                 self.errors.push(format!(
@@ -80,7 +82,6 @@ impl Harness {
                 let mirror = sys::disk_usage(&data.join("sled").join("mirror")).unwrap_or(0);
                 self.r.serving_disk.push((at, total, mirror));
             }
-            let mut svc = svc;
             if let Err(e) = svc.proc_.alive() {
                 self.errors.push(format!("{e:#}"));
             }

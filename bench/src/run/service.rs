@@ -97,6 +97,39 @@ impl Harness {
         }
     }
 
+    /// Waits until the service's read mirror is ready (`b24j_read_mirror_ready
+    /// 1` in `/metrics`), so that queries are measured in the steady state
+    /// and not against its rebuild after the start; returns how long that
+    /// took from now.
+    pub(super) fn wait_mirror(&self, svc: &mut Service) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            svc.proc_.alive()?;
+            let r = self.rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(6),
+                    client::get(svc.addr, "/metrics", None),
+                )
+                .await
+            });
+            if let Ok(Ok((200, body))) = r {
+                if body
+                    .split(|&b| b == b'\n')
+                    .any(|l| l == b"b24j_read_mirror_ready 1")
+                {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "the read mirror of {} not ready after 300 s",
+                    svc.proc_.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM; anything but a clean exit is an error of the run.
     pub(super) fn stop_service(&mut self, s: Service, what: &str) {
         match s.proc_.stop() {
