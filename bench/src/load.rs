@@ -113,28 +113,16 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         (0.0, 1)
     };
     let shared = works::IngestShared::new(portals, addr.to_string(), dup_rate, per_entity);
-    let spec = client::Spec {
-        addr,
-        also: a.also.clone(),
-        conns,
-        warmup: Duration::from_secs(1),
-        measure: Duration::from_secs_f64(secs),
-    };
-    let out = rt.block_on(client::run(spec, |i| {
+    let out = rt.block_on(client::run(spec(&a, addr, conns, secs), |i| {
         works::IngestWork::new(shared.clone(), i as u64, !a.journal)
     }))?;
-    let l = Lat::of(&out.hist);
     let mut counts = works::IngestCounts::default();
     for w in &out.works {
         counts.add(&w.counts);
     }
     println!(
-        "{:.0} req/s  p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs  stored {} duplicate {} 503 {} other {}",
-        out.rate(),
-        l.p50 / 1000,
-        l.p99 / 1000,
-        l.p999 / 1000,
-        out.hist.max() / 1000,
+        "{}  stored {} duplicate {} 503 {} other {}",
+        rate_and_latency(&out),
         counts.stored(),
         counts.duplicates(),
         counts.unavailable,
@@ -172,29 +160,17 @@ fn queries(
         LoadQuery::Walk => works::QueryKind::Walk,
     };
     let rt = client::runtime(a.threads).context("tokio runtime")?;
-    let spec = client::Spec {
-        addr,
-        also: a.also.clone(),
-        conns,
-        warmup: Duration::from_secs(1),
-        measure: Duration::from_secs_f64(secs),
-    };
-    let out = rt.block_on(client::run(spec, |i| {
+    let out = rt.block_on(client::run(spec(a, addr, conns, secs), |i| {
         works::QueryWork::new(shared.clone(), kind, a.seed ^ ((i as u64) << 8))
     }))?;
-    let l = Lat::of(&out.hist);
     let mut counts = works::QueryCounts::default();
     for w in &out.works {
         counts.add(&w.counts);
     }
     println!(
-        "{} {:.0} req/s  p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs  events/answer {:.1}  non-200 {}",
+        "{} {}  events/answer {:.1}  non-200 {}",
         kind.label(),
-        out.rate(),
-        l.p50 / 1000,
-        l.p99 / 1000,
-        l.p999 / 1000,
-        out.hist.max() / 1000,
+        rate_and_latency(&out),
         counts.events as f64 / counts.ok.max(1) as f64,
         counts.non200
     );
@@ -204,4 +180,29 @@ fn queries(
         counts.samples
     );
     Ok(())
+}
+
+/// The load of `conns` connections to `addr` (and `--also`) for `secs`
+/// after one second of warm-up.
+fn spec(a: &LoadArgs, addr: SocketAddr, conns: usize, secs: f64) -> client::Spec {
+    client::Spec {
+        addr,
+        also: a.also.clone(),
+        conns,
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_secs_f64(secs),
+    }
+}
+
+/// `N req/s  p50 … µs  p99 …  p99.9 …  max …` of a measured load.
+fn rate_and_latency<W>(out: &client::Outcome<W>) -> String {
+    let l = Lat::of(&out.hist);
+    format!(
+        "{:.0} req/s  p50 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+        out.rate(),
+        l.p50 / 1000,
+        l.p99 / 1000,
+        l.p999 / 1000,
+        out.hist.max() / 1000
+    )
 }
