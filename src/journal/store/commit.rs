@@ -35,16 +35,22 @@ impl Store {
             }
         }
         tree.apply_batch(engine)?;
+        self.write_through(&batch);
+        Ok(())
+    }
+
+    /// Writes `batch`'s blocks through to the read mirror, if the store
+    /// keeps one, once sled holds them (see `mirror.rs`).
+    fn write_through(&self, batch: &WriteBatch) {
         if let Some(m) = &self.reader().mirror {
-            let mirrored: Vec<_> = batch
+            let blocks: Vec<_> = batch
                 .writes
                 .iter()
                 .filter(|(k, _)| mirror::mirrored(k))
                 .map(|(k, v)| (k.as_slice(), v.as_deref()))
                 .collect();
-            m.apply(self.reader(), &mirrored);
+            m.apply(self.reader(), &blocks);
         }
-        Ok(())
     }
 
     /// Commits `batch` through the redo log and then makes it and
@@ -94,11 +100,7 @@ impl Store {
         let mut engine = Vec::new();
         let mut deferred = Vec::new();
         let (mut kept, mut dropped) = (Vec::new(), Vec::new());
-        let mut mirrored = Vec::new();
         for (k, v) in &batch.writes {
-            if mirror::mirrored(k) {
-                mirrored.push((k.as_slice(), v.as_deref()));
-            }
             match (tier(k), v) {
                 (Tier::Engine, _) => engine.push((k.as_slice(), v.as_deref())),
                 (Tier::Deferred, _) => deferred.push((k.as_slice(), v.as_deref())),
@@ -112,9 +114,7 @@ impl Store {
         apply_in_order(&tree, engine, lsn).map_err(CommitError::NotDurable)?;
         crate::metrics::metrics().store_writes.inc_by(keys);
         // Before readers are shown the batch (`before_drops`), as sled.
-        if let Some(m) = &self.reader().mirror {
-            m.apply(self.reader(), &mirrored);
-        }
+        self.write_through(&batch);
         for (k, v) in deferred {
             self.memtable.apply(Tier::Deferred, k, v);
         }

@@ -199,6 +199,23 @@ struct State {
     broken: bool,
 }
 
+impl State {
+    /// Whether `generation` is the one being built (a reset or an error
+    /// may have let it go).
+    fn building_is(&self, generation: &Arc<Generation>) -> bool {
+        self.building
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, generation))
+    }
+
+    /// Lets both generations go: reads go to sled.
+    fn clear(&mut self) {
+        self.current = None;
+        self.building = None;
+        crate::metrics::metrics().read_mirror_ready.set(0);
+    }
+}
+
 /// The read mirror of one open store (see the module documentation).
 pub struct Mirror {
     dir: PathBuf,
@@ -257,10 +274,8 @@ impl Mirror {
         if !state.broken {
             tracing::warn!(error = %e, "read mirror dropped ({what}); reads go to sled");
         }
-        state.current = None;
-        state.building = None;
+        state.clear();
         state.broken = true;
-        crate::metrics::metrics().read_mirror_ready.set(0);
     }
 
     /// Whether the disk has room for `more` bytes of mirror beyond
@@ -336,7 +351,7 @@ impl Mirror {
         };
         let mut keys = keys.into_iter().peekable();
         while keys.peek().is_some() {
-            if self.stop.load(Ordering::SeqCst) || !self.is_building(generation) {
+            if self.stop.load(Ordering::SeqCst) || !self.state().building_is(generation) {
                 return;
             }
             let tree = match source.tree() {
@@ -374,11 +389,7 @@ impl Mirror {
             }
         }
         let mut state = self.state_mut();
-        if !state
-            .building
-            .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, generation))
-        {
+        if !state.building_is(generation) {
             return;
         }
         let (entries, live) = {
@@ -395,13 +406,6 @@ impl Mirror {
             ms = t.elapsed().as_millis() as u64,
             "read mirror ready"
         );
-    }
-
-    fn is_building(&self, generation: &Arc<Generation>) -> bool {
-        self.state()
-            .building
-            .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, generation))
     }
 
     /// Writes a commit's mirrored writes (`None`: deleted) through to every
@@ -475,11 +479,9 @@ impl Mirror {
     pub(super) fn reset(self: &Arc<Self>, source: &impl Source) {
         {
             let mut state = self.state_mut();
-            state.current = None;
-            state.building = None;
+            state.clear();
             state.broken = false;
         }
-        crate::metrics::metrics().read_mirror_ready.set(0);
         self.rebuild(source);
     }
 
@@ -515,11 +517,7 @@ impl Mirror {
         if let Some(b) = builder {
             let _ = b.join();
         }
-        let mut state = self.state_mut();
-        state.current = None;
-        state.building = None;
-        drop(state);
-        crate::metrics::metrics().read_mirror_ready.set(0);
+        self.state_mut().clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
