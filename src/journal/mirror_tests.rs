@@ -4,12 +4,12 @@
 //! once rewrites have left enough dead bytes; entity queries answer the
 //! same through it.
 
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
 
-use super::read::{newest, EventFilter, ScanEnd};
+use super::read::{EventFilter, ScanEnd};
+use super::read_tests::newest_seqs;
 use super::record::PortalProfile;
 use super::store::mirror_tests::wait_ready;
 use super::{AppendOutcome, Journal, JournalHandle, JournalOptions, Lifecycle, NewEvent, Origin};
@@ -91,12 +91,7 @@ fn entity_seqs(handle: &JournalHandle, member: &str, entity: u64) -> Vec<u64> {
         entity_id: Some(&id),
         ..EventFilter::default()
     };
-    let mut seqs = Vec::new();
-    let end = newest(handle.reader(), &portal, &filter, u64::MAX, |found| {
-        seqs.push(found.seq);
-        Ok(ControlFlow::Continue(()))
-    })
-    .unwrap();
+    let (end, seqs) = newest_seqs(handle.reader(), &portal, &filter);
     assert_eq!(end, ScanEnd::Exhausted);
     seqs
 }

@@ -8,8 +8,8 @@ use std::ops::ControlFlow;
 use serde_json::Map;
 
 use super::read::{newest, EventFilter, ScanEnd};
-use super::record::PortalProfile;
-use super::{AppendOutcome, Journal, JournalOptions, Lifecycle, NewEvent, Origin};
+use super::record::{PortalProfile, PortalRecord};
+use super::{AppendOutcome, Journal, JournalOptions, JournalReader, Lifecycle, NewEvent, Origin};
 use crate::types::{EventName, MemberId, Ts};
 
 const MEMBER: &str = "read-tests-member";
@@ -21,6 +21,22 @@ const EVENTS: u64 = 10_000;
 /// a sender's clock and retries make it.
 fn ts_of(seq: u64) -> u64 {
     T + seq + (seq * 37) % 11
+}
+
+/// Every seq `newest` hands over for `filter` on `portal`, newest first,
+/// and how the scan ended.
+pub(super) fn newest_seqs(
+    reader: &JournalReader,
+    portal: &PortalRecord,
+    filter: &EventFilter<'_>,
+) -> (ScanEnd, Vec<u64>) {
+    let mut seqs = Vec::new();
+    let end = newest(reader, portal, filter, u64::MAX, |found| {
+        seqs.push(found.seq);
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    (end, seqs)
 }
 
 fn event(seq: u64) -> NewEvent {
@@ -113,12 +129,7 @@ fn windows_find_every_event_wherever_they_lie() {
             until: Some(Ts::from_secs(until).unwrap()),
             ..EventFilter::default()
         };
-        let mut got = Vec::new();
-        let end = newest(handle.reader(), &portal, &filter, u64::MAX, |found| {
-            got.push(found.seq);
-            Ok(ControlFlow::Continue(()))
-        })
-        .unwrap();
+        let (end, got) = newest_seqs(handle.reader(), &portal, &filter);
         assert_eq!(end, ScanEnd::Exhausted, "window at {centre}");
         assert_eq!(got, want, "window at {centre}");
     }
