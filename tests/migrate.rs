@@ -7,6 +7,8 @@
 //! itself, by entity and by time window, every count matches, every body
 //! posted before is answered `duplicate` with its original's id and seq,
 //! and the portals learnt from ONAPPINSTALL keep their registrations.
+//! `v5-journal.tar.gz`, of the current format but from a release whose
+//! run heads did not list their items, is served the same way as it is.
 
 mod common;
 
@@ -77,6 +79,13 @@ fn command(args: &[&str], data: &Path) -> (bool, String) {
 /// Migrates the directory of format `from` and checks everything the
 /// older service answered and served against the current one.
 async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &LaterFields) {
+    migrate(data, from).await;
+    check_served(data, recorded, later).await;
+}
+
+/// Checks that the service refuses the directory of format `from` and
+/// that `migrate` converts it.
+async fn migrate(data: &Path, from: u32) {
     let refused = try_spawn_app(serve_args(data))
         .await
         .err()
@@ -94,6 +103,13 @@ async fn migrate_and_check(data: &Path, recorded: &Recorded, from: u32, later: &
         std::fs::read_to_string(data.join("FORMAT")).unwrap(),
         format!("b24-journal data format {FORMAT_VERSION}\n")
     );
+}
+
+/// Checks a directory of the current format against everything an older
+/// service answered and served: `verify`, the portals, every event by
+/// itself, by entity and by time window, every body answered `duplicate`,
+/// the registrations, and new events after the old ones.
+async fn check_served(data: &Path, recorded: &Recorded, later: &LaterFields) {
     let events = recorded.events.as_object().unwrap();
     let total: usize = events.values().map(|e| e.as_array().unwrap().len()).sum();
     let (ok, out) = command(&["verify"], data);
@@ -224,7 +240,8 @@ const SINCE_V3: LaterFields = LaterFields {
         ("reconciled", "0"),
     ],
 };
-/// The version-4 recording has every field the API serves.
+/// The version-4 and version-5 recordings have every field the API
+/// serves.
 const SINCE_V4: LaterFields = LaterFields {
     portal: &[],
     event: &[],
@@ -275,4 +292,61 @@ async fn a_version_2_journal_is_migrated_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_4_journal_is_migrated_with_summaries_per_block() {
     migrate_fixture(4, &SINCE_V4).await;
+}
+
+/// A version-5 journal written before run heads listed their items (their
+/// items are found by range reads, and merged into runs whose heads list
+/// them) is served as it was, without a migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_5_journal_from_before_item_lists_is_served_as_before() {
+    let dir = tempdir();
+    let (data, recorded) = unpack(dir.path(), "v5-journal.tar.gz");
+    assert_eq!(FORMAT_VERSION, 5);
+    let unlisted = runs_without_item_list(&data);
+    assert!(unlisted > 0, "the fixture's runs are of the first form");
+    check_served(&data, &recorded, &SINCE_V4).await;
+
+    // Eleven more blocks of the documentation's portal: their runs merge
+    // with the old ones (read by range, deleted by scan) into runs that
+    // list their items, and every entity's events are the old ones and the
+    // new ones.
+    let s = spawn_app_with(serve_args(&data)).await;
+    let member = P1.member;
+    for i in 0..704u64 {
+        let entity = (i % 40 + 1).to_string();
+        let ev = EventSpec::new(P1, "ONCRMACTIVITYUPDATE", Some(&entity), 1_720_100_000 + i);
+        s.store(&ev).await;
+    }
+    let all = s.all_events(member).await;
+    assert_eq!(
+        all.len(),
+        recorded.events[member].as_array().unwrap().len() + 704
+    );
+    let mut entities: Vec<&str> = all.iter().filter_map(|e| e["entity_id"].as_str()).collect();
+    entities.sort_unstable();
+    entities.dedup();
+    for entity in entities {
+        let want = all
+            .iter()
+            .filter(|e| e["entity_id"].as_str() == Some(entity));
+        assert_walk(&s, member, &[("entity_id", entity)], want, &SINCE_V4).await;
+    }
+    s.stop().await;
+    let (ok, out) = command(&["verify"], &data);
+    assert!(ok && out.contains("\"problem_count\": 0"), "{out}");
+    let now = runs_without_item_list(&data);
+    assert!(
+        now < unlisted,
+        "merges left {now} of {unlisted} runs unlisted"
+    );
+}
+
+/// `verify`'s count of live runs whose heads do not list their items.
+fn runs_without_item_list(data: &Path) -> u64 {
+    let (ok, out) = command(&["verify"], data);
+    assert!(ok, "verify failed: {out}");
+    let field = "\"runs_without_item_list\": ";
+    let at = out.find(field).unwrap_or_else(|| panic!("{out}")) + field.len();
+    let digits: String = out[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
 }

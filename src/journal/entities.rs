@@ -153,7 +153,9 @@ impl EntityIndex {
                 if run.head.hi < lo || run.head.lo > hi || !run.head.entities.may_contain(hash) {
                     continue;
                 }
-                for (seq, _, _) in reader.run_postings_of(portal, run.id, entity)? {
+                for (seq, _, _) in
+                    reader.run_postings_of(portal, run.id, run.head.items.as_deref(), entity)?
+                {
                     if (lo..=hi).contains(&seq) {
                         seqs.push(seq);
                     }
@@ -190,7 +192,9 @@ impl EntityIndex {
                 if run.head.hi < first || !run.head.entities.may_contain(hash) {
                     continue;
                 }
-                for (seq, t, g) in reader.run_postings_of(portal, run.id, entity)? {
+                for (seq, t, g) in
+                    reader.run_postings_of(portal, run.id, run.head.items.as_deref(), entity)?
+                {
                     if seq >= first && t.abs_diff(ts) <= window && g == tag {
                         seqs.push(seq);
                     }
@@ -222,7 +226,9 @@ impl EntityIndex {
                 if run.head.hi < first || !run.head.events.may_contain(hash) {
                     continue;
                 }
-                for (seq, t, g) in reader.run_postings_of(portal, run.id, entity)? {
+                for (seq, t, g) in
+                    reader.run_postings_of(portal, run.id, run.head.items.as_deref(), entity)?
+                {
                     if seq >= first && t == ts && g == tag {
                         seqs.push(seq);
                     }

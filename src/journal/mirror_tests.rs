@@ -1,8 +1,8 @@
 //! The read mirror of a journal: rebuilt from sled when the journal opens
-//! (every block of every portal, as sled holds it), kept equal to sled by
-//! the writer's seals and duplicate-counter rewrites, and rebuilt again
-//! once rewrites have left enough dead bytes; entity queries answer the
-//! same through it.
+//! (every block of every portal and every item of its live postings runs,
+//! as sled holds them), kept equal to sled by the writer's seals, merges
+//! and duplicate-counter rewrites, and rebuilt again once rewrites have
+//! left enough dead bytes; entity queries answer the same through it.
 
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,10 @@ fn the_mirror_is_rebuilt_from_sled_and_kept_equal_to_it() {
     let handle = journal.handle();
     let store = handle.reader().store().clone();
     wait_ready(&store);
-    let (blocks, first_file) = store.mirror_matches_sled().unwrap();
+    let (blocks, items, first_file) = store.mirror_matches_sled().unwrap();
     assert_eq!(blocks as u64, 2 * (EVENTS / 64));
+    // Each portal's 1,984 sealed postings, in items of at most 2 KiB.
+    assert!(items >= 2, "{items} items mirrored");
     let before: Vec<Vec<u64>> = (0..ENTITIES)
         .map(|e| entity_seqs(&handle, MEMBERS[0], e))
         .collect();
@@ -125,7 +127,7 @@ fn the_mirror_is_rebuilt_from_sled_and_kept_equal_to_it() {
         assert_eq!((stored, duplicates), (0, 2_000));
         rounds += 1;
         wait_ready(&store);
-        let (blocks, file) = store.mirror_matches_sled().unwrap();
+        let (blocks, _, file) = store.mirror_matches_sled().unwrap();
         assert_eq!(blocks as u64, 2 * (EVENTS / 64));
         if file != first_file {
             break;
@@ -140,5 +142,17 @@ fn the_mirror_is_rebuilt_from_sled_and_kept_equal_to_it() {
         .map(|e| entity_seqs(&handle, MEMBERS[0], e))
         .collect();
     assert_eq!(after, before);
+
+    // New events seal blocks whose postings runs are written and merged,
+    // and merged runs deleted, through to the mirror.
+    assert_eq!(append(&handle, EVENTS..2 * EVENTS), (2 * EVENTS, 0));
+    let (blocks, items, _) = store.mirror_matches_sled().unwrap();
+    assert_eq!(blocks as u64, 2 * (2 * EVENTS / 64));
+    assert!(items >= 2, "{items} items mirrored");
+    for (e, seqs) in before.iter().enumerate() {
+        let now = entity_seqs(&handle, MEMBERS[0], e as u64);
+        assert_eq!(now.len() as u64, 2 * EVENTS / ENTITIES);
+        assert!(now.ends_with(seqs), "entity {e}: {now:?} then {seqs:?}");
+    }
     journal.shutdown();
 }

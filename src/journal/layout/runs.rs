@@ -160,25 +160,34 @@ impl RunsUpdate {
         for item in &items {
             writes.put_run_item(self.portal, id, item.clone());
         }
-        let head = RunHead::of(level, lo, hi, &postings);
+        let head = RunHead::of(level, lo, hi, &postings, &items);
         writes.put_run_head(self.portal, id, &head);
         self.runs.live.push(Arc::new(Run { id, head }));
         self.fresh.insert(id, items);
         self.changed = true;
     }
 
-    /// The postings of live run `run`.
-    fn postings(&self, reader: &Reader, run: u32) -> Result<Vec<Posting>, StoreError> {
-        if let Some(items) = self.fresh.get(&run) {
-            let mut out = Vec::new();
+    /// The postings of live run `run`: those this update wrote, else its
+    /// items read by the keys its head lists, else (a head written before
+    /// heads listed their items) by a scan.
+    fn postings(&self, reader: &Reader, run: &Run) -> Result<Vec<Posting>, StoreError> {
+        let mut out = Vec::new();
+        if let Some(items) = self.fresh.get(&run.id) {
             for item in items {
                 out.extend(decode_item(&item.bytes)?);
             }
-            return Ok(out);
-        }
-        let mut out = Vec::new();
-        for item in reader.run_postings(self.portal, run) {
-            out.extend(item?);
+        } else if let Some(starts) = &run.head.items {
+            for start in starts {
+                out.extend(decode_item(&reader.run_item(
+                    self.portal,
+                    run.id,
+                    start,
+                )?)?);
+            }
+        } else {
+            for item in reader.run_postings(self.portal, run.id) {
+                out.extend(item?);
+            }
         }
         Ok(out)
     }
@@ -196,7 +205,7 @@ impl RunsUpdate {
         let mut postings = Vec::new();
         for run in &merged {
             postings.extend(
-                self.postings(reader, run.id)?
+                self.postings(reader, run)?
                     .into_iter()
                     .filter(|p| p.seq >= first_live),
             );

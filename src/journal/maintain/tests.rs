@@ -238,3 +238,63 @@ fn migrated_summaries_cover_each_block_and_verify_checks_them() {
         v.problems
     );
 }
+
+/// `verify` holds a run head's list of items to the items stored, and
+/// counts the runs whose heads were written before heads listed them.
+#[test]
+fn verify_checks_the_items_a_run_head_lists() {
+    use crate::journal::store::codec::postings::{Item, RunHead};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let store = migrated_v1(data);
+    let runs = store
+        .reader()
+        .runs(0)
+        .unwrap()
+        .expect("the portal has runs");
+    let run = runs.live[0];
+    let head = store.reader().run_head(0, run).unwrap().unwrap();
+    let starts = head.items.clone().expect("a migration lists items");
+    assert!(!starts.is_empty());
+    drop(store);
+    let v = verify(data).unwrap();
+    assert_eq!((v.problem_count, v.runs_without_item_list), (0, 0));
+
+    // A head without its list, as written before heads listed items.
+    let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let mut batch = WriteBatch::default();
+    let old = RunHead {
+        items: None,
+        ..head.clone()
+    };
+    batch.put_run_head(0, run, &old);
+    store.commit(batch).unwrap();
+    drop(store);
+    let v = verify(data).unwrap();
+    assert_eq!((v.problem_count, v.runs_without_item_list), (0, 1));
+
+    // A listed item gone.
+    let mut store = super::offline::open_store(&data.join(ENGINE_DIR), data).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.put_run_head(0, run, &head);
+    let gone = &starts[0];
+    let item = Item {
+        entity: gone.entity.to_string(),
+        seq: gone.seq,
+        bytes: Vec::new(),
+    };
+    batch.delete_run_item(0, run, &item);
+    store.commit(batch).unwrap();
+    drop(store);
+    let v = verify(data).unwrap();
+    let lists = format!(
+        "its head lists {} items, {} are stored",
+        starts.len(),
+        starts.len() - 1
+    );
+    assert!(
+        v.problems.iter().any(|p| p.contains(&lists)),
+        "{:?}",
+        v.problems
+    );
+}

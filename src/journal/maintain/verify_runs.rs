@@ -2,14 +2,15 @@
 //! sealed event with the same entity, `ts` and name tag, inside its run's
 //! seq range and in its run's filters; every sealed entity event has
 //! exactly one posting; every run item and head belongs to a live run or
-//! to one waiting to be deleted.
+//! to one waiting to be deleted; a head that lists its items lists exactly
+//! those stored.
 
 use std::collections::HashMap;
 
 use crate::journal::entities::PortalRuns;
 use crate::journal::record::{EventRecord, PortalIx, PortalRecord};
 use crate::journal::store::codec::filter::{entity_hash, event_hash};
-use crate::journal::store::codec::postings::{decode_item, RunHead};
+use crate::journal::store::codec::postings::{decode_item, entity_order, RunHead};
 use crate::journal::store::codec::{name_tag, sealed_upto};
 use crate::journal::store::{Reader, StoreError};
 use crate::journal::PortalDirectory;
@@ -20,9 +21,11 @@ pub(super) struct RunsCheck {
     pub(super) problems: Vec<String>,
     /// Postings of live runs at or above their portal's first seq.
     pub(super) entries: u64,
+    /// Live runs whose heads do not list their items.
+    pub(super) without_item_list: u64,
     runs: HashMap<PortalIx, PortalRuns>,
-    /// Postings counted per live run (checked against its head).
-    counted: HashMap<(PortalIx, u32), u64>,
+    /// Postings and items counted per live run (checked against its head).
+    counted: HashMap<(PortalIx, u32), (u64, usize)>,
     /// Per portal, a bit per seq that has a posting.
     indexed: HashMap<PortalIx, Vec<u64>>,
 }
@@ -43,9 +46,15 @@ impl RunsCheck {
                 Err(e) => return Err(e),
             }
         }
+        let without_item_list = runs
+            .values()
+            .flat_map(|r| &r.live)
+            .filter(|r| r.head.items.is_none())
+            .count() as u64;
         Ok(RunsCheck {
             problems,
             entries: 0,
+            without_item_list,
             runs,
             counted: HashMap::new(),
             indexed: HashMap::new(),
@@ -67,12 +76,14 @@ impl RunsCheck {
             .is_some_and(|r| r.list.dead.contains(&run))
     }
 
-    /// Checks one item of run `run` of portal `p`.
+    /// Checks one item of run `run` of portal `p`, keyed by its first
+    /// posting's entity and seq (`start`).
     pub(super) fn item(
         &mut self,
         reader: &Reader,
         p: &PortalRecord,
         run: u32,
+        start: (&str, u64),
         value: &[u8],
     ) -> Result<(), StoreError> {
         let ix = p.ix;
@@ -95,7 +106,21 @@ impl RunsCheck {
                 return Ok(());
             }
         };
-        *self.counted.entry((ix, run)).or_default() += postings.len() as u64;
+        if let Some(starts) = &head.items {
+            // Listed in run order, as the items are keyed.
+            let at = starts.binary_search_by(|i| {
+                entity_order(i.entity.as_bytes(), start.0.as_bytes()).then(i.seq.cmp(&start.1))
+            });
+            if at.is_err() {
+                self.problems.push(format!(
+                    "postings item {ix}/{run}/{}/{} is not listed by its head",
+                    start.0, start.1
+                ));
+            }
+        }
+        let counted = self.counted.entry((ix, run)).or_default();
+        counted.0 += postings.len() as u64;
+        counted.1 += 1;
         let sealed = sealed_upto(p.last_seq());
         for posting in postings.iter().filter(|x| x.seq >= p.first_seq()) {
             self.entries += 1;
@@ -156,11 +181,16 @@ impl RunsCheck {
                 "head of run {portal}/{run}, which no run list names"
             )),
             Some(head) => {
-                let counted = self.counted.get(&(portal, run)).copied().unwrap_or(0);
-                if counted != head.postings {
+                let (want, listed) = (head.postings, head.items.as_ref().map(|l| l.len()));
+                let (postings, items) = self.counted.get(&(portal, run)).copied().unwrap_or((0, 0));
+                if postings != want {
                     self.problems.push(format!(
-                        "run {portal}/{run}: its head says {} postings, its items hold {counted}",
-                        head.postings
+                        "run {portal}/{run}: its head says {want} postings, its items hold {postings}"
+                    ));
+                }
+                if let Some(listed) = listed.filter(|&listed| listed != items) {
+                    self.problems.push(format!(
+                        "run {portal}/{run}: its head lists {listed} items, {items} are stored"
                     ));
                 }
             }

@@ -1,24 +1,28 @@
-//! The read mirror: the sealed blocks copied into one flat file beside
-//! sled, each read back with a single `pread`.
+//! The read mirror: the sealed blocks and the entity postings items copied
+//! into one flat file beside sled, each read back with a single `pread`.
 //!
 //! A cold sled read pages in a whole leaf (a base and its deltas, two
 //! `pread`s each, checksummed and deserialized) to hand out one value; an
-//! `entity_id` page reads one block per event it shows, each usually cold.
-//! The mirror answers those reads from a file the OS caches, through an
-//! index in memory (one entry per block).
+//! `entity_id` page reads the postings items of the entity, then one block
+//! per event it shows, each usually cold. The mirror answers those reads
+//! from a file the OS caches, through an index in memory (one entry per
+//! value).
 //!
 //! sled stays the only truth. The mirror is rebuilt from sled each time the
 //! store opens (readers use sled until it is complete), every commit writes
-//! its blocks through to it before the commit is shown to readers, and a
-//! rebuild replaces it once overwritten and deleted blocks take more than
-//! half of its live bytes. On any error, or when the disk gets short of
+//! its blocks and items through to it before the commit is shown to
+//! readers, and a rebuild replaces it once overwritten and deleted values
+//! take more than half of its live bytes. On any error, or when the disk gets short of
 //! room, it is dropped and reads go back to sled: a mirror problem never
 //! fails a commit or a read. Its files are deleted when the store closes.
 //!
-//! A rebuild reads the blocks by point lookups, portal by portal, never by
+//! A rebuild reads the values by point lookups, portal by portal, never by
 //! a sled range scan: sled 0.34.7's iterator keeps what it pages in, and a
 //! scan of every block took the process from 77 to 335 MiB on a 10M-event
-//! journal, where point lookups of the same blocks stayed at 85 MiB.
+//! journal, where point lookups of the same blocks stayed at 85 MiB. The
+//! keys come from the portal records (blocks) and the run heads (items);
+//! the items of a run whose head was written before heads listed them are
+//! not mirrored, and are read from sled.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -30,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::StoreError;
-use super::keys::BLOCK;
+use super::keys::{BLOCK, RUN_ITEM};
 
 /// The mirror's directory inside the engine's.
 const MIRROR_DIR: &str = "mirror";
@@ -50,19 +54,19 @@ const MIN_GARBAGE: u64 = 32 * 1024 * 1024;
 #[cfg(test)]
 const MIN_GARBAGE: u64 = 16 * 1024;
 
-/// Whether the mirror holds values of `key`: sealed blocks, which the
-/// pages of filtered queries read cold.
+/// Whether the mirror holds values of `key`: sealed blocks and postings
+/// items, which the pages of filtered queries read cold.
 pub(super) fn mirrored(key: &[u8]) -> bool {
-    key.first() == Some(&BLOCK)
+    matches!(key.first(), Some(&BLOCK | &RUN_ITEM))
 }
 
 /// What a rebuild reads: the store's reader, seen through what the rebuild
 /// needs (the reader reads through the mirror, so the mirror does not name
 /// it).
 pub(super) trait Source: Clone + Send + 'static {
-    /// The key of every block sled may hold: those of every portal's
-    /// sealed seqs.
-    fn block_keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The key of every value to mirror that sled may hold: the blocks of
+    /// every portal's sealed seqs, and the items its live runs' heads list.
+    fn mirrored_keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The current tree ([`StoreError::Reopening`] during a reopen).
     fn tree(&self) -> Result<sled::Tree, StoreError>;
 }
@@ -328,10 +332,10 @@ impl Mirror {
         }
     }
 
-    /// The rebuild: copies every sealed block of sled into `generation`,
-    /// a chunk at a time, then makes it current. A block a commit wrote or
+    /// The rebuild: copies every mirrored value of sled into `generation`,
+    /// a chunk at a time, then makes it current. A value a commit wrote or
     /// deleted meanwhile is already in the index and keeps the commit's
-    /// version; one sealed after the portals were read is written through.
+    /// version; one written after the keys were read is written through.
     /// Stops early when the store closes (the store's `Drop` waits for it).
     fn fill(&self, source: &impl Source, generation: &Arc<Generation>) {
         // Background work: the rebuild yields the cores to requests. On
@@ -343,7 +347,7 @@ impl Mirror {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            match source.block_keys() {
+            match source.mirrored_keys() {
                 Ok(k) => break k,
                 Err(StoreError::Reopening) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => return self.fail("rebuild", &e),
@@ -458,7 +462,8 @@ impl Mirror {
     /// The value of mirrored `key`, if the mirror is ready and holds it.
     /// `None`: ask sled. A key the mirror does not hold goes to sled too,
     /// so that the mirror never answers "not stored" on its own (a block
-    /// outside every portal's seqs would not be rebuilt).
+    /// outside every portal's seqs, or an item of a run whose head does
+    /// not list it, would not be rebuilt).
     pub(super) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         if !mirrored(key) {
             return None;
@@ -493,17 +498,18 @@ impl Mirror {
         generation.read(slot).ok().flatten()
     }
 
-    /// How many blocks the complete generation holds, and its file.
+    /// The keys the complete generation holds values of, and its file.
     #[cfg(test)]
-    pub(super) fn held_count(&self) -> Option<(usize, PathBuf)> {
+    pub(super) fn held_keys(&self) -> Option<(Vec<Box<[u8]>>, PathBuf)> {
         let generation = self.current()?;
-        let count = generation
+        let keys = generation
             .read_index()
             .slots
-            .values()
-            .filter(|s| matches!(s, Slot::At { .. }))
-            .count();
-        Some((count, generation.path.clone()))
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::At { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        Some((keys, generation.path.clone()))
     }
 
     /// Stops a rebuild in progress and waits for it, and deletes the files.

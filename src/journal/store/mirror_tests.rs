@@ -36,8 +36,8 @@ fn commits_write_through_and_a_broken_mirror_falls_back_to_sled() {
     b.delete_block(7, 2);
     store.commit_logged(b, || {}).unwrap();
     let reader = store.reader().clone();
-    let (blocks, file) = reader.mirror_matches_sled().unwrap();
-    assert_eq!(blocks, 3);
+    let (blocks, items, file) = reader.mirror_matches_sled().unwrap();
+    assert_eq!((blocks, items), (3, 0));
     assert_eq!(reader.block(7, 1).unwrap(), Some(vec![9; 2500]));
     assert_eq!(reader.block(7, 2).unwrap(), None);
 

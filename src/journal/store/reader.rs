@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::codec::event_block;
-use super::codec::postings::{self, entity_order, RunHead, RunList};
+use super::codec::postings::{self, entity_order, ItemStart, RunHead, RunList};
 use super::error::StoreError;
 use super::keys::{
     classify, key, pull_state_key, run_head_key, run_item_key, run_prefix, seq_key, seq_suffix,
@@ -293,41 +293,73 @@ impl Reader {
         self.mirror.as_ref().is_some_and(|m| m.ready())
     }
 
-    /// Checks that the read mirror holds exactly sled's blocks, byte for
-    /// byte; returns how many, and the mirror's current file.
+    /// Checks the read mirror against sled: every value it holds is sled's,
+    /// byte for byte, and it holds every block sled holds and every item
+    /// the live runs' heads list. Returns how many blocks and items, and
+    /// the mirror's current file.
     #[cfg(test)]
-    pub(crate) fn mirror_matches_sled(&self) -> Result<(usize, std::path::PathBuf), String> {
+    pub(crate) fn mirror_matches_sled(&self) -> Result<(usize, usize, std::path::PathBuf), String> {
         let m = self.mirror.as_ref().ok_or("the store keeps no mirror")?;
         let tree = self.tree().map_err(|e| e.to_string())?;
-        let mut blocks = 0;
-        for kv in tree.scan_prefix([BLOCK]) {
-            let (k, v) = kv.map_err(|e| e.to_string())?;
-            match m.held(&k) {
-                Some(held) if held == v.as_ref() => blocks += 1,
-                held => {
-                    return Err(format!(
-                        "block {:?}: the mirror holds {:?} bytes, sled {}",
-                        classify(&k, &v),
-                        held.map(|h| h.len()),
-                        v.len()
-                    ))
-                }
+        let (held, file) = m.held_keys().ok_or("the mirror is not ready")?;
+        for k in &held {
+            let in_sled = tree.get(k).map_err(|e| e.to_string())?;
+            if m.held(k).as_deref() != in_sled.as_deref() {
+                return Err(format!(
+                    "{:?}: the mirror holds {:?} bytes, sled {:?}",
+                    classify(k, &[]),
+                    m.held(k).map(|h| h.len()),
+                    in_sled.map(|v| v.len())
+                ));
             }
         }
-        let (held, file) = m.held_count().ok_or("the mirror is not ready")?;
-        if held != blocks {
-            return Err(format!("the mirror holds {held} blocks, sled {blocks}"));
+        let missing = |k: &[u8]| format!("the mirror lacks {:?}", classify(k, &[]));
+        let mut blocks = 0;
+        for kv in tree.scan_prefix([BLOCK]) {
+            let (k, _) = kv.map_err(|e| e.to_string())?;
+            m.held(&k).ok_or_else(|| missing(&k))?;
+            blocks += 1;
         }
-        Ok((blocks, file))
+        let mut items = 0;
+        for k in self.mirrored_keys().map_err(|e| e.to_string())? {
+            if k[0] == RUN_ITEM {
+                m.held(&k).ok_or_else(|| missing(&k))?;
+                items += 1;
+            }
+        }
+        Ok((blocks, items, file))
+    }
+
+    /// The value of a mirrored key (a block or a postings item): from the
+    /// mirror if it holds it, else from sled.
+    fn mirrored_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(found) = self.mirror.as_ref().and_then(|m| m.get(key)) {
+            return Ok(Some(found));
+        }
+        Ok(self.tree()?.get(key)?.map(|v| v.to_vec()))
     }
 
     /// The raw bytes of sealed block `block` of `portal`.
     pub fn block(&self, portal: PortalIx, block: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = seq_key(BLOCK, portal, block);
-        if let Some(found) = self.mirror.as_ref().and_then(|m| m.get(&key)) {
-            return Ok(Some(found));
-        }
-        Ok(self.tree()?.get(key)?.map(|v| v.to_vec()))
+        self.mirrored_get(&seq_key(BLOCK, portal, block))
+    }
+
+    /// The item of run `run` of `portal` that starts at `start` (a run
+    /// deleted under the reader reads as [`StoreError::Corrupt`]: lookups
+    /// check the run's version, and retry, before they answer).
+    pub fn run_item(
+        &self,
+        portal: PortalIx,
+        run: u32,
+        start: &ItemStart,
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = run_item_key(portal, run, start.entity.as_bytes(), start.seq);
+        self.mirrored_get(&key)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "postings item {portal}/{run}/{}/{} is missing",
+                start.entity, start.seq
+            ))
+        })
     }
 
     /// `portal`'s list of postings runs, if it has one.
@@ -347,15 +379,26 @@ impl Reader {
     }
 
     /// `entity`'s postings in run `run` of `portal`, as `(seq, ts, name
-    /// tag)` in seq order: one reverse range read, from the last item keyed
-    /// at or before the entity's end back to the one that holds its first
-    /// posting (see `codec::postings`).
+    /// tag)` in seq order. With the run's item starts (`items`, from its
+    /// head), the items that may hold them are read by key; without (heads
+    /// written before heads listed their items), by one reverse range
+    /// read, from the last item keyed at or before the entity's end back to
+    /// the one that holds its first posting (see `codec::postings`).
     pub fn run_postings_of(
         &self,
         portal: PortalIx,
         run: u32,
+        items: Option<&[ItemStart]>,
         entity: &str,
     ) -> Result<Vec<(u64, u64, u16)>, StoreError> {
+        if let Some(items) = items {
+            let mut found = Vec::new();
+            for start in &items[postings::items_of(items, entity.as_bytes())] {
+                let item = self.run_item(portal, run, start)?;
+                found.extend(postings::find_in_item(&item, entity.as_bytes())?);
+            }
+            return Ok(found);
+        }
         let tree = self.tree()?;
         let lo = run_prefix(portal, run);
         let hi = run_item_key(portal, run, entity.as_bytes(), u64::MAX);
@@ -393,8 +436,14 @@ impl Reader {
         })
     }
 
-    /// The keys of run `run`'s items (to delete the run).
+    /// The keys of run `run`'s items (to delete the run): those its head
+    /// lists, else (no head, or one written before heads listed their
+    /// items) those a scan finds.
     pub fn run_keys(&self, portal: PortalIx, run: u32) -> Result<Vec<Key>, StoreError> {
+        if let Some(items) = self.run_head(portal, run)?.and_then(|h| h.items) {
+            let key = |i: &ItemStart| Key(run_item_key(portal, run, i.entity.as_bytes(), i.seq));
+            return Ok(items.iter().map(key).collect());
+        }
         self.tree()?
             .scan_prefix(run_prefix(portal, run))
             .keys()
@@ -445,12 +494,18 @@ impl Reader {
 }
 
 impl Source for Reader {
-    fn block_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn mirrored_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut keys = Vec::new();
         for p in self.portals()? {
             if p.last_seq() > 0 {
                 let blocks = event_block(p.first_seq().max(1))..=event_block(p.last_seq());
                 keys.extend(blocks.map(|b| seq_key(BLOCK, p.ix, b)));
+            }
+            for run in self.runs(p.ix)?.map(|l| l.live).unwrap_or_default() {
+                let items = self.run_head(p.ix, run)?.and_then(|h| h.items);
+                for i in items.unwrap_or_default() {
+                    keys.push(run_item_key(p.ix, run, i.entity.as_bytes(), i.seq));
+                }
             }
         }
         Ok(keys)

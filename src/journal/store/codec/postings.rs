@@ -270,11 +270,41 @@ pub struct RunHead {
     pub entities: Filter,
     /// Holds [`event_hash`] of every posting.
     pub events: Filter,
+    /// Where each item starts (its key), in run order, so that a lookup
+    /// reads its items by key. `None` in heads written before heads listed
+    /// their items: such a run's items are found by a range read.
+    pub items: Option<Vec<ItemStart>>,
+}
+
+/// The first posting of an item, which keys it: entity and seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemStart {
+    /// Entity of the first posting.
+    pub entity: Box<str>,
+    /// Seq of the first posting.
+    pub seq: u64,
+}
+
+/// The items of a run that may hold `entity`'s postings, as indexes into
+/// `items` (the run's item starts, in run order), ascending: those that
+/// start with `entity`, and the last one before them, whose tail may hold
+/// its first postings.
+pub fn items_of(items: &[ItemStart], entity: &[u8]) -> std::ops::Range<usize> {
+    let end = items.partition_point(|i| entity_order(i.entity.as_bytes(), entity).is_le());
+    let mut start = end;
+    while start > 0 {
+        start -= 1;
+        if entity_order(items[start].entity.as_bytes(), entity).is_lt() {
+            break;
+        }
+    }
+    start..end
 }
 
 impl RunHead {
-    /// The head of a run of `postings` at `level` covering `lo..=hi`.
-    pub fn of(level: u8, lo: u64, hi: u64, postings: &[Posting]) -> RunHead {
+    /// The head of a run of `postings` at `level` covering `lo..=hi`,
+    /// stored as `items`.
+    pub fn of(level: u8, lo: u64, hi: u64, postings: &[Posting], items: &[Item]) -> RunHead {
         let distinct = postings
             .windows(2)
             .filter(|w| w[0].entity != w[1].entity)
@@ -293,13 +323,27 @@ impl RunHead {
             hi,
             entities,
             events,
+            items: Some(
+                items
+                    .iter()
+                    .map(|i| ItemStart {
+                        entity: i.entity.as_str().into(),
+                        seq: i.seq,
+                    })
+                    .collect(),
+            ),
         }
     }
 
-    /// The stored form.
+    /// The stored form: the fields of the first heads, then the item
+    /// starts, which readers of the first form ignore (postcard reads a
+    /// value from the front of its bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Cannot fail: integers and byte strings serialise into a Vec.
-        postcard::to_stdvec(&(
+        let items: Option<Vec<(&str, u64)>> = self
+            .items
+            .as_ref()
+            .map(|items| items.iter().map(|i| (&*i.entity, i.seq)).collect());
+        let mut out = postcard::to_stdvec(&(
             self.level,
             self.postings,
             self.lo,
@@ -307,13 +351,34 @@ impl RunHead {
             self.entities.to_bytes(),
             self.events.to_bytes(),
         ))
-        .expect("run head serialises")
+        // Cannot fail: integers and byte strings serialise into a Vec.
+        .expect("run head serialises");
+        if let Some(items) = items {
+            // Cannot fail, as above.
+            out.extend(postcard::to_stdvec(&items).expect("item starts serialise"));
+        }
+        out
     }
 
-    /// Reads the stored form.
+    /// Reads the stored form (with or without the item starts).
     pub fn from_bytes(bytes: &[u8]) -> Result<RunHead, CodecError> {
-        let (level, postings, lo, hi, entities, events): (u8, u64, u64, u64, &[u8], &[u8]) =
-            postcard::from_bytes(bytes).map_err(CodecError::Run)?;
+        type First<'a> = (u8, u64, u64, u64, &'a [u8], &'a [u8]);
+        let ((level, postings, lo, hi, entities, events), rest): (First, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(CodecError::Run)?;
+        let items = if rest.is_empty() {
+            None
+        } else {
+            let items: Vec<(&str, u64)> = postcard::from_bytes(rest).map_err(CodecError::Run)?;
+            Some(
+                items
+                    .into_iter()
+                    .map(|(entity, seq)| ItemStart {
+                        entity: entity.into(),
+                        seq,
+                    })
+                    .collect(),
+            )
+        };
         Ok(RunHead {
             level,
             postings,
@@ -321,6 +386,7 @@ impl RunHead {
             hi,
             entities: Filter::from_bytes(entities)?,
             events: Filter::from_bytes(events)?,
+            items,
         })
     }
 }
@@ -399,6 +465,24 @@ mod tests {
             .collect();
         assert_eq!(found, want);
         assert!(decode_item(&items[0].bytes[..items[0].bytes.len() - 1]).is_err());
+        // The items a head's starts point a lookup to hold every posting
+        // of the entity, for entities inside, between and around the run's.
+        let head = RunHead::of(1, 100, 3_099, &postings, &items);
+        let starts = head.items.as_deref().unwrap();
+        for entity in ["0", "42", "99", "100", "699", "7000", "", "41a"] {
+            let want: Vec<(u64, u64, u16)> = postings
+                .iter()
+                .filter(|p| p.entity == entity)
+                .map(|p| (p.seq, p.ts, p.tag))
+                .collect();
+            let read = items_of(starts, entity.as_bytes());
+            assert!(read.len() <= 3, "{entity}: {read:?}");
+            let found: Vec<(u64, u64, u16)> = items[read]
+                .iter()
+                .flat_map(|i| find_in_item(&i.bytes, entity.as_bytes()).unwrap())
+                .collect();
+            assert_eq!(found, want, "{entity}");
+        }
     }
 
     #[test]
@@ -419,8 +503,21 @@ mod tests {
             posting("7", 4, 11),
             posting("8", 5, 12),
         ];
-        let head = RunHead::of(2, 1, 64, &postings);
-        assert_eq!(RunHead::from_bytes(&head.to_bytes()).unwrap(), head);
+        let items = encode_items(&postings);
+        let head = RunHead::of(2, 1, 64, &postings, &items);
+        let bytes = head.to_bytes();
+        assert_eq!(RunHead::from_bytes(&bytes).unwrap(), head);
+        // A head of the first form (no item starts) reads as such, and a
+        // reader of the first form reads the fields it knows from a head
+        // that has them.
+        let first = RunHead {
+            items: None,
+            ..head.clone()
+        };
+        assert_eq!(RunHead::from_bytes(&first.to_bytes()).unwrap(), first);
+        assert!(first.to_bytes().len() < bytes.len());
+        let old: (u8, u64, u64, u64, &[u8], &[u8]) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((old.0, old.1, old.2, old.3), (2, 3, 1, 64));
         assert!(head.entities.may_contain(entity_hash(b"8")));
         assert!(head.events.may_contain(event_hash(b"7", 11, 4)));
         let list = RunList {
