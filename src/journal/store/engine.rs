@@ -214,17 +214,16 @@ impl Engine {
     /// `apply_in_order`). On an error the deferred writes stay in the
     /// memtable, so that a later checkpoint writes them.
     pub(super) fn settle(&self, memtable: &Memtable, last_lsn: u64) -> Result<(), StoreError> {
-        let deferred = memtable.take_deferred();
-        for (done, (k, v)) in deferred.iter().enumerate() {
-            let written = match v {
-                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(drop),
-                None => self.tree.remove(k.as_slice()).map(drop),
-            };
-            if let Err(e) = written {
-                memtable.restore_deferred(deferred.into_iter().skip(done).collect());
-                return Err(e.into());
+        // Written to sled before the memtable forgets them: a reader that
+        // looks between the two finds the value in both, never in neither.
+        let deferred = memtable.deferred_writes();
+        for (k, v) in &deferred {
+            match v {
+                Some(v) => self.tree.insert(k.as_slice(), v.as_slice()).map(drop)?,
+                None => self.tree.remove(k.as_slice()).map(drop)?,
             }
         }
+        memtable.settled(&deferred);
         if last_lsn > self.applied_lsn()? {
             self.tree.insert([LSN], &last_lsn.to_be_bytes()[..])?;
         }

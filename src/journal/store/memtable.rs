@@ -126,18 +126,21 @@ impl Memtable {
         out
     }
 
-    /// Takes every deferred write, in key order, leaving none: the caller
-    /// writes them to sled before the flush that lets the log go.
-    pub(super) fn take_deferred(&self) -> DeferredWrites {
-        std::mem::take(&mut *self.lock_deferred())
+    /// Every deferred write, in key order, copied: the caller writes them
+    /// to sled, then calls [`Memtable::settled`]. They stay here meanwhile,
+    /// so that a reader never finds a key in neither place.
+    pub(super) fn deferred_writes(&self) -> DeferredWrites {
+        self.lock_deferred().clone()
     }
 
-    /// Puts back deferred writes taken but not written (a failed write to
-    /// sled), unless a newer write of the same key came meanwhile.
-    pub(super) fn restore_deferred(&self, writes: DeferredWrites) {
+    /// Forgets the deferred writes in `written` that sled now holds,
+    /// keeping any newer write of the same key.
+    pub(super) fn settled(&self, written: &DeferredWrites) {
         let mut map = self.lock_deferred();
-        for (k, v) in writes {
-            map.entry(k).or_insert(v);
+        for (k, v) in written {
+            if map.get(k) == Some(v) {
+                map.remove(k);
+            }
         }
     }
 
@@ -180,12 +183,15 @@ mod tests {
             vec![log::Op::Insert(Tier::LogOnly, b"T2", b"two")]
         );
         assert_eq!(m.deferred(b"C1"), Some(Some(b"c".to_vec())));
-        let taken = m.take_deferred();
-        assert_eq!(taken.len(), 1);
-        assert_eq!(m.deferred(b"C1"), None);
+        m.apply(Tier::Deferred, b"C2", None);
+        let written = m.deferred_writes();
+        assert_eq!(written.len(), 2);
+        // Still readable until settled; a newer write survives settling.
+        assert_eq!(m.deferred(b"C1"), Some(Some(b"c".to_vec())));
         m.apply(Tier::Deferred, b"C1", Some(b"newer"));
-        m.restore_deferred(taken);
+        m.settled(&written);
         assert_eq!(m.deferred(b"C1"), Some(Some(b"newer".to_vec())));
+        assert_eq!(m.deferred(b"C2"), None);
         assert_eq!(
             m.log_only_range(&b"T0"[..]..=&b"T9"[..]),
             vec![(b"T2".to_vec(), b"two".to_vec())]
