@@ -136,19 +136,7 @@ async fn check_served(data: &Path, recorded: &Recorded, later: &LaterFields) {
     }
     // Each entity's events through the entity index, as in the full list.
     for (member, before) in events {
-        let before = before.as_array().unwrap();
-        let mut entities: Vec<&str> = before
-            .iter()
-            .filter_map(|e| e["entity_id"].as_str())
-            .collect();
-        entities.sort_unstable();
-        entities.dedup();
-        for entity in entities {
-            let want = before
-                .iter()
-                .filter(|e| e["entity_id"].as_str() == Some(entity));
-            assert_walk(&s, member, &[("entity_id", entity)], want, later).await;
-        }
+        assert_entity_walks(&s, member, before.as_array().unwrap(), later).await;
     }
     // Time windows around every fifth event's `ts`, through the span
     // summaries the migration worked out again: the events in them, as in
@@ -220,6 +208,23 @@ async fn assert_walk<'r>(
         want.collect::<Vec<_>>(),
         "{member} {query:?}"
     );
+}
+
+/// Walks each entity of `events` (`member`'s, as listed) through the
+/// entity index and checks that it gets that entity's events of the list.
+async fn assert_entity_walks(s: &TestApp, member: &str, events: &[Value], later: &LaterFields) {
+    let mut entities: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["entity_id"].as_str())
+        .collect();
+    entities.sort_unstable();
+    entities.dedup();
+    for entity in entities {
+        let want = events
+            .iter()
+            .filter(|e| e["entity_id"].as_str() == Some(entity));
+        assert_walk(s, member, &[("entity_id", entity)], want, later).await;
+    }
 }
 
 /// Fields the API gained after a recording, with the value every migrated
@@ -322,15 +327,7 @@ async fn a_version_5_journal_from_before_item_lists_is_served_as_before() {
         all.len(),
         recorded.events[member].as_array().unwrap().len() + 704
     );
-    let mut entities: Vec<&str> = all.iter().filter_map(|e| e["entity_id"].as_str()).collect();
-    entities.sort_unstable();
-    entities.dedup();
-    for entity in entities {
-        let want = all
-            .iter()
-            .filter(|e| e["entity_id"].as_str() == Some(entity));
-        assert_walk(&s, member, &[("entity_id", entity)], want, &SINCE_V4).await;
-    }
+    assert_entity_walks(&s, member, &all, &SINCE_V4).await;
     s.stop().await;
     let (ok, out) = command(&["verify"], &data);
     assert!(ok && out.contains("\"problem_count\": 0"), "{out}");
