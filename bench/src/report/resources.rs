@@ -54,7 +54,7 @@ pub(super) fn resources(w: &mut String, o: &Opts, r: &Report) {
         let per = |b: u64| b as f64 / at.max(1) as f64;
         let _ = writeln!(
             w,
-            "- data dir while the query server ran on the journal of {} events (after its queries): {} bytes = **{:.0} B/event**, of which the read mirror (the sealed blocks copied into a flat file for one-`pread` reads, rebuilt at each start and deleted at stop) {} bytes = {:.0} B/event",
+            "- data dir while the query server ran on the journal of {} events (after its queries): {} bytes = **{:.0} B/event**, of which the read mirror (the sealed blocks and postings items copied into a flat file for one-`pread` reads, rebuilt at each start and deleted at stop) {} bytes = {:.0} B/event",
             int(at),
             int(total),
             per(total),
