@@ -12,9 +12,10 @@
 //! store opens (readers use sled until it is complete), every commit writes
 //! its blocks and items through to it before the commit is shown to
 //! readers, and a rebuild replaces it once overwritten and deleted values
-//! take more than half of its live bytes. On any error, or when the disk gets short of
-//! room, it is dropped and reads go back to sled: a mirror problem never
-//! fails a commit or a read. Its files are deleted when the store closes.
+//! take more than half of its live bytes. On any error, or when the disk
+//! gets short of room, it is dropped and reads go back to sled: a mirror
+//! problem never fails a commit or a read. Its files are deleted when the
+//! store closes.
 //!
 //! A rebuild reads the values by point lookups, portal by portal, never by
 //! a sled range scan: sled 0.34.7's iterator keeps what it pages in, and a
