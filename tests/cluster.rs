@@ -272,13 +272,21 @@ async fn three_nodes_build_the_same_journal() {
         let r = n.get("/healthz", &[]).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    let status = nats.status().expect("cluster status");
-    assert_eq!(status["replicas"], 3, "{status}");
-    let reported: Vec<&Value> = status["nodes"].as_array().unwrap().iter().collect();
-    assert!(
-        !reported.is_empty(),
-        "nodes report their progress: {status}"
-    );
+    // Nodes report their progress to a replicated KV bucket every second,
+    // on their own schedule: wait for the reports rather than race them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = nats.status().expect("cluster status");
+        assert_eq!(status["replicas"], 3, "{status}");
+        if !status["nodes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes report their progress: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     drop(nodes);
     drop(nats);
 }
