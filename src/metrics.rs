@@ -68,8 +68,9 @@ pub struct Metrics {
     /// the storage engine's share of ingest work: each key costs sled a tree
     /// descent and usually a node copy (docs/performance.md).
     pub store_writes: IntCounter,
-    /// 1 while block reads are answered by the read mirror, 0 while it is
-    /// rebuilt after a start (or was dropped): queries then read sled.
+    /// 1 while block and postings item reads are answered by the read
+    /// mirror, 0 while it is rebuilt after a start (or was dropped):
+    /// queries then read sled.
     pub read_mirror_ready: IntGauge,
     /// Appends waiting for the writer (sampled at scrape).
     pub queue_depth: IntGauge,
@@ -185,7 +186,7 @@ impl Metrics {
             ),
             read_mirror_ready: gauge(
                 "b24j_read_mirror_ready",
-                "1 while block reads are answered by the read mirror",
+                "1 while block and postings item reads are answered by the read mirror",
             ),
             queue_depth: gauge("b24j_writer_queue_depth", "Appends waiting for the writer"),
             disk_bytes: gauge(

@@ -39,17 +39,18 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `batch`'s blocks through to the read mirror, if the store
-    /// keeps one, once sled holds them (see `mirror.rs`).
+    /// Writes `batch`'s blocks and postings items through to the read
+    /// mirror, if the store keeps one, once sled holds them (see
+    /// `mirror.rs`).
     fn write_through(&self, batch: &WriteBatch) {
         if let Some(m) = &self.reader().mirror {
-            let blocks: Vec<_> = batch
+            let values: Vec<_> = batch
                 .writes
                 .iter()
                 .filter(|(k, _)| mirror::mirrored(k))
                 .map(|(k, v)| (k.as_slice(), v.as_deref()))
                 .collect();
-            m.apply(self.reader(), &blocks);
+            m.apply(self.reader(), &values);
         }
     }
 

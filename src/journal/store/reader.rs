@@ -35,8 +35,8 @@ pub struct Reader {
     pub(super) long_reads: Arc<AtomicUsize>,
     /// The store's log-only and deferred writes.
     pub(super) memtable: Arc<Memtable>,
-    /// The read mirror of the sealed blocks, if the store keeps one (the
-    /// service does; maintenance copies do not).
+    /// The read mirror of the sealed blocks and postings items, if the
+    /// store keeps one (the service does; maintenance copies do not).
     pub(super) mirror: Option<Arc<Mirror>>,
 }
 
@@ -287,8 +287,9 @@ impl Reader {
             .collect()
     }
 
-    /// Whether block reads are answered by the read mirror (`mirror.rs`),
-    /// which is rebuilt in the background after each open.
+    /// Whether block and postings item reads are answered by the read
+    /// mirror (`mirror.rs`), which is rebuilt in the background after each
+    /// open.
     pub fn mirror_ready(&self) -> bool {
         self.mirror.as_ref().is_some_and(|m| m.ready())
     }
