@@ -1,6 +1,6 @@
 //! The real service under test: its config file, start until healthy,
-//! stop, and the two things the harness reads from it (`GET /metrics`'
-//! store writes, `GET /v1/portals`' totals).
+//! stop, and what the harness reads from it (`GET /metrics`' store writes
+//! and read mirror state, `GET /v1/portals`' totals).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,20 +105,8 @@ impl Harness {
         let t0 = Instant::now();
         loop {
             svc.proc_.alive()?;
-            let r = self.rt.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(6),
-                    client::get(svc.addr, "/metrics", None),
-                )
-                .await
-            });
-            if let Ok(Ok((200, body))) = r {
-                if body
-                    .split(|&b| b == b'\n')
-                    .any(|l| l == b"b24j_read_mirror_ready 1")
-                {
-                    return Ok(t0.elapsed());
-                }
+            if self.metric(svc.addr, "b24j_read_mirror_ready") == Some(1) {
+                return Ok(t0.elapsed());
             }
             if t0.elapsed() > Duration::from_secs(300) {
                 bail!(
@@ -144,13 +132,22 @@ impl Harness {
     /// The service's `b24j_store_writes_total` (sled keys written), from
     /// `GET /metrics`; `None` if it cannot be read.
     pub(super) fn store_writes(&self, addr: SocketAddr) -> Option<u64> {
-        let (status, body) = self.rt.block_on(client::get(addr, "/metrics", None)).ok()?;
-        if status != 200 {
+        self.metric(addr, "b24j_store_writes_total")
+    }
+
+    /// The value of the service's metric `name` (a counter or gauge
+    /// without labels) from `GET /metrics`; `None` if it cannot be read
+    /// within 6 s.
+    fn metric(&self, addr: SocketAddr, name: &str) -> Option<u64> {
+        let got = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(6), client::get(addr, "/metrics", None)).await
+        });
+        let Ok(Ok((200, body))) = got else {
             return None;
-        }
+        };
         String::from_utf8_lossy(&body)
             .lines()
-            .find_map(|l| l.strip_prefix("b24j_store_writes_total "))?
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
             .trim()
             .parse()
             .ok()
